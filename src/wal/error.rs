@@ -1,0 +1,236 @@
+//! The WAL's one error type. Callers match on variants; the gRPC layer maps them to status
+//! codes in one place.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::types::{SegmentId, SequenceNumber};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("segment {0} not found")]
+    SegmentNotFound(SegmentId),
+
+    #[error("corrupted entry in segment {segment} at byte offset {offset}: {kind}")]
+    CorruptedEntry {
+        segment: SegmentId,
+        offset: u64,
+        kind: Corruption,
+    },
+
+    #[error("insufficient disk space in {}: {available_bytes} bytes free, {required_bytes} needed", dir.display())]
+    InsufficientSpace {
+        dir: PathBuf,
+        available_bytes: u64,
+        required_bytes: u64,
+    },
+
+    #[error("invalid {what} {got}: {rule}")]
+    InvalidSequence {
+        what: &'static str,
+        got: u64,
+        rule: SequenceRule,
+    },
+
+    #[error("position {requested} is before the log start {log_start} (truncated)")]
+    BeforeLogStart { requested: u64, log_start: u64 },
+
+    #[error("frame of {bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    FrameTooLarge { bytes: u64, limit_bytes: u64 },
+
+    #[error("invalid record: {0}")]
+    InvalidRecord(RecordError),
+
+    #[error("invalid configuration `{key}`: {reason}")]
+    InvalidConfig { key: &'static str, reason: String },
+
+    #[error("checkpoint {0:?} not found")]
+    CheckpointNotFound(String),
+
+    #[error("too many checkpoints: the limit is {limit} (max_checkpoints)")]
+    TooManyCheckpoints { limit: usize },
+
+    #[error("the WAL directory {} is in use by another process", .0.display())]
+    Locked(PathBuf),
+
+    /// A write or fsync failed. The WAL never retries an fsync (the kernel may have dropped the
+    /// dirty pages), so it refuses every later write; reopen it to recover from disk.
+    #[error("the WAL stopped after a fatal I/O error and refuses writes until reopened: {0}")]
+    Fatal(Arc<io::Error>),
+
+    /// A concurrent suffix truncation removed what a reader was reading.
+    #[error("the log was truncated at index {index} while it was being read")]
+    TruncatedWhileReading { index: u64 },
+
+    #[error("the WAL is closed")]
+    Closed,
+
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T, E = WalError> = std::result::Result<T, E>;
+
+/// What is wrong with bytes that failed to decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Corruption {
+    BadMagic,
+    UnsupportedVersion(u8),
+    BadChecksum {
+        stored: u32,
+        computed: u32,
+    },
+    /// The file ends inside the structure.
+    Truncated,
+    BadLength(u64),
+    /// A frame's log index does not follow its predecessor's.
+    IndexGap {
+        expected: u64,
+        found: u64,
+    },
+    /// A frame's first sequence number goes back.
+    SequenceGoesBack {
+        expected_min: u64,
+        found: u64,
+    },
+    UnknownOperation(u8),
+    BadRecord(&'static str),
+    Decompress(String),
+    BadSegmentHeader,
+    BadIndexFile,
+    BadMetadata(&'static str),
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Corruption::BadMagic => write!(f, "bad magic number"),
+            Corruption::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
+            Corruption::BadChecksum { stored, computed } => {
+                write!(
+                    f,
+                    "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                )
+            }
+            Corruption::Truncated => write!(f, "data ends early"),
+            Corruption::BadLength(n) => write!(f, "impossible length {n}"),
+            Corruption::IndexGap { expected, found } => {
+                write!(f, "log index {found} where {expected} was expected")
+            }
+            Corruption::SequenceGoesBack {
+                expected_min,
+                found,
+            } => {
+                write!(
+                    f,
+                    "sequence number {found} below the previous frame's end {expected_min}"
+                )
+            }
+            Corruption::UnknownOperation(v) => write!(f, "unknown operation {v}"),
+            Corruption::BadRecord(why) => write!(f, "bad record: {why}"),
+            Corruption::Decompress(why) => write!(f, "cannot decompress: {why}"),
+            Corruption::BadSegmentHeader => write!(f, "bad segment header"),
+            Corruption::BadIndexFile => write!(f, "bad segment index file"),
+            Corruption::BadMetadata(file) => write!(f, "bad metadata file {file}"),
+        }
+    }
+}
+
+/// Which rule a sequence number or log index broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SequenceRule {
+    Exactly(u64),
+    AtLeast(u64),
+    Between(u64, u64),
+    /// A suffix truncation must start on a frame (batch) boundary.
+    BatchBoundary {
+        batch_first: SequenceNumber,
+        batch_last: SequenceNumber,
+    },
+}
+
+impl fmt::Display for SequenceRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SequenceRule::Exactly(n) => write!(f, "expected {n}"),
+            SequenceRule::AtLeast(n) => write!(f, "must be at least {n}"),
+            SequenceRule::Between(a, b) => write!(f, "must be between {a} and {b}"),
+            SequenceRule::BatchBoundary {
+                batch_first,
+                batch_last,
+            } => {
+                write!(
+                    f,
+                    "falls inside the atomic batch {batch_first}..={batch_last}; use {batch_first}"
+                )
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordError {
+    EmptyBatch,
+    EmptyTenant,
+    CheckpointName { len: usize, max: usize },
+    TenantTooLong { len: usize, max: usize },
+    DataTooLarge { len: usize, max: usize },
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::EmptyBatch => write!(f, "a batch needs at least one record"),
+            RecordError::EmptyTenant => write!(f, "tenant id is empty"),
+            RecordError::CheckpointName { len, max } => {
+                write!(f, "checkpoint names are 1 to {max} bytes, got {len}")
+            }
+            RecordError::TenantTooLong { len, max } => {
+                write!(f, "tenant id is {len} bytes, the limit is {max}")
+            }
+            RecordError::DataTooLarge { len, max } => {
+                write!(f, "data is {len} bytes, the limit is {max}")
+            }
+        }
+    }
+}
+
+impl WalError {
+    pub(crate) fn corrupted(segment: SegmentId, offset: u64, kind: Corruption) -> Self {
+        WalError::CorruptedEntry {
+            segment,
+            offset,
+            kind,
+        }
+    }
+
+    /// A clone for fanning one failure out to every waiter of a group commit.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            WalError::Fatal(e) => WalError::Fatal(e.clone()),
+            WalError::Io(e) => WalError::Fatal(Arc::new(io::Error::new(e.kind(), e.to_string()))),
+            WalError::InsufficientSpace {
+                dir,
+                available_bytes,
+                required_bytes,
+            } => WalError::InsufficientSpace {
+                dir: dir.clone(),
+                available_bytes: *available_bytes,
+                required_bytes: *required_bytes,
+            },
+            WalError::CorruptedEntry {
+                segment,
+                offset,
+                kind,
+            } => WalError::CorruptedEntry {
+                segment: *segment,
+                offset: *offset,
+                kind: kind.clone(),
+            },
+            WalError::Closed => WalError::Closed,
+            other => WalError::Fatal(Arc::new(io::Error::other(other.to_string()))),
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The file-system seam of the WAL: every byte the WAL reads or writes goes through
+//! [`FileSystem`] and [`WalFile`], so tests can swap in [`MemFs`], an in-memory file system that
+//! injects faults (I/O errors on write or fsync, short writes, ENOSPC) and simulates a crash that
+//! loses everything not yet fsync'd.
+//!
+//! This module knows nothing of frames or segments.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// An open file. Positional I/O only, so one handle can serve readers and the writer at once.
+pub trait WalFile: Send + Sync + 'static {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes up to `buf.len()` bytes at `offset`; may write fewer (a short write).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+    /// Makes the file's data (and the metadata needed to read it) durable: `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// Directory-level operations. Paths are absolute or relative to the process's directory.
+pub trait FileSystem: Send + Sync + 'static {
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>>;
+    /// Creates a file, truncating any existing one.
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn WalFile>>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// File names (not paths) in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Makes creations, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Bytes available to this process on the file system holding `dir` (statvfs).
+    fn available_space(&self, dir: &Path) -> io::Result<u64>;
+    /// Takes an exclusive lock on `dir` for as long as the returned guard lives, so two processes
+    /// never write the same WAL.
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>>;
+}
+
+/// Writes all of `buf` at `offset`, retrying short writes.
+pub fn write_all_at(file: &dyn WalFile, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.write_at(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; returns the number of bytes read.
+pub fn read_full_at(file: &dyn WalFile, buf: &mut [u8], mut offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Reads a whole (small) file.
+pub fn read_file(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<u8>> {
+    let file = fs.open(path)?;
+    let len =
+        usize::try_from(file.len()?).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    let mut buf = vec![0; len];
+    let n = read_full_at(&*file, &mut buf, 0)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Replaces `path` with `contents` atomically and durably: write a temporary file, fsync it,
+/// rename it over `path`, fsync the directory. A crash at any step leaves either the old or the
+/// new contents, never a mix.
+pub fn write_file_atomic(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let file = fs.create(&tmp)?;
+    write_all_at(&*file, contents, 0)?;
+    file.sync_data()?;
+    drop(file);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(dir)
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+struct StdFile(File);
+
+impl WalFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.0.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl FileSystem for StdFs {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        Ok(Arc::new(StdFile(
+            OpenOptions::new().read(true).write(true).open(path)?,
+        )))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Arc::new(StdFile(file)))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+    fn available_space(&self, dir: &Path) -> io::Result<u64> {
+        fs4::available_space(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("LOCK"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "directory is locked",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// Faults that [`MemFs`] injects; each flag can be flipped at any time by a test.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next write fails with an I/O error (EIO), once.
+    pub fail_next_write: AtomicBool,
+    /// Every fsync fails with an I/O error while set.
+    pub fail_sync: AtomicBool,
+    /// Writes write at most half of what they are given (at least one byte).
+    pub short_writes: AtomicBool,
+}
+
+#[derive(Default)]
+struct MemFile {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+#[derive(Default)]
+struct MemState {
+    files: BTreeMap<u64, Arc<Mutex<MemFile>>>,
+    names: BTreeMap<PathBuf, u64>,
+    durable_names: BTreeMap<PathBuf, u64>,
+    next_id: u64,
+}
+
+struct MemInner {
+    state: Mutex<MemState>,
+    /// Bumped by every crash; handles from before it fail with EIO, like a dead process's.
+    epoch: AtomicU64,
+    /// Bytes the file system holds at most (ENOSPC beyond).
+    capacity: AtomicU64,
+    faults: Faults,
+}
+
+/// An in-memory file system that remembers what is durable, for crash and fault tests.
+///
+/// Data written is visible at once; it becomes durable with `sync_data`, and a file's name (its
+/// creation, rename or removal) becomes durable with `sync_dir` of its directory. [`MemFs::crash`]
+/// throws away everything that is not durable.
+#[derive(Clone)]
+pub struct MemFs(Arc<MemInner>);
+
+impl Default for MemFs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another test thread must not hide this thread's result.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn enoent() -> io::Error {
+    io::Error::from(io::ErrorKind::NotFound)
+}
+
+impl MemFs {
+    pub fn new() -> Self {
+        MemFs(Arc::new(MemInner {
+            state: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            capacity: AtomicU64::new(u64::MAX),
+            faults: Faults::default(),
+        }))
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.0.faults
+    }
+
+    /// Limits the total bytes stored; writes that would exceed it fail with ENOSPC.
+    pub fn set_capacity(&self, bytes: u64) {
+        self.0.capacity.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Simulates a power loss: every file returns to its last fsync'd contents, every directory to
+    /// its last synced listing, and handles opened before the crash stop working.
+    pub fn crash(&self) {
+        self.crash_keeping(|_| 0);
+    }
+
+    /// Like [`MemFs::crash`], but for each file whose unsynced change only appended bytes,
+    /// `keep(unsynced_len)` of those bytes survive (a torn write).
+    pub fn crash_keeping(&self, mut keep: impl FnMut(usize) -> usize) {
+        self.0.epoch.fetch_add(1, Ordering::SeqCst);
+        let mut st = lock(&self.0.state);
+        st.names = st.durable_names.clone();
+        let live: Vec<u64> = st.names.values().copied().collect();
+        st.files.retain(|id, _| live.contains(id));
+        for file in st.files.values() {
+            let mut f = lock(file);
+            let durable_len = f.durable.len();
+            let appended_only =
+                f.data.len() > durable_len && f.data[..durable_len] == f.durable[..];
+            let kept = if appended_only {
+                keep(f.data.len() - durable_len).min(f.data.len() - durable_len)
+            } else {
+                0
+            };
+            let mut next = f.durable.clone();
+            next.extend_from_slice(&f.data[durable_len..durable_len + kept]);
+            f.data = next.clone();
+            f.durable = next;
+        }
+    }
+
+    /// Reads a file's current contents (for tests that corrupt or inspect files).
+    pub fn contents(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let st = lock(&self.0.state);
+        let id = st.names.get(path).ok_or_else(enoent)?;
+        Ok(lock(&st.files[id]).data.clone())
+    }
+
+    /// Overwrites a file's contents and marks them durable (a test's way to corrupt a file).
+    pub fn set_contents(&self, path: &Path, data: Vec<u8>) -> io::Result<()> {
+        let st = lock(&self.0.state);
+        let id = st.names.get(path).ok_or_else(enoent)?;
+        let mut f = lock(&st.files[id]);
+        f.durable = data.clone();
+        f.data = data;
+        Ok(())
+    }
+
+    fn used_bytes(st: &MemState) -> u64 {
+        st.files.values().map(|f| lock(f).data.len() as u64).sum()
+    }
+
+    fn handle(&self, id: u64) -> Arc<dyn WalFile> {
+        Arc::new(MemHandle {
+            fs: self.clone(),
+            id,
+            epoch: self.0.epoch.load(Ordering::SeqCst),
+        })
+    }
+}
+
+struct MemHandle {
+    fs: MemFs,
+    id: u64,
+    epoch: u64,
+}
+
+impl MemHandle {
+    fn file(&self) -> io::Result<Arc<Mutex<MemFile>>> {
+        if self.fs.0.epoch.load(Ordering::SeqCst) != self.epoch {
+            return Err(io::Error::other(
+                "file handle from before a simulated crash",
+            ));
+        }
+        let st = lock(&self.fs.0.state);
+        // A removed file stays readable through open handles, as on Unix.
+        st.files
+            .get(&self.id)
+            .cloned()
+            .ok_or_else(|| io::Error::other("file was removed"))
+    }
+}
+
+impl WalFile for MemHandle {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let file = self.file()?;
+        let f = lock(&file);
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(f.data.len());
+        let n = buf.len().min(f.data.len() - start);
+        buf[..n].copy_from_slice(&f.data[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let faults = &self.fs.0.faults;
+        if faults.fail_next_write.swap(false, Ordering::SeqCst) {
+            return Err(io::Error::other("injected write error"));
+        }
+        let n = if faults.short_writes.load(Ordering::SeqCst) {
+            buf.len().div_ceil(2)
+        } else {
+            buf.len()
+        };
+        let file = self.file()?;
+        let end = offset as usize + n;
+        let grow = {
+            let f = lock(&file);
+            end.saturating_sub(f.data.len()) as u64
+        };
+        if grow > 0 {
+            let used = MemFs::used_bytes(&lock(&self.fs.0.state));
+            if used + grow > self.fs.0.capacity.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+        }
+        let mut f = lock(&file);
+        if f.data.len() < end {
+            f.data.resize(end, 0);
+        }
+        f.data[offset as usize..end].copy_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if self.fs.0.faults.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected fsync error"));
+        }
+        let file = self.file()?;
+        let mut f = lock(&file);
+        f.durable = f.data.clone();
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let file = self.file()?;
+        lock(&file).data.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let file = self.file()?;
+        Ok(lock(&file).data.len() as u64)
+    }
+}
+
+impl FileSystem for MemFs {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let id = *lock(&self.0.state).names.get(path).ok_or_else(enoent)?;
+        Ok(self.handle(id))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        let mut st = lock(&self.0.state);
+        let id = st.next_id;
+        st.next_id += 1;
+        st.files.insert(id, Arc::default());
+        st.names.insert(path.to_owned(), id);
+        drop(st);
+        Ok(self.handle(id))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        lock(&self.0.state)
+            .names
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(enoent)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = lock(&self.0.state);
+        let id = st.names.remove(from).ok_or_else(enoent)?;
+        st.names.insert(to.to_owned(), id);
+        Ok(())
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = lock(&self.0.state);
+        let names = st.names.keys().filter(|p| p.parent() == Some(dir));
+        Ok(names
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.0.faults.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected fsync error"));
+        }
+        let mut st = lock(&self.0.state);
+        st.durable_names.retain(|p, _| p.parent() != Some(dir));
+        let entries: Vec<_> = st
+            .names
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        st.durable_names.extend(entries);
+        Ok(())
+    }
+    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+    fn available_space(&self, _dir: &Path) -> io::Result<u64> {
+        let used = MemFs::used_bytes(&lock(&self.0.state));
+        Ok(self.0.capacity.load(Ordering::SeqCst).saturating_sub(used))
+    }
+    fn lock_dir(&self, _dir: &Path) -> io::Result<Box<dyn Send + Sync>> {
+        Ok(Box::new(()))
+    }
+}

@@ -1,0 +1,51 @@
+//! The WAL's Prometheus metrics, registered into a registry the caller passes.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+#[derive(Clone)]
+pub struct WalMetrics {
+    pub entries_written: IntCounter,
+    pub bytes_written: IntCounter,
+    pub segments: IntGauge,
+    pub replay_duration: Histogram,
+    pub sync_duration: Histogram,
+}
+
+impl WalMetrics {
+    /// Creates the metrics; registers them into `registry` if one is given.
+    pub fn new(registry: Option<&Registry>) -> prometheus::Result<Self> {
+        let m = WalMetrics {
+            entries_written: IntCounter::new(
+                "wal_entries_written_total",
+                "Records appended to the WAL.",
+            )?,
+            bytes_written: IntCounter::new(
+                "wal_bytes_written_total",
+                "Bytes of frames written to WAL segments.",
+            )?,
+            segments: IntGauge::new(
+                "wal_segments_count",
+                "Segment files currently held by the WAL.",
+            )?,
+            replay_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "wal_replay_duration_seconds",
+                    "Duration of WAL replays and of recovery on open.",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 4.0, 12)?),
+            )?,
+            sync_duration: Histogram::with_opts(
+                HistogramOpts::new("wal_sync_duration_seconds", "Duration of WAL fsyncs.")
+                    .buckets(prometheus::exponential_buckets(0.000_01, 2.5, 14)?),
+            )?,
+        };
+        if let Some(r) = registry {
+            r.register(Box::new(m.entries_written.clone()))?;
+            r.register(Box::new(m.bytes_written.clone()))?;
+            r.register(Box::new(m.segments.clone()))?;
+            r.register(Box::new(m.replay_duration.clone()))?;
+            r.register(Box::new(m.sync_duration.clone()))?;
+        }
+        Ok(m)
+    }
+}

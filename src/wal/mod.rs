@@ -1,0 +1,41 @@
+//! `replog::wal` — a segment-based write-ahead log, usable on its own and as the Raft log store.
+//!
+//! Layout:
+//! - [`types`]: entries, records, frames, segments.
+//! - [`record`], [`frame`], [`segment`], [`meta`]: the on-disk formats, each documented above
+//!   its encoder.
+//! - [`fs`]: the file-system seam ([`fs::StdFs`], and [`fs::MemFs`] for fault injection).
+//! - [`manager`]: the public API, [`Manager`]; `writer` (group commit, rolls, truncation),
+//!   `read` (cursors and iterators) and `recovery` (open) behind it.
+//! - [`verify`]: the offline checker behind `replog wal verify`.
+//!
+//! Invariants:
+//! - Frames of a log have log indexes 1, 2, 3, ... without gaps; record sequence numbers never go
+//!   back. A frame is atomic: recovery keeps it whole or drops it whole.
+//! - Under `sync_policy: immediate` no append is acknowledged before the fsync that covers it.
+//! - An fsync or write error is fatal: the WAL refuses further writes; reads go on.
+//! - Recovery cuts only a torn tail of the last segment; damage anywhere else is
+//!   `CorruptedEntry`, never silently dropped.
+//! - This module uses neither tokio, openraft nor prost: it is plain threads and files.
+
+pub mod config;
+pub mod error;
+pub mod frame;
+pub mod fs;
+mod manager;
+pub mod meta;
+pub mod metrics;
+mod read;
+pub mod record;
+mod recovery;
+pub mod segment;
+pub mod types;
+pub mod verify;
+mod writer;
+
+pub use config::{Compression, SyncPolicy, WalConfig};
+pub use error::{Corruption, RecordError, Result, SequenceRule, WalError};
+pub use manager::{Manager, now_us};
+pub use read::EntryIter;
+pub use types::*;
+pub use writer::Completion;

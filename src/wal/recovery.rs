@@ -1,0 +1,375 @@
+//! Opening a WAL directory: what is on disk becomes the in-memory segment table.
+//!
+//! - Sealed segments are trusted through their `.idx` files (a small read each), so reopening
+//!   costs the size of the tail, not of the log. A sealed segment without a valid index is
+//!   scanned strictly: any bad frame in it is `CorruptedEntry`.
+//! - The last segment is always scanned. At its first bad frame, [`segment::classify_tail`]
+//!   decides: zeros are preallocated space; garbage that no later valid frame vouches for is a
+//!   torn write, which is zeroed (those frames were never acknowledged under `immediate`); a
+//!   later valid frame whose `synced_upto` covers the bad one proves it was durable and then
+//!   damaged, which is `CorruptedEntry`: the WAL refuses to open rather than drop it.
+//! - Leftovers of interrupted operations are finished: temporary files are deleted, segments
+//!   wholly below the persisted log start are deleted, a last segment whose header never made
+//!   it to disk is deleted.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::config::WalConfig;
+use super::error::{Corruption, Result, WalError};
+use super::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
+use super::manager::{LogState, SegState, Shared};
+use super::meta;
+use super::segment::{
+    self, IndexEntry, SEGMENT_HEADER_LEN, ScanEnd, ScanOptions, SegmentHeader, SegmentMeta, Tail,
+};
+use super::types::{LogStart, SegmentId};
+use super::writer::{install_file, prepare};
+
+/// The segment the writer continues.
+pub(crate) struct Active {
+    pub id: SegmentId,
+    pub file: Arc<dyn WalFile>,
+    /// Bytes used (header and frames).
+    pub len: u64,
+    pub file_len: u64,
+}
+
+pub(crate) struct Recovered {
+    pub state: LogState,
+    pub active: Active,
+    pub checkpoints: BTreeMap<String, u64>,
+}
+
+pub(crate) fn scan_options(cfg: &WalConfig) -> ScanOptions {
+    ScanOptions {
+        max_body: cfg.max_frame_bytes.as_u64().min(u64::from(u32::MAX)) as u32,
+        index_interval: cfg.index_interval_bytes.as_u64(),
+        check_records: false,
+    }
+}
+
+fn metadata_corrupt(kind: Corruption) -> WalError {
+    WalError::corrupted(0, 0, kind)
+}
+
+pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered> {
+    let dir = &cfg.directory;
+    let mut ids = Vec::new();
+    for name in fs.list(dir)? {
+        if name.ends_with(".tmp") {
+            fs.remove(&dir.join(&name))?;
+        } else if let Some(id) = segment::parse_file_name(&name, ".seg") {
+            ids.push(id);
+        } else if let Some(id) = segment::parse_file_name(&name, ".idx") {
+            if fs
+                .list(dir)?
+                .iter()
+                .all(|n| segment::parse_file_name(n, ".seg") != Some(id))
+            {
+                fs.remove(&dir.join(&name))?;
+            }
+        }
+    }
+    ids.sort_unstable();
+    let start_file = dir.join(meta::LOG_START_FILE);
+    let persisted_start = match read_file(fs, &start_file) {
+        Ok(b) => Some(meta::decode_log_start(&b).map_err(metadata_corrupt)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    let checkpoints = match read_file(fs, &dir.join(meta::CHECKPOINTS_FILE)) {
+        Ok(b) => meta::decode_checkpoints(&b).map_err(metadata_corrupt)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    // A prefix truncation that crashed before deleting its segments: finish it.
+    if let Some(start) = persisted_start {
+        let mut removed = false;
+        while ids.len() >= 2 && ids[1] <= start.index {
+            remove_segment(fs, dir, ids.remove(0))?;
+            removed = true;
+        }
+        if removed {
+            fs.sync_dir(dir)?;
+        }
+    }
+    let mut tail = None;
+    while let Some(&id) = ids.last() {
+        match recover_tail(fs, cfg, id)? {
+            Some(t) => {
+                tail = Some(t);
+                break;
+            }
+            None => {
+                ids.pop();
+            }
+        }
+    }
+    let mut segments = BTreeMap::new();
+    for &id in &ids[..ids.len().saturating_sub(1)] {
+        segments.insert(id, load_sealed(fs, cfg, id)?);
+    }
+    let active = match tail {
+        Some((seg, file_len)) => {
+            let active = Active {
+                id: seg.meta.id(),
+                file: seg.file.clone(),
+                len: seg.meta.data_len,
+                file_len,
+            };
+            segments.insert(seg.meta.id(), seg);
+            active
+        }
+        None => {
+            let first = persisted_start.unwrap_or(LogStart { index: 1, seq: 1 });
+            let header = SegmentHeader {
+                first_index: first.index.max(1),
+                first_seq: first.seq.max(1),
+                created_us: super::manager::now_us(),
+            };
+            let prepared = prepare(fs, cfg, 0)?;
+            let path = install_file(fs, dir, &prepared, &header)?;
+            let seg = SegState {
+                meta: SegmentMeta::empty(&header),
+                path,
+                file: prepared.file.clone(),
+                sealed: false,
+                index: Vec::new(),
+            };
+            segments.insert(header.first_index, seg);
+            Active {
+                id: header.first_index,
+                file: prepared.file,
+                len: SEGMENT_HEADER_LEN as u64,
+                file_len: prepared.len,
+            }
+        }
+    };
+    check_contiguous(&segments)?;
+    let first = segments
+        .values()
+        .next()
+        .map(|s| s.meta)
+        .expect("at least the active segment");
+    let last = segments[&active.id].meta;
+    let start = persisted_start.unwrap_or(LogStart {
+        index: first.first_index,
+        seq: first.first_seq,
+    });
+    if start.index > last.next_index {
+        return Err(metadata_corrupt(Corruption::BadMetadata(
+            meta::LOG_START_FILE,
+        )));
+    }
+    let last_term = segments
+        .values()
+        .rev()
+        .find(|s| !s.meta.is_empty())
+        .map_or(0, |s| s.meta.last_term);
+    let state = LogState {
+        segments,
+        start,
+        next_index: last.next_index,
+        next_seq: last.next_seq.max(start.seq),
+        last_term,
+        generation: 0,
+    };
+    Ok(Recovered {
+        state,
+        active,
+        checkpoints,
+    })
+}
+
+fn remove_segment(fs: &dyn FileSystem, dir: &std::path::Path, id: SegmentId) -> Result<()> {
+    for p in [
+        dir.join(segment::index_file_name(id)),
+        dir.join(segment::segment_file_name(id)),
+    ] {
+        match fs.remove(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_contiguous(segments: &BTreeMap<SegmentId, SegState>) -> Result<()> {
+    let metas: Vec<&SegmentMeta> = segments.values().map(|s| &s.meta).collect();
+    for w in metas.windows(2) {
+        if w[0].next_index != w[1].first_index {
+            return Err(WalError::corrupted(
+                w[1].id(),
+                0,
+                Corruption::IndexGap {
+                    expected: w[0].next_index,
+                    found: w[1].first_index,
+                },
+            ));
+        }
+        if w[1].first_seq < w[0].next_seq {
+            return Err(WalError::corrupted(
+                w[1].id(),
+                0,
+                Corruption::SequenceGoesBack {
+                    expected_min: w[0].next_seq,
+                    found: w[1].first_seq,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks a segment's header.
+fn read_header(
+    file: &dyn WalFile,
+    id: SegmentId,
+) -> Result<std::result::Result<SegmentHeader, Corruption>> {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    let n = read_full_at(file, &mut h, 0)?;
+    Ok(SegmentHeader::decode(&h[..n]).and_then(|h| {
+        if h.first_index == id {
+            Ok(h)
+        } else {
+            Err(Corruption::BadSegmentHeader)
+        }
+    }))
+}
+
+/// A sealed segment: its `.idx` if valid, else a strict scan (and a fresh `.idx`).
+fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<SegState> {
+    let path = cfg.directory.join(segment::segment_file_name(id));
+    let file = fs.open(&path)?;
+    let file_len = file.len()?;
+    let idx_path = cfg.directory.join(segment::index_file_name(id));
+    let from_idx = read_file(fs, &idx_path)
+        .ok()
+        .and_then(|b| segment::decode_index_file(&b, id).ok());
+    let meta = match from_idx {
+        Some((meta, _)) if meta.data_len <= file_len => meta,
+        _ => {
+            let header = read_header(&*file, id)?.map_err(|k| WalError::corrupted(id, 0, k))?;
+            let scan = segment::scan(&*file, &header, file_len, &scan_options(cfg))?;
+            if let ScanEnd::Bad { offset, kind } = scan.end {
+                return Err(WalError::corrupted(id, offset, kind));
+            }
+            write_file_atomic(
+                fs,
+                &idx_path,
+                &segment::encode_index_file(&scan.meta, &scan.index),
+            )?;
+            scan.meta
+        }
+    };
+    Ok(SegState {
+        meta,
+        path,
+        file,
+        sealed: true,
+        index: Vec::new(),
+    })
+}
+
+/// The last segment, scanned and repaired; `None` if it is a creation that never completed.
+fn recover_tail(
+    fs: &dyn FileSystem,
+    cfg: &WalConfig,
+    id: SegmentId,
+) -> Result<Option<(SegState, u64)>> {
+    let dir = &cfg.directory;
+    let path: PathBuf = dir.join(segment::segment_file_name(id));
+    let file = fs.open(&path)?;
+    let file_len = file.len()?;
+    let header = match read_header(&*file, id)? {
+        Ok(h) => h,
+        Err(kind) => {
+            if all_zero(&*file, file_len)? {
+                tracing::warn!(
+                    segment = id,
+                    "deleting a WAL segment whose creation did not complete"
+                );
+                remove_segment(fs, dir, id)?;
+                fs.sync_dir(dir)?;
+                return Ok(None);
+            }
+            return Err(WalError::corrupted(id, 0, kind));
+        }
+    };
+    // The tail is always rescanned; its index is rewritten when it is sealed.
+    match fs.remove(&dir.join(segment::index_file_name(id))) {
+        Ok(()) => fs.sync_dir(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let opts = scan_options(cfg);
+    let scan = segment::scan(&*file, &header, file_len, &opts)?;
+    if let ScanEnd::Bad { offset, kind } = &scan.end {
+        match segment::classify_tail(&*file, *offset, file_len, opts.max_body)? {
+            Tail::Zeros => {}
+            Tail::Torn { dirty_end } => {
+                tracing::warn!(
+                    segment = id,
+                    offset,
+                    bytes = dirty_end - offset,
+                    "cutting a torn write off the WAL tail"
+                );
+                zero_range(&*file, *offset, dirty_end)?;
+                file.sync_data()?;
+            }
+            Tail::Corrupted => return Err(WalError::corrupted(id, *offset, kind.clone())),
+        }
+    }
+    let seg = SegState {
+        meta: scan.meta,
+        path,
+        file,
+        sealed: false,
+        index: scan.index,
+    };
+    Ok(Some((seg, file_len)))
+}
+
+fn all_zero(file: &dyn WalFile, len: u64) -> Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = read_full_at(file, &mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+fn zero_range(file: &dyn WalFile, from: u64, to: u64) -> Result<()> {
+    let zeros = vec![0u8; (1 << 20).min((to - from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = zeros.len().min((to - at) as usize);
+        write_all_at(file, &zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Rebuilds a sealed segment's sparse index by scanning it (its `.idx` is gone or bad).
+pub(crate) fn rescan_index(
+    sh: &Shared,
+    id: SegmentId,
+    file: &dyn WalFile,
+    meta: &SegmentMeta,
+) -> Result<Vec<IndexEntry>> {
+    let header = read_header(file, id)?.map_err(|k| WalError::corrupted(id, 0, k))?;
+    let scan = segment::scan(file, &header, meta.data_len, &scan_options(&sh.cfg))?;
+    match scan.end {
+        ScanEnd::Bad { offset, kind } => Err(WalError::corrupted(id, offset, kind)),
+        ScanEnd::Clean => Ok(scan.index),
+    }
+}

@@ -1,0 +1,1241 @@
+//! The threads that change the log.
+//!
+//! - The **writer** owns the tail. It takes every queued append (up to `group_commit_max_bytes`),
+//!   encodes them into one buffer, writes it with one `pwrite`, publishes the frames to readers,
+//!   and hands the waiters to the syncer. It also rolls segments and runs truncations,
+//!   checkpoints and retention, so those never race with appends.
+//! - The **syncer** fsyncs. Under `immediate` it takes every job queued while the previous fsync
+//!   ran and covers them with one `fdatasync` (group commit), then answers them; under
+//!   `periodic` it fsyncs on a timer. An fsync error is fatal: it is never retried, since the
+//!   kernel may already have dropped the dirty pages it failed to write.
+//! - The **preparer** creates the next segment file (zero-filled and fsync'd) in the background
+//!   when the active one is half full, so a roll is a rename and never stalls appends.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::config::{Compression, SyncPolicy, WalConfig};
+use super::error::{RecordError, Result, SequenceRule, WalError};
+use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
+use super::fs::{FileSystem, WalFile, write_all_at, write_file_atomic};
+use super::manager::{SegState, Shared, now_us};
+use super::meta;
+use super::read::{Bound, Cursor};
+use super::record;
+use super::recovery;
+use super::recovery::Active;
+use super::segment::{
+    self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, SegmentMeta, maybe_index,
+};
+use super::types::*;
+
+/// Called once with the outcome of an append.
+pub type Completion = Box<dyn FnOnce(Result<Appended>) + Send>;
+type Reply<T> = SyncSender<Result<T>>;
+
+pub(crate) struct AppendReq {
+    pub frames: Vec<FrameSpec>,
+    /// Upper bound of the encoded size, for sizing group commits.
+    pub bytes: u64,
+    pub on_written: Option<Completion>,
+    pub on_durable: Completion,
+}
+
+pub(crate) enum PrefixPoint {
+    /// Hide every record below this sequence number.
+    Seq(SequenceNumber),
+    /// Hide every frame below this log index.
+    Index(u64),
+}
+
+pub(crate) enum SuffixPoint {
+    Index(u64),
+    Seq(SequenceNumber),
+}
+
+pub(crate) enum Command {
+    Append(AppendReq),
+    Sync(Reply<()>),
+    Checkpoint {
+        name: String,
+        reply: Reply<SequenceNumber>,
+    },
+    TruncatePrefix {
+        to: PrefixPoint,
+        reply: Reply<LogStart>,
+    },
+    TruncateSuffix {
+        from: SuffixPoint,
+        reply: Reply<()>,
+    },
+    Retention {
+        now_us: u64,
+        reply: Reply<usize>,
+    },
+    Close(Reply<()>),
+}
+
+enum SyncMsg {
+    /// Make the file durable up to `end`, then answer the waiters.
+    Job {
+        file: Arc<dyn WalFile>,
+        segment: SegmentId,
+        end: u64,
+        next_index: u64,
+        waiters: Vec<(Completion, Appended)>,
+    },
+    /// `periodic`: the file has unsynced data up to `end`.
+    Dirty {
+        file: Arc<dyn WalFile>,
+        segment: SegmentId,
+        end: u64,
+        next_index: u64,
+    },
+    /// Answered once every earlier message is done.
+    Barrier(SyncSender<()>),
+}
+
+/// Requests the writer takes in one group commit at most.
+const GROUP_MAX_REQUESTS: usize = 4096;
+/// Messages the syncer takes in one round at most.
+const SYNC_MAX_BATCH: usize = 4096;
+/// Jobs waiting for the syncer; the writer blocks beyond (back-pressure).
+const SYNC_QUEUE_DEPTH: usize = 1024;
+/// How often an idle writer applies retention.
+const RETENTION_IDLE_CHECK: Duration = Duration::from_secs(60);
+
+fn dup(r: &Result<Appended>) -> Result<Appended> {
+    match r {
+        Ok(a) => Ok(*a),
+        Err(e) => Err(e.duplicate()),
+    }
+}
+
+fn is_enospc(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
+/// Starts the writer, syncer and preparer threads.
+pub(crate) fn start(
+    sh: Arc<Shared>,
+    active: Active,
+) -> Result<(SyncSender<Command>, Vec<JoinHandle<()>>)> {
+    let (tx, rx) = sync_channel(sh.cfg.queue_depth);
+    let (sync_tx, sync_rx) = sync_channel(SYNC_QUEUE_DEPTH);
+    let (prep, prep_thread) = Preparer::start(sh.clone())?;
+    let syncer = {
+        let sh = sh.clone();
+        std::thread::Builder::new()
+            .name("wal-syncer".into())
+            .spawn(move || syncer_loop(&sh, &sync_rx))?
+    };
+    let compression = match sh.cfg.compression {
+        Compression::Zstd => Some((
+            sh.cfg.compression_level,
+            sh.cfg.compression_min_bytes.as_u64() as usize,
+        )),
+        Compression::None => None,
+    };
+    let published = {
+        let st = sh.state.read();
+        (st.next_index, st.next_seq, st.last_term)
+    };
+    let writer = Writer {
+        encoder: Encoder::new(compression)?,
+        buf: Vec::with_capacity(1 << 20),
+        pending: Vec::new(),
+        done: Vec::new(),
+        syncer: sync_tx,
+        preparer: prep,
+        active_id: active.id,
+        active_file: active.file,
+        active_len: active.len,
+        file_len: active.file_len,
+        synced_hint: active.len as u32,
+        next_index: published.0,
+        next_seq: published.1,
+        last_term: published.2,
+        published,
+        sh,
+    };
+    let handle = std::thread::Builder::new()
+        .name("wal-writer".into())
+        .spawn(move || writer.run(rx))?;
+    Ok((tx, vec![handle, syncer, prep_thread]))
+}
+
+struct Writer {
+    sh: Arc<Shared>,
+    encoder: Encoder,
+    /// Frames encoded but not yet written.
+    buf: Vec<u8>,
+    /// Headers and offsets of the frames in `buf`.
+    pending: Vec<(FrameHeader, u64)>,
+    done: Vec<(AppendReq, Result<Appended>)>,
+    syncer: SyncSender<SyncMsg>,
+    preparer: Preparer,
+    active_id: SegmentId,
+    active_file: Arc<dyn WalFile>,
+    /// Bytes of the active segment written (header and frames).
+    active_len: u64,
+    /// Size of the active segment's file (preallocated space included).
+    file_len: u64,
+    synced_hint: u32,
+    /// The tail including frames in `buf`.
+    next_index: u64,
+    next_seq: SequenceNumber,
+    last_term: u64,
+    /// The tail readers see: `(next_index, next_seq, last_term)`.
+    published: (u64, SequenceNumber, u64),
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Command>) {
+        let mut batch = Vec::new();
+        loop {
+            let first = match rx.recv_timeout(RETENTION_IDLE_CHECK) {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.retention(now_us()) {
+                        tracing::warn!(error = %e, "WAL retention failed");
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.close();
+                    return;
+                }
+            };
+            let mut next = Some(first);
+            let mut bytes = 0;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append(req) => {
+                        bytes += req.bytes;
+                        batch.push(req);
+                        if batch.len() < GROUP_MAX_REQUESTS
+                            && bytes < self.sh.cfg.group_commit_max_bytes.as_u64()
+                        {
+                            next = match rx.try_recv() {
+                                Ok(cmd) => Some(cmd),
+                                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+                            };
+                        }
+                    }
+                    other => {
+                        self.flush(&mut batch);
+                        if self.handle(other) {
+                            return;
+                        }
+                    }
+                }
+            }
+            self.flush(&mut batch);
+        }
+    }
+
+    /// Runs a non-append command; returns true when the writer must stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Append(_) => unreachable!("appends are batched by run()"),
+            Command::Sync(reply) => drop(reply.send(self.sync_all())),
+            Command::Checkpoint { name, reply } => drop(reply.send(self.checkpoint(name))),
+            Command::TruncatePrefix { to, reply } => drop(reply.send(self.truncate_prefix(to))),
+            Command::TruncateSuffix { from, reply } => drop(reply.send(self.truncate_suffix(from))),
+            Command::Retention { now_us, reply } => drop(reply.send(self.retention(now_us))),
+            Command::Close(reply) => {
+                let _ = reply.send(self.close());
+                return true;
+            }
+        }
+        false
+    }
+
+    // ---- appends -------------------------------------------------------------------------
+
+    fn flush(&mut self, batch: &mut Vec<AppendReq>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.synced_hint = self.current_synced_hint();
+        let now = now_us();
+        for req in batch.drain(..) {
+            let r = match self.sh.fatal_error() {
+                Some(e) => Err(e),
+                None => self.encode_request(&req.frames, now),
+            };
+            self.done.push((req, r));
+        }
+        let first_unwritten = self.published.0;
+        if let Err(e) = self.write_out() {
+            for (_, r) in &mut self.done {
+                if matches!(r, Ok(a) if a.last_index >= first_unwritten) {
+                    *r = Err(e.duplicate());
+                }
+            }
+        }
+        self.complete();
+    }
+
+    /// Answers the requests of the last flush: `on_written` now, `on_durable` per the policy.
+    fn complete(&mut self) {
+        let immediate = self.sh.cfg.sync_policy == SyncPolicy::Immediate;
+        if !immediate {
+            // Before answering anyone: a reader that starts once an append returned must see it.
+            self.sh
+                .acked_index
+                .fetch_max(self.published.0, Ordering::AcqRel);
+        }
+        let mut waiters = Vec::new();
+        for (mut req, r) in self.done.drain(..) {
+            if let Some(w) = req.on_written.take() {
+                w(dup(&r));
+            }
+            match r {
+                Ok(a) if immediate => waiters.push((req.on_durable, a)),
+                r => (req.on_durable)(r),
+            }
+        }
+        if !immediate {
+            if self.sh.cfg.sync_policy == SyncPolicy::Periodic {
+                let msg = SyncMsg::Dirty {
+                    file: self.active_file.clone(),
+                    segment: self.active_id,
+                    end: self.active_len,
+                    next_index: self.published.0,
+                };
+                let _ = self.syncer.send(msg);
+            }
+        }
+        if !waiters.is_empty() {
+            let job = SyncMsg::Job {
+                file: self.active_file.clone(),
+                segment: self.active_id,
+                end: self.active_len,
+                next_index: self.published.0,
+                waiters,
+            };
+            if let Err(std::sync::mpsc::SendError(SyncMsg::Job { waiters, .. })) =
+                self.syncer.send(job)
+            {
+                for (w, _) in waiters {
+                    w(Err(WalError::Closed));
+                }
+            }
+        }
+    }
+
+    /// Checks every frame of a request before encoding any, so a bad one leaves no trace.
+    fn validate(&self, frames: &[FrameSpec]) -> Result<()> {
+        if frames.is_empty() {
+            return Err(WalError::InvalidRecord(RecordError::EmptyBatch));
+        }
+        let max_frame = self.sh.cfg.max_frame_bytes.as_u64();
+        let (mut index, mut seq) = (self.next_index, self.next_seq);
+        for f in frames {
+            if let Some(i) = f.index.filter(|&i| i != index) {
+                return Err(WalError::InvalidSequence {
+                    what: "log index",
+                    got: i,
+                    rule: SequenceRule::Exactly(index),
+                });
+            }
+            if let Some(s) = f.first_seq {
+                if s < seq {
+                    return Err(WalError::InvalidSequence {
+                        what: "sequence number",
+                        got: s,
+                        rule: SequenceRule::AtLeast(seq),
+                    });
+                }
+                seq = s;
+            }
+            let bytes = max_encoded_len(&f.payload) as u64;
+            if bytes > max_frame {
+                return Err(WalError::FrameTooLarge {
+                    bytes,
+                    limit_bytes: max_frame,
+                });
+            }
+            if let Payload::Records(recs) = &f.payload {
+                for r in recs {
+                    record::validate(r, max_frame as usize).map_err(WalError::InvalidRecord)?;
+                }
+                seq += recs.len() as u64;
+            }
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn encode_request(&mut self, frames: &[FrameSpec], now: u64) -> Result<Appended> {
+        self.validate(frames)?;
+        let first_index = self.next_index;
+        let first_seq = frames[0].first_seq.unwrap_or(self.next_seq);
+        let segment_size = self.sh.cfg.segment_size.as_u64();
+        for f in frames {
+            let upper = max_encoded_len(&f.payload) as u64;
+            let used = self.active_len + self.buf.len() as u64;
+            if used + upper > segment_size && used > SEGMENT_HEADER_LEN as u64 {
+                self.roll()?;
+            }
+            let offset = self.active_len + self.buf.len() as u64;
+            let meta = FrameMeta {
+                index: self.next_index,
+                term: f.term,
+                first_seq: f.first_seq.unwrap_or(self.next_seq),
+                synced_upto: self.synced_hint,
+                default_ts: now,
+            };
+            let h = self.encoder.encode(&mut self.buf, &meta, &f.payload);
+            self.pending.push((h, offset));
+            self.next_index += 1;
+            self.next_seq = h.next_seq();
+            self.last_term = f.term;
+        }
+        Ok(Appended {
+            first_index,
+            last_index: self.next_index - 1,
+            first_seq,
+            next_seq: self.next_seq,
+            timestamp: now,
+        })
+    }
+
+    fn current_synced_hint(&self) -> u32 {
+        let s = *self.sh.synced.lock();
+        let offset = if s.segment == self.active_id {
+            s.offset
+        } else {
+            SEGMENT_HEADER_LEN as u64
+        };
+        offset.min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Writes `buf` to the active segment and publishes its frames to readers.
+    fn write_out(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let end = self.active_len + self.buf.len() as u64;
+        if end > self.file_len {
+            if let Err(e) = self.ensure_space(end - self.file_len) {
+                self.discard_pending();
+                return Err(e);
+            }
+        }
+        if let Err(e) = write_all_at(&*self.active_file, &self.buf, self.active_len) {
+            return Err(self.write_failed(e));
+        }
+        self.file_len = self.file_len.max(end);
+        self.active_len = end;
+        self.publish();
+        Ok(())
+    }
+
+    /// A failed write may have left part of `buf` in the file. ENOSPC: cut those bytes off (so
+    /// no stale frame can follow the next write) and report it; anything else is fatal.
+    fn write_failed(&mut self, e: io::Error) -> WalError {
+        self.discard_pending();
+        if !is_enospc(&e) {
+            return self.sh.set_fatal(e);
+        }
+        let cut = self
+            .active_file
+            .set_len(self.active_len)
+            .and_then(|()| self.active_file.sync_data());
+        if let Err(e) = cut {
+            return self.sh.set_fatal(e);
+        }
+        self.file_len = self.active_len;
+        let available_bytes = self.sh.fs.available_space(self.sh.dir()).unwrap_or(0);
+        WalError::InsufficientSpace {
+            dir: self.sh.dir().to_owned(),
+            available_bytes,
+            required_bytes: self.buf_len_hint(),
+        }
+    }
+
+    fn buf_len_hint(&self) -> u64 {
+        self.sh.cfg.min_free_bytes.as_u64()
+    }
+
+    fn discard_pending(&mut self) {
+        self.buf.clear();
+        self.pending.clear();
+        (self.next_index, self.next_seq, self.last_term) = self.published;
+    }
+
+    fn ensure_space(&self, grow: u64) -> Result<()> {
+        let required_bytes = grow + self.sh.cfg.min_free_bytes.as_u64();
+        let available_bytes = self.sh.fs.available_space(self.sh.dir())?;
+        if available_bytes < required_bytes {
+            return Err(WalError::InsufficientSpace {
+                dir: self.sh.dir().to_owned(),
+                available_bytes,
+                required_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let interval = self.sh.cfg.index_interval_bytes.as_u64();
+        let (mut records, bytes) = (0u64, self.buf.len() as u64);
+        {
+            let mut st = self.sh.state.write();
+            let seg = st
+                .segments
+                .get_mut(&self.active_id)
+                .expect("the active segment is in the table");
+            for (h, offset) in self.pending.drain(..) {
+                seg.meta.add_frame(&h, offset);
+                maybe_index(
+                    &mut seg.index,
+                    IndexEntry {
+                        index: h.index,
+                        first_seq: h.first_seq,
+                        offset,
+                    },
+                    interval,
+                );
+                records += u64::from(h.record_count);
+            }
+            st.next_index = self.next_index;
+            st.next_seq = self.next_seq;
+            st.last_term = self.last_term;
+        }
+        self.buf.clear();
+        self.published = (self.next_index, self.next_seq, self.last_term);
+        self.sh.metrics.entries_written.inc_by(records);
+        self.sh.metrics.bytes_written.inc_by(bytes);
+        if self.active_len * 2 >= self.sh.cfg.segment_size.as_u64() {
+            self.preparer.request();
+        }
+    }
+
+    // ---- segments ------------------------------------------------------------------------
+
+    fn fsync_active(&self) -> Result<()> {
+        let started = Instant::now();
+        let r = self.active_file.sync_data();
+        self.sh
+            .metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        r.map_err(|e| self.sh.set_fatal(e))
+    }
+
+    /// Seals the active segment and starts a new one at the current tail.
+    fn roll(&mut self) -> Result<()> {
+        self.write_out()?;
+        let prepared = self.preparer.take()?;
+        self.seal_active()?;
+        self.install(prepared)?;
+        if let Err(e) = self.retention(now_us()) {
+            tracing::warn!(error = %e, "WAL retention failed");
+        }
+        Ok(())
+    }
+
+    fn seal_active(&mut self) -> Result<()> {
+        // Give back the preallocated tail, then make data and size durable together.
+        if let Err(e) = self.active_file.set_len(self.active_len) {
+            return Err(self.sh.set_fatal(e));
+        }
+        self.file_len = self.active_len;
+        self.fsync_active()?;
+        self.sh.note_synced(self.active_id, self.active_len);
+        self.sh
+            .acked_index
+            .fetch_max(self.published.0, Ordering::AcqRel);
+        let (meta, index) = {
+            let st = self.sh.state.read();
+            let seg = &st.segments[&self.active_id];
+            (seg.meta, seg.index.clone())
+        };
+        let path = self.sh.dir().join(segment::index_file_name(self.active_id));
+        write_file_atomic(
+            &*self.sh.fs,
+            &path,
+            &segment::encode_index_file(&meta, &index),
+        )
+        .map_err(|e| self.meta_write_failed(e))?;
+        let mut st = self.sh.state.write();
+        let seg = st
+            .segments
+            .get_mut(&self.active_id)
+            .expect("the active segment is in the table");
+        seg.sealed = true;
+        let index = std::mem::take(&mut seg.index);
+        drop(st);
+        self.sh
+            .index_cache
+            .lock()
+            .put(self.active_id, Arc::new(index));
+        Ok(())
+    }
+
+    /// Makes a prepared file the new active segment, starting at the current tail.
+    fn install(&mut self, prepared: Prepared) -> Result<()> {
+        let header = SegmentHeader {
+            first_index: self.next_index,
+            first_seq: self.next_seq,
+            created_us: now_us(),
+        };
+        let path = match install_file(&*self.sh.fs, self.sh.dir(), &prepared, &header) {
+            Ok(path) => path,
+            Err(e) => return Err(self.sh.set_fatal(e)),
+        };
+        let count = {
+            let mut st = self.sh.state.write();
+            let seg = SegState {
+                meta: SegmentMeta::empty(&header),
+                path,
+                file: prepared.file.clone(),
+                sealed: false,
+                index: Vec::new(),
+            };
+            st.segments.insert(header.first_index, seg);
+            st.segments.len()
+        };
+        self.sh.metrics.segments.set(count as i64);
+        self.active_id = header.first_index;
+        self.active_file = prepared.file;
+        self.active_len = SEGMENT_HEADER_LEN as u64;
+        self.file_len = prepared.len.max(self.active_len);
+        self.sh.note_synced(self.active_id, self.active_len);
+        self.synced_hint = SEGMENT_HEADER_LEN as u32;
+        Ok(())
+    }
+
+    fn meta_write_failed(&self, e: io::Error) -> WalError {
+        if is_enospc(&e) {
+            let available_bytes = self.sh.fs.available_space(self.sh.dir()).unwrap_or(0);
+            return WalError::InsufficientSpace {
+                dir: self.sh.dir().to_owned(),
+                available_bytes,
+                required_bytes: 4096,
+            };
+        }
+        self.sh.set_fatal(e)
+    }
+
+    // ---- durability points ---------------------------------------------------------------
+
+    /// Waits until the syncer has finished everything queued before now.
+    fn barrier(&self) {
+        let (tx, rx) = sync_channel(1);
+        if self.syncer.send(SyncMsg::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    fn sync_all(&mut self) -> Result<()> {
+        if let Some(e) = self.sh.fatal_error() {
+            return Err(e);
+        }
+        self.write_out()?;
+        self.barrier();
+        self.fsync_active()?;
+        self.sh.note_synced(self.active_id, self.active_len);
+        self.sh
+            .acked_index
+            .fetch_max(self.published.0, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, name: String) -> Result<SequenceNumber> {
+        if name.is_empty() || name.len() > meta::CHECKPOINT_NAME_MAX {
+            return Err(WalError::InvalidRecord(RecordError::CheckpointName {
+                len: name.len(),
+                max: meta::CHECKPOINT_NAME_MAX,
+            }));
+        }
+        self.sync_all()?;
+        let seq = self.published.1.saturating_sub(1);
+        let mut cps = self.sh.checkpoints.read().clone();
+        if !cps.contains_key(&name) && cps.len() >= self.sh.cfg.max_checkpoints {
+            return Err(WalError::TooManyCheckpoints {
+                limit: self.sh.cfg.max_checkpoints,
+            });
+        }
+        cps.insert(name, seq);
+        let path = self.sh.dir().join(meta::CHECKPOINTS_FILE);
+        write_file_atomic(&*self.sh.fs, &path, &meta::encode_checkpoints(&cps))
+            .map_err(|e| self.meta_write_failed(e))?;
+        *self.sh.checkpoints.write() = cps;
+        Ok(seq)
+    }
+
+    // ---- truncation ----------------------------------------------------------------------
+
+    /// The header of the first frame at or after which `pred` holds, scanning from the frame
+    /// that the cursor is positioned at.
+    fn find_frame(
+        &self,
+        mut cursor: Cursor,
+        pred: impl Fn(&FrameHeader) -> bool,
+    ) -> Result<Option<(FrameHeader, SegmentId, u64)>> {
+        while let Some(f) = cursor.next_frame()? {
+            if pred(&f.header) {
+                return Ok(Some((f.header, f.segment, f.offset)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn truncate_prefix(&mut self, to: PrefixPoint) -> Result<LogStart> {
+        let (start, next_index, next_seq) = {
+            let st = self.sh.state.read();
+            (st.start, st.next_index, st.next_seq)
+        };
+        let new = match to {
+            PrefixPoint::Seq(seq) if seq <= start.seq => return Ok(start),
+            PrefixPoint::Index(index) if index <= start.index => return Ok(start),
+            PrefixPoint::Seq(seq) if seq > next_seq => {
+                return Err(WalError::InvalidSequence {
+                    what: "sequence number",
+                    got: seq,
+                    rule: SequenceRule::Between(start.seq, next_seq),
+                });
+            }
+            PrefixPoint::Index(index) if index > next_index => {
+                return Err(WalError::InvalidSequence {
+                    what: "log index",
+                    got: index - 1,
+                    rule: SequenceRule::Between(start.index, next_index - 1),
+                });
+            }
+            PrefixPoint::Seq(seq) => {
+                let cursor = Cursor::at_seq(self.sh.clone(), seq, Bound::Written)?;
+                match self.find_frame(cursor, |h| h.next_seq() > seq)? {
+                    Some((h, _, _)) => LogStart {
+                        index: h.index,
+                        seq,
+                    },
+                    None => LogStart {
+                        index: next_index,
+                        seq,
+                    },
+                }
+            }
+            PrefixPoint::Index(index) => {
+                let cursor =
+                    Cursor::at_index(self.sh.clone(), index.min(next_index), Bound::Written)?;
+                match self.find_frame(cursor, |h| h.index >= index)? {
+                    Some((h, _, _)) => LogStart {
+                        index,
+                        seq: h.first_seq,
+                    },
+                    None => LogStart {
+                        index,
+                        seq: next_seq,
+                    },
+                }
+            }
+        };
+        self.set_log_start(new)?;
+        Ok(new)
+    }
+
+    /// Persists a new log start, then deletes the segments wholly below it.
+    fn set_log_start(&mut self, new: LogStart) -> Result<()> {
+        // The data first: the watermark must never point past what a crash keeps.
+        self.sync_all()?;
+        let path = self.sh.dir().join(meta::LOG_START_FILE);
+        write_file_atomic(&*self.sh.fs, &path, &meta::encode_log_start(new))
+            .map_err(|e| self.meta_write_failed(e))?;
+        let doomed: Vec<(SegmentId, PathBuf)> = {
+            let mut st = self.sh.state.write();
+            st.start = new;
+            let ids: Vec<SegmentId> = st
+                .segments
+                .values()
+                .filter(|s| {
+                    s.sealed && s.meta.next_index <= new.index && s.meta.id() != self.active_id
+                })
+                .map(|s| s.meta.id())
+                .collect();
+            ids.iter()
+                .filter_map(|id| st.segments.remove(id))
+                .map(|s| (s.meta.id(), s.path))
+                .collect()
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut cache = self.sh.index_cache.lock();
+        for (id, _) in &doomed {
+            cache.pop(id);
+        }
+        drop(cache);
+        self.remove_segment_files(&doomed);
+        self.sh
+            .metrics
+            .segments
+            .set(self.sh.state.read().segments.len() as i64);
+        Ok(())
+    }
+
+    /// Deletes segment files no longer in the table. A failure only leaves a file that the
+    /// next open deletes (it lies below the persisted log start), so it is logged, not fatal.
+    fn remove_segment_files(&self, doomed: &[(SegmentId, PathBuf)]) {
+        let fs = &*self.sh.fs;
+        for (id, path) in doomed {
+            let idx = self.sh.dir().join(segment::index_file_name(*id));
+            for p in [path, &idx] {
+                if let Err(e) = fs.remove(p) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(error = %e, path = %p.display(), "could not delete a truncated WAL segment");
+                    }
+                }
+            }
+        }
+        if let Err(e) = fs.sync_dir(self.sh.dir()) {
+            tracing::warn!(error = %e, "could not fsync the WAL directory after deleting segments");
+        }
+    }
+
+    fn truncate_suffix(&mut self, from: SuffixPoint) -> Result<()> {
+        let (start, next_index, next_seq) = {
+            let st = self.sh.state.read();
+            (st.start, st.next_index, st.next_seq)
+        };
+        let found = match from {
+            SuffixPoint::Index(i) if i >= next_index => return Ok(()),
+            SuffixPoint::Seq(s) if s >= next_seq => return Ok(()),
+            SuffixPoint::Index(i) if i < start.index => {
+                return Err(WalError::InvalidSequence {
+                    what: "log index",
+                    got: i,
+                    rule: SequenceRule::AtLeast(start.index),
+                });
+            }
+            SuffixPoint::Seq(s) if s < start.seq => {
+                return Err(WalError::InvalidSequence {
+                    what: "sequence number",
+                    got: s,
+                    rule: SequenceRule::AtLeast(start.seq),
+                });
+            }
+            SuffixPoint::Index(i) => self
+                .find_frame(Cursor::at_index(self.sh.clone(), i, Bound::Written)?, |h| {
+                    h.index >= i
+                })?,
+            SuffixPoint::Seq(s) => {
+                let found = self
+                    .find_frame(Cursor::at_seq(self.sh.clone(), s, Bound::Written)?, |h| {
+                        h.next_seq() > s
+                    })?;
+                if let Some((h, _, _)) = found.filter(|(h, _, _)| h.first_seq < s) {
+                    let rule = SequenceRule::BatchBoundary {
+                        batch_first: h.first_seq,
+                        batch_last: h.next_seq() - 1,
+                    };
+                    return Err(WalError::InvalidSequence {
+                        what: "sequence number",
+                        got: s,
+                        rule,
+                    });
+                }
+                found
+            }
+        };
+        let Some((h, segment, offset)) = found else {
+            return Ok(());
+        };
+        self.cut_at(h.index, segment, offset)
+    }
+
+    /// Removes frame `index` (at `offset` of `segment`) and everything after it, durably.
+    fn cut_at(&mut self, index: u64, segment: SegmentId, offset: u64) -> Result<()> {
+        self.write_out()?;
+        self.barrier();
+        let fs = self.sh.fs.clone();
+        let dir = self.sh.dir().to_owned();
+        let (later, target) = {
+            let st = self.sh.state.read();
+            let later: Vec<(SegmentId, PathBuf)> = st
+                .segments
+                .range(segment + 1..)
+                .map(|(id, s)| (*id, s.path.clone()))
+                .collect();
+            let t = &st.segments[&segment];
+            (later, (t.file.clone(), t.meta, t.sealed))
+        };
+        let (file, old_meta, sealed) = target;
+        // Newest first, each removal durable, so a crash leaves a contiguous log.
+        for (id, path) in later.iter().rev() {
+            let r = remove_if_exists(&*fs, &dir.join(segment::index_file_name(*id)))
+                .and_then(|()| fs.remove(path))
+                .and_then(|()| fs.sync_dir(&dir));
+            r.map_err(|e| self.sh.set_fatal(e))?;
+        }
+        if sealed {
+            remove_if_exists(&*fs, &dir.join(segment::index_file_name(segment)))
+                .and_then(|()| fs.sync_dir(&dir))
+                .map_err(|e| self.sh.set_fatal(e))?;
+        }
+        file.set_len(offset)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| self.sh.set_fatal(e))?;
+        let header = SegmentHeader {
+            first_index: old_meta.first_index,
+            first_seq: old_meta.first_seq,
+            created_us: 0,
+        };
+        let opts = recovery::scan_options(&self.sh.cfg);
+        let scan =
+            segment::scan(&*file, &header, offset, &opts).map_err(|e| self.sh.set_fatal(e))?;
+        debug_assert_eq!(scan.meta.next_index, index);
+        {
+            let mut st = self.sh.state.write();
+            for (id, _) in &later {
+                st.segments.remove(id);
+            }
+            let seg = st
+                .segments
+                .get_mut(&segment)
+                .expect("the cut segment is in the table");
+            seg.meta = scan.meta;
+            seg.index = scan.index;
+            seg.sealed = false;
+            st.next_index = scan.meta.next_index;
+            st.next_seq = scan.meta.next_seq.max(st.start.seq);
+            st.last_term = scan.meta.last_term;
+            st.generation += 1;
+            self.published = (st.next_index, st.next_seq, st.last_term);
+        }
+        let mut cache = self.sh.index_cache.lock();
+        cache.pop(&segment);
+        for (id, _) in &later {
+            cache.pop(id);
+        }
+        drop(cache);
+        (self.next_index, self.next_seq, self.last_term) = self.published;
+        self.active_id = segment;
+        self.active_file = file;
+        self.active_len = offset;
+        self.file_len = offset;
+        self.sh
+            .acked_index
+            .store(self.published.0, Ordering::Release);
+        *self.sh.synced.lock() = super::manager::SyncedPos { segment, offset };
+        self.sh
+            .metrics
+            .segments
+            .set(self.sh.state.read().segments.len() as i64);
+        Ok(())
+    }
+
+    fn retention(&mut self, now: u64) -> Result<usize> {
+        let Some(hours) = self.sh.cfg.retention_hours else {
+            return Ok(0);
+        };
+        let cutoff = now.saturating_sub(hours.saturating_mul(3_600_000_000));
+        let new_start = {
+            let st = self.sh.state.read();
+            // Only whole segments from the front, and never the active one (never sealed).
+            let expired = st
+                .segments
+                .values()
+                .take_while(|s| s.sealed && s.meta.max_timestamp < cutoff)
+                .count();
+            let Some(next) = st.segments.values().nth(expired).filter(|_| expired > 0) else {
+                return Ok(0);
+            };
+            LogStart {
+                index: next.meta.first_index.max(st.start.index),
+                seq: next.meta.first_seq.max(st.start.seq),
+            }
+        };
+        let before = self.sh.state.read().segments.len();
+        if new_start.index > self.sh.state.read().start.index {
+            self.set_log_start(new_start)?;
+        }
+        let deleted = before - self.sh.state.read().segments.len();
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                log_start = new_start.seq,
+                "WAL retention deleted expired segments"
+            );
+        }
+        Ok(deleted)
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let r = if self.sh.fatal.get().is_some() {
+            Ok(())
+        } else {
+            self.sync_all()
+        };
+        self.preparer.discard();
+        r
+    }
+}
+
+fn remove_if_exists(fs: &dyn FileSystem, path: &std::path::Path) -> io::Result<()> {
+    match fs.remove(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+// ---- syncer --------------------------------------------------------------------------------
+
+fn syncer_loop(sh: &Shared, rx: &Receiver<SyncMsg>) {
+    let interval = sh.cfg.sync_interval;
+    let mut dirty: Option<(Arc<dyn WalFile>, SegmentId, u64, u64)> = None;
+    let mut last_sync = Instant::now();
+    let mut msgs = Vec::new();
+    loop {
+        let first = match &dirty {
+            Some(_) => match rx
+                .recv_timeout((last_sync + interval).saturating_duration_since(Instant::now()))
+            {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+        };
+        let Some(first) = first else {
+            if let Some((file, segment, end, next_index)) = dirty.take() {
+                sync_and_answer(sh, &*file, segment, end, next_index, Vec::new());
+            }
+            last_sync = Instant::now();
+            continue;
+        };
+        msgs.push(first);
+        while msgs.len() < SYNC_MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut target: Option<(Arc<dyn WalFile>, SegmentId, u64, u64)> = None;
+        let mut waiters = Vec::new();
+        for msg in msgs.drain(..) {
+            match msg {
+                // Jobs arrive in write order, and the writer fsyncs a segment when it seals it, so
+                // one fsync of the newest job's file covers every job before it.
+                SyncMsg::Job {
+                    file,
+                    segment,
+                    end,
+                    next_index,
+                    waiters: w,
+                } => {
+                    waiters.extend(w);
+                    target = Some((file, segment, end, next_index));
+                }
+                SyncMsg::Dirty {
+                    file,
+                    segment,
+                    end,
+                    next_index,
+                } => dirty = Some((file, segment, end, next_index)),
+                SyncMsg::Barrier(reply) => {
+                    if let Some((file, segment, end, next_index)) = target.take() {
+                        sync_and_answer(
+                            sh,
+                            &*file,
+                            segment,
+                            end,
+                            next_index,
+                            std::mem::take(&mut waiters),
+                        );
+                    }
+                    let _ = reply.send(());
+                }
+            }
+        }
+        if let Some((file, segment, end, next_index)) = target {
+            sync_and_answer(sh, &*file, segment, end, next_index, waiters);
+        }
+    }
+    if let Some((file, segment, end, next_index)) = dirty {
+        sync_and_answer(sh, &*file, segment, end, next_index, Vec::new());
+    }
+}
+
+fn sync_and_answer(
+    sh: &Shared,
+    file: &dyn WalFile,
+    segment: SegmentId,
+    end: u64,
+    next_index: u64,
+    waiters: Vec<(Completion, Appended)>,
+) {
+    let result = match sh.fatal_error() {
+        Some(e) => Err(e),
+        None => {
+            let started = Instant::now();
+            let r = file.sync_data();
+            sh.metrics
+                .sync_duration
+                .observe(started.elapsed().as_secs_f64());
+            r.map_err(|e| sh.set_fatal(e))
+        }
+    };
+    if result.is_ok() {
+        sh.note_synced(segment, end);
+        sh.acked_index.fetch_max(next_index, Ordering::AcqRel);
+    }
+    for (w, appended) in waiters {
+        w(match &result {
+            Ok(()) => Ok(appended),
+            Err(e) => Err(e.duplicate()),
+        });
+    }
+}
+
+// ---- preparer ------------------------------------------------------------------------------
+
+pub(crate) struct Prepared {
+    pub path: PathBuf,
+    pub file: Arc<dyn WalFile>,
+    pub len: u64,
+}
+
+/// Makes the next segment file ahead of time, off the append path.
+struct Preparer {
+    tx: Option<SyncSender<()>>,
+    rx: Receiver<Result<Prepared>>,
+    outstanding: bool,
+    ready: Option<Prepared>,
+    sh: Arc<Shared>,
+}
+
+impl Preparer {
+    fn start(sh: Arc<Shared>) -> Result<(Preparer, JoinHandle<()>)> {
+        let (req_tx, req_rx) = sync_channel::<()>(1);
+        let (res_tx, res_rx) = sync_channel(1);
+        let thread_sh = sh.clone();
+        let handle = std::thread::Builder::new()
+            .name("wal-preparer".into())
+            .spawn(move || {
+                let mut n = 0u64;
+                while req_rx.recv().is_ok() {
+                    n += 1;
+                    if res_tx
+                        .send(prepare(&*thread_sh.fs, &thread_sh.cfg, n))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })?;
+        Ok((
+            Preparer {
+                tx: Some(req_tx),
+                rx: res_rx,
+                outstanding: false,
+                ready: None,
+                sh,
+            },
+            handle,
+        ))
+    }
+
+    /// Starts preparing a file unless one is ready or on its way.
+    fn request(&mut self) {
+        if self.outstanding || self.ready.is_some() {
+            return;
+        }
+        if let Some(tx) = &self.tx {
+            self.outstanding = tx.send(()).is_ok();
+        }
+    }
+
+    /// A prepared file, waiting for it if needed.
+    fn take(&mut self) -> Result<Prepared> {
+        if let Some(p) = self.ready.take() {
+            return Ok(p);
+        }
+        self.request();
+        if !self.outstanding {
+            return Err(WalError::Closed);
+        }
+        self.outstanding = false;
+        self.rx.recv().map_err(|_| WalError::Closed)?
+    }
+
+    /// Stops the thread and deletes a file it prepared but nobody used.
+    fn discard(&mut self) {
+        if self.outstanding {
+            if let Ok(Ok(p)) = self.rx.recv() {
+                self.ready = Some(p);
+            }
+            self.outstanding = false;
+        }
+        self.tx = None;
+        if let Some(p) = self.ready.take() {
+            let _ = self.sh.fs.remove(&p.path);
+        }
+    }
+}
+
+/// Creates `prealloc-N.tmp`, zero-filled to `segment_size` when `preallocate` is on, fsync'd.
+pub(crate) fn prepare(fs: &dyn FileSystem, cfg: &WalConfig, n: u64) -> Result<Prepared> {
+    let dir = &cfg.directory;
+    let size = cfg.segment_size.as_u64();
+    let required_bytes = size + cfg.min_free_bytes.as_u64();
+    let available_bytes = fs.available_space(dir)?;
+    if available_bytes < required_bytes {
+        return Err(WalError::InsufficientSpace {
+            dir: dir.clone(),
+            available_bytes,
+            required_bytes,
+        });
+    }
+    let path = dir.join(format!("prealloc-{n}.tmp"));
+    let file = fs.create(&path)?;
+    let len = if cfg.preallocate { size } else { 0 };
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    let mut at = 0;
+    while at < len {
+        let n = zeros.len().min((len - at) as usize);
+        if let Err(e) = write_all_at(&*file, &zeros[..n], at) {
+            let _ = fs.remove(&path);
+            return Err(if is_enospc(&e) {
+                WalError::InsufficientSpace {
+                    dir: dir.clone(),
+                    available_bytes: 0,
+                    required_bytes,
+                }
+            } else {
+                e.into()
+            });
+        }
+        at += n as u64;
+    }
+    file.sync_data()?;
+    Ok(Prepared { path, file, len })
+}
+
+/// Turns a prepared file into segment `header.first_index`: header written and fsync'd, file
+/// renamed into place, directory fsync'd. Returns the segment's path.
+pub(crate) fn install_file(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    prepared: &Prepared,
+    header: &SegmentHeader,
+) -> io::Result<PathBuf> {
+    let path = dir.join(segment::segment_file_name(header.first_index));
+    write_all_at(&*prepared.file, &header.encode(), 0)?;
+    prepared.file.sync_data()?;
+    fs.rename(&prepared.path, &path)?;
+    fs.sync_dir(dir)?;
+    Ok(path)
+}
