@@ -342,8 +342,14 @@ mod tests {
 
     #[test]
     fn incompressible_bodies_stay_plain_and_control_frames_round_trip() {
-        let noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
             .collect();
         let (buf, h) = encode_one(Some((3, 16)), &Payload::Control(noise.clone()));
         assert!(h.is_control() && !h.is_compressed() && h.record_count == 0);
