@@ -160,7 +160,7 @@ fn a_write_hitting_enospc_leaves_no_stale_frame() {
     // No preallocation: appends grow the file, so the write itself meets ENOSPC.
     let fs = MemFs::new();
     let cfg = WalConfig {
-        preallocate: false,
+        preallocate: replog::wal::Preallocate::None,
         segment_size: ByteSize::kib(64),
         ..small_config(mem_dir())
     };

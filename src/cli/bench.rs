@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::CliError;
 use super::output::Format;
 use crate::wal::fs::StdFs;
-use crate::wal::{Compression, Manager, Operation, Record, SyncPolicy, WalConfig};
+use crate::wal::{Compression, Manager, Operation, Preallocate, Record, SyncPolicy, WalConfig};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -39,6 +39,8 @@ pub struct BenchArgs {
     pub segment_size: ByteSize,
     #[arg(long, value_enum, default_value_t = Compression::None)]
     pub compression: Compression,
+    #[arg(long, value_enum, default_value_t = Preallocate::Zero)]
+    pub preallocate: Preallocate,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
 }
@@ -76,6 +78,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         sync_policy: args.sync_policy,
         segment_size: args.segment_size,
         compression: args.compression,
+        preallocate: args.preallocate,
         max_frame_bytes: ByteSize::mib(64),
         ..WalConfig::new(tmp.path())
     };

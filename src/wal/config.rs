@@ -29,6 +29,19 @@ pub enum SyncPolicy {
     Async,
 }
 
+/// How a new segment file reserves its space before appends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preallocate {
+    /// `fallocate` the whole segment: cheap to create, and appends never grow the file.
+    Fallocate,
+    /// Write zeros over the whole segment: fsyncs into it skip even the extent conversion, at
+    /// the cost of writing every segment twice.
+    Zero,
+    /// Let appends grow the file.
+    None,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
@@ -76,9 +89,11 @@ pub struct WalConfig {
     /// Free space that must remain on the disk after a new segment is created; below it writes
     /// fail with `InsufficientSpace` (reads go on). Default 64MiB.
     pub min_free_bytes: ByteSize,
-    /// New segments are filled with zeros up front, so appends never grow the file and an fsync
-    /// does not have to write file-size metadata. Default true.
-    pub preallocate: bool,
+    /// How new segments reserve their space (made in the background, before they are needed).
+    /// Default `zero`: fsyncs into written zeros update no file metadata at all, which measured
+    /// 1.3x faster with 64 writers and 1.4x with large batches than `fallocate` here, at the
+    /// cost of writing each segment's bytes twice (see the README's numbers).
+    pub preallocate: Preallocate,
     /// Named checkpoints kept at most. Default 1024.
     pub max_checkpoints: usize,
 }
@@ -100,7 +115,7 @@ impl Default for WalConfig {
             index_interval_bytes: ByteSize::kib(4),
             index_cache_segments: 16,
             min_free_bytes: ByteSize::mib(64),
-            preallocate: true,
+            preallocate: Preallocate::Zero,
             max_checkpoints: 1024,
         }
     }

@@ -23,6 +23,14 @@ pub trait WalFile: Send + Sync + 'static {
     fn sync_data(&self) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    /// Reserves disk blocks up to `len` (fallocate); the file reads as zeros there.
+    fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Starts writing back a range without waiting and without a cache flush
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): not a durability barrier, only a way to
+    /// spread a large write's flush over time. A no-op where unsupported.
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Directory-level operations. Paths are absolute or relative to the process's directory.
@@ -126,6 +134,25 @@ impl WalFile for StdFile {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        fs4::FileExt::allocate(&self.0, len)
+    }
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        // SAFETY: plain syscall on a file descriptor this struct owns; no memory is passed.
+        let r = unsafe {
+            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 
@@ -406,6 +433,20 @@ impl WalFile for MemHandle {
     fn len(&self) -> io::Result<u64> {
         let file = self.file()?;
         Ok(lock(&file).data.len() as u64)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let file = self.file()?;
+        let grow = len.saturating_sub(lock(&file).data.len() as u64);
+        let used = MemFs::used_bytes(&lock(&self.fs.0.state));
+        if used + grow > self.fs.0.capacity.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        let mut f = lock(&file);
+        if (f.data.len() as u64) < len {
+            f.data.resize(len as usize, 0);
+        }
+        Ok(())
     }
 }
 

@@ -33,7 +33,7 @@ pub mod types;
 pub mod verify;
 mod writer;
 
-pub use config::{Compression, SyncPolicy, WalConfig};
+pub use config::{Compression, Preallocate, SyncPolicy, WalConfig};
 pub use error::{Corruption, RecordError, Result, SequenceRule, WalError};
 pub use manager::{Manager, now_us};
 pub use read::EntryIter;

@@ -129,7 +129,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
                 first_seq: first.seq.max(1),
                 created_us: super::manager::now_us(),
             };
-            let prepared = prepare(fs, cfg, 0)?;
+            let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
             let path = install_file(fs, dir, &prepared, &header)?;
             let seg = SegState {
                 meta: SegmentMeta::empty(&header),

@@ -8,7 +8,7 @@
 //!   so none of those race with appends. An fsync error is fatal and never retried: the kernel
 //!   may already have dropped the dirty pages it failed to write.
 //! - The **preparer** creates the next segment file (zero-filled and fsync'd) in the background
-//!   once the active one is a quarter full, so a roll is a rename and never stalls appends.
+//!   as soon as a segment becomes active, so a roll is a rename and never stalls appends.
 //!
 //! fsyncs run on the writer thread itself. A separate fsync thread would overlap the next
 //! `pwrite` (a few µs) with the fsync, but costs a cross-thread wake-up per group, which on this
@@ -17,12 +17,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::config::{Compression, SyncPolicy, WalConfig};
+use super::config::{Compression, Preallocate, SyncPolicy, WalConfig};
 use super::error::{RecordError, Result, SequenceRule, WalError};
 use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
 use super::fs::{FileSystem, WalFile, write_all_at, write_file_atomic};
@@ -85,6 +85,8 @@ pub(crate) enum Command {
 
 /// Requests the writer takes in one group commit at most.
 const GROUP_MAX_REQUESTS: usize = 4096;
+/// Bytes the preparer zero-fills between two fsyncs.
+const ZERO_FILL_STEP_BYTES: usize = 1 << 20;
 /// How often an idle writer applies retention.
 const RETENTION_IDLE_CHECK: Duration = Duration::from_secs(60);
 
@@ -117,7 +119,7 @@ pub(crate) fn start(
         let st = sh.state.read();
         (st.next_index, st.next_seq, st.last_term)
     };
-    let writer = Writer {
+    let mut writer = Writer {
         encoder: Encoder::new(compression)?,
         buf: Vec::with_capacity(1 << 20),
         pending: Vec::new(),
@@ -135,6 +137,9 @@ pub(crate) fn start(
         published,
         sh,
     };
+    if writer.active_len * 4 >= writer.sh.cfg.segment_size.as_u64() {
+        writer.preparer.request();
+    }
     let handle = std::thread::Builder::new()
         .name("wal-writer".into())
         .spawn(move || writer.run(rx))?;
@@ -496,9 +501,6 @@ impl Writer {
         self.published = (self.next_index, self.next_seq, self.last_term);
         self.sh.metrics.entries_written.inc_by(records);
         self.sh.metrics.bytes_written.inc_by(bytes);
-        if self.active_len * 4 >= self.sh.cfg.segment_size.as_u64() {
-            self.preparer.request();
-        }
     }
 
     // ---- segments ------------------------------------------------------------------------
@@ -599,6 +601,8 @@ impl Writer {
         self.file_len = prepared.len.max(self.active_len);
         self.sh.note_synced(self.active_id, self.active_len);
         self.synced_hint = SEGMENT_HEADER_LEN as u32;
+        // The next segment is made while this one fills, so a roll never waits for it.
+        self.preparer.request();
         Ok(())
     }
 
@@ -979,6 +983,8 @@ struct Preparer {
     rx: Receiver<Result<Prepared>>,
     outstanding: bool,
     ready: Option<Prepared>,
+    /// Set on close: a zero-fill in progress stops and deletes its file.
+    cancel: Arc<AtomicBool>,
     sh: Arc<Shared>,
 }
 
@@ -987,6 +993,8 @@ impl Preparer {
         let (req_tx, req_rx) = sync_channel::<()>(1);
         let (res_tx, res_rx) = sync_channel(1);
         let thread_sh = sh.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread_cancel = cancel.clone();
         let handle = std::thread::Builder::new()
             .name("wal-preparer".into())
             .spawn(move || {
@@ -994,7 +1002,7 @@ impl Preparer {
                 while req_rx.recv().is_ok() {
                     n += 1;
                     if res_tx
-                        .send(prepare(&*thread_sh.fs, &thread_sh.cfg, n))
+                        .send(prepare(&*thread_sh.fs, &thread_sh.cfg, n, &thread_cancel))
                         .is_err()
                     {
                         break;
@@ -1007,6 +1015,7 @@ impl Preparer {
                 rx: res_rx,
                 outstanding: false,
                 ready: None,
+                cancel,
                 sh,
             },
             handle,
@@ -1038,6 +1047,7 @@ impl Preparer {
 
     /// Stops the thread and deletes a file it prepared but nobody used.
     fn discard(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
         if self.outstanding {
             if let Ok(Ok(p)) = self.rx.recv() {
                 self.ready = Some(p);
@@ -1052,7 +1062,12 @@ impl Preparer {
 }
 
 /// Creates `prealloc-N.tmp`, zero-filled to `segment_size` when `preallocate` is on, fsync'd.
-pub(crate) fn prepare(fs: &dyn FileSystem, cfg: &WalConfig, n: u64) -> Result<Prepared> {
+pub(crate) fn prepare(
+    fs: &dyn FileSystem,
+    cfg: &WalConfig,
+    n: u64,
+    cancel: &AtomicBool,
+) -> Result<Prepared> {
     let dir = &cfg.directory;
     let size = cfg.segment_size.as_u64();
     let required_bytes = size + cfg.min_free_bytes.as_u64();
@@ -1066,25 +1081,43 @@ pub(crate) fn prepare(fs: &dyn FileSystem, cfg: &WalConfig, n: u64) -> Result<Pr
     }
     let path = dir.join(format!("prealloc-{n}.tmp"));
     let file = fs.create(&path)?;
-    let len = if cfg.preallocate { size } else { 0 };
-    let zeros = vec![0u8; (1 << 20).min(len as usize)];
-    let mut at = 0;
-    while at < len {
-        let n = zeros.len().min((len - at) as usize);
-        if let Err(e) = write_all_at(&*file, &zeros[..n], at) {
-            let _ = fs.remove(&path);
-            return Err(if is_enospc(&e) {
-                WalError::InsufficientSpace {
-                    dir: dir.clone(),
-                    available_bytes: 0,
-                    required_bytes,
-                }
-            } else {
-                e.into()
-            });
+    let no_space = |e: io::Error| {
+        let _ = fs.remove(&path);
+        if is_enospc(&e) {
+            WalError::InsufficientSpace {
+                dir: dir.clone(),
+                available_bytes: 0,
+                required_bytes,
+            }
+        } else {
+            e.into()
         }
-        at += n as u64;
-    }
+    };
+    let len = match cfg.preallocate {
+        Preallocate::None => 0,
+        Preallocate::Fallocate => {
+            file.allocate(size).map_err(no_space)?;
+            size
+        }
+        Preallocate::Zero => {
+            // Writeback starts step by step (no cache flush) and one fdatasync ends it: a single
+            // 64 MiB flush at the end, or an fsync per step, would stall the writer's fsyncs
+            // queued behind them on the same disk.
+            let zeros = vec![0u8; (ZERO_FILL_STEP_BYTES as u64).min(size) as usize];
+            let mut at = 0;
+            while at < size {
+                if cancel.load(Ordering::SeqCst) {
+                    let _ = fs.remove(&path);
+                    return Err(WalError::Closed);
+                }
+                let n = zeros.len().min((size - at) as usize);
+                write_all_at(&*file, &zeros[..n], at).map_err(no_space)?;
+                file.start_writeback(at, n as u64)?;
+                at += n as u64;
+            }
+            size
+        }
+    };
     file.sync_data()?;
     Ok(Prepared { path, file, len })
 }
