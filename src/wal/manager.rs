@@ -25,6 +25,7 @@ use super::error::{Result, WalError};
 use super::frame::FRAME_HEADER_LEN;
 use super::fs::{FileSystem, StdFs, WalFile};
 use super::metrics::WalMetrics;
+use super::pipeline::Pipeline;
 use super::read::{Bound, Cursor, EntryIter};
 use super::record::Records;
 use super::segment::{IndexEntry, SegmentMeta};
@@ -136,7 +137,7 @@ impl Shared {
 /// A segment-based write-ahead log. See the module docs of [`crate::wal`].
 pub struct Manager {
     shared: Arc<Shared>,
-    tx: Option<SyncSender<Command>>,
+    pipeline: Option<Arc<Pipeline>>,
     threads: Vec<JoinHandle<()>>,
     _lock: Box<dyn Send + Sync>,
 }
@@ -189,10 +190,10 @@ impl Manager {
             checkpoints: RwLock::new(recovered.checkpoints),
             cfg,
         });
-        let (tx, threads) = writer::start(shared.clone(), recovered.active)?;
+        let (pipeline, threads) = writer::start(shared.clone(), recovered.active)?;
         Ok(Manager {
             shared,
-            tx: Some(tx),
+            pipeline: Some(pipeline),
             threads,
             _lock: lock,
         })
@@ -202,9 +203,12 @@ impl Manager {
         &self.shared.cfg
     }
 
-    fn send(&self, cmd: Command) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(WalError::Closed)?;
-        tx.send(cmd).map_err(|_| WalError::Closed)
+    /// Queues a command; with `lead` the calling thread may run the group itself.
+    fn send(&self, cmd: Command, lead: bool) -> Result<()> {
+        self.pipeline
+            .as_ref()
+            .ok_or(WalError::Closed)?
+            .submit(cmd, lead)
     }
 
     fn call<T: Send + 'static>(
@@ -212,7 +216,7 @@ impl Manager {
         make: impl FnOnce(SyncSender<Result<T>>) -> Command,
     ) -> Result<T> {
         let (tx, rx) = blocking();
-        self.send(make(tx))?;
+        self.send(make(tx), true)?;
         rx.recv().map_err(|_| WalError::Closed)?
     }
 
@@ -239,30 +243,26 @@ impl Manager {
         let done: Completion = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        self.append_with(frames, None, done)?;
+        self.send(Command::Append(AppendReq::new(frames, None, done)), true)?;
         rx.recv().map_err(|_| WalError::Closed)?
     }
 
-    /// Queues frames for appending without waiting. `on_written` runs once they are written and
-    /// readable (before they are durable); `on_durable` once they are durable per the sync
-    /// policy, or with the error that stopped them. Both run on a WAL thread: keep them short.
-    /// Blocks only while the queue (`queue_depth`) is full.
+    /// Queues frames for appending without waiting (for async callers such as a Raft store).
+    /// `on_written` runs once they are written and readable (before they are durable);
+    /// `on_durable` once they are durable per the sync policy, or with the error that stopped
+    /// them. Both run on a WAL thread: keep them short, and never call a blocking `Manager`
+    /// method from them. Blocks only while `queue_depth` commands wait. If this returns an
+    /// error, neither callback runs.
     pub fn append_with(
         &self,
         frames: Vec<FrameSpec>,
         on_written: Option<Completion>,
         on_durable: Completion,
     ) -> Result<()> {
-        let bytes = frames
-            .iter()
-            .map(|f| super::frame::max_encoded_len(&f.payload) as u64)
-            .sum();
-        self.send(Command::Append(AppendReq {
-            frames,
-            bytes,
-            on_written,
-            on_durable,
-        }))
+        self.send(
+            Command::Append(AppendReq::new(frames, on_written, on_durable)),
+            false,
+        )
     }
 
     /// Makes everything appended so far durable, whatever the sync policy.
@@ -481,11 +481,11 @@ impl Manager {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        let result = match self.tx.as_ref() {
+        let result = match self.pipeline.as_ref() {
             Some(_) => self.call(Command::Close),
             None => Ok(()),
         };
-        self.tx = None;
+        self.pipeline = None;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a WAL thread panicked");

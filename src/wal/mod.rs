@@ -25,6 +25,7 @@ pub mod fs;
 mod manager;
 pub mod meta;
 pub mod metrics;
+mod pipeline;
 mod read;
 pub mod record;
 mod recovery;

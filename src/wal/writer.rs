@@ -18,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
 use super::fs::{FileSystem, WalFile, write_all_at, write_file_atomic};
 use super::manager::{SegState, Shared, now_us};
 use super::meta;
+use super::pipeline::Pipeline;
 use super::read::{Bound, Cursor};
 use super::record;
 use super::recovery;
@@ -47,6 +48,25 @@ pub(crate) struct AppendReq {
     pub bytes: u64,
     pub on_written: Option<Completion>,
     pub on_durable: Completion,
+}
+
+impl AppendReq {
+    pub fn new(
+        frames: Vec<FrameSpec>,
+        on_written: Option<Completion>,
+        on_durable: Completion,
+    ) -> Self {
+        let bytes = frames
+            .iter()
+            .map(|f| max_encoded_len(&f.payload) as u64)
+            .sum();
+        AppendReq {
+            frames,
+            bytes,
+            on_written,
+            on_durable,
+        }
+    }
 }
 
 pub(crate) enum PrefixPoint {
@@ -83,12 +103,31 @@ pub(crate) enum Command {
     Close(Reply<()>),
 }
 
+impl Command {
+    /// Answers a command that will not run.
+    pub fn fail(self, e: WalError) {
+        match self {
+            Command::Append(req) => {
+                if let Some(w) = req.on_written {
+                    w(Err(e.duplicate()));
+                }
+                (req.on_durable)(Err(e));
+            }
+            Command::Sync(reply) | Command::Close(reply) => drop(reply.send(Err(e))),
+            Command::Checkpoint { reply, .. } => drop(reply.send(Err(e))),
+            Command::TruncatePrefix { reply, .. } => drop(reply.send(Err(e))),
+            Command::TruncateSuffix { reply, .. } => drop(reply.send(Err(e))),
+            Command::Retention { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
 /// Requests the writer takes in one group commit at most.
-const GROUP_MAX_REQUESTS: usize = 4096;
+pub(crate) const GROUP_MAX_REQUESTS: usize = 4096;
 /// Bytes the preparer zero-fills between two fsyncs.
 const ZERO_FILL_STEP_BYTES: usize = 1 << 20;
 /// How often an idle writer applies retention.
-const RETENTION_IDLE_CHECK: Duration = Duration::from_secs(60);
+pub(crate) const RETENTION_IDLE_CHECK: Duration = Duration::from_secs(60);
 
 fn dup(r: &Result<Appended>) -> Result<Appended> {
     match r {
@@ -101,12 +140,11 @@ fn is_enospc(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
 }
 
-/// Starts the writer and preparer threads.
+/// Starts the writer (behind its [`Pipeline`]) and the preparer thread.
 pub(crate) fn start(
     sh: Arc<Shared>,
     active: Active,
-) -> Result<(SyncSender<Command>, Vec<JoinHandle<()>>)> {
-    let (tx, rx) = sync_channel(sh.cfg.queue_depth);
+) -> Result<(Arc<Pipeline>, Vec<JoinHandle<()>>)> {
     let (prep, prep_thread) = Preparer::start(sh.clone())?;
     let compression = match sh.cfg.compression {
         Compression::Zstd => Some((
@@ -123,8 +161,10 @@ pub(crate) fn start(
         encoder: Encoder::new(compression)?,
         buf: Vec::with_capacity(1 << 20),
         pending: Vec::new(),
+        batch: Vec::new(),
         done: Vec::new(),
         unsynced_since: None,
+        last_retention: Instant::now(),
         preparer: prep,
         active_id: active.id,
         active_file: active.file,
@@ -140,20 +180,21 @@ pub(crate) fn start(
     if writer.active_len * 4 >= writer.sh.cfg.segment_size.as_u64() {
         writer.preparer.request();
     }
-    let handle = std::thread::Builder::new()
-        .name("wal-writer".into())
-        .spawn(move || writer.run(rx))?;
-    Ok((tx, vec![handle, prep_thread]))
+    let (pipeline, handle) = Pipeline::start(writer)?;
+    Ok((pipeline, vec![handle, prep_thread]))
 }
 
-struct Writer {
+pub(crate) struct Writer {
     sh: Arc<Shared>,
     encoder: Encoder,
     /// Frames encoded but not yet written.
     buf: Vec<u8>,
     /// Headers and offsets of the frames in `buf`.
     pending: Vec<(FrameHeader, u64)>,
+    /// Appends of the group being run (kept to reuse its allocation).
+    batch: Vec<AppendReq>,
     done: Vec<(AppendReq, Result<Appended>)>,
+    last_retention: Instant,
     /// `periodic`: when the oldest write not yet fsync'd was made.
     unsynced_since: Option<Instant>,
     preparer: Preparer,
@@ -173,65 +214,46 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Command>) {
-        let mut batch = Vec::new();
-        let mut last_retention = Instant::now();
-        loop {
-            self.periodic_sync();
-            let wait = match self.unsynced_since {
-                Some(since) => {
-                    (since + self.sh.cfg.sync_interval).saturating_duration_since(Instant::now())
-                }
-                None => RETENTION_IDLE_CHECK,
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(cmd) => cmd,
-                Err(RecvTimeoutError::Timeout) => {
-                    if last_retention.elapsed() >= RETENTION_IDLE_CHECK {
-                        last_retention = Instant::now();
-                        if let Err(e) = self.retention(now_us()) {
-                            tracing::warn!(error = %e, "WAL retention failed");
-                        }
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.close();
-                    return;
-                }
-            };
-            let mut next = Some(first);
-            let mut bytes = 0;
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Append(req) => {
-                        bytes += req.bytes;
-                        batch.push(req);
-                        if batch.len() < GROUP_MAX_REQUESTS
-                            && bytes < self.sh.cfg.group_commit_max_bytes.as_u64()
-                        {
-                            next = match rx.try_recv() {
-                                Ok(cmd) => Some(cmd),
-                                Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                            };
-                        }
-                    }
-                    other => {
-                        self.flush(&mut batch);
-                        if self.handle(other) {
-                            return;
-                        }
+    pub fn shared(&self) -> &Shared {
+        &self.sh
+    }
+
+    /// Runs one group of commands in order: appends are written and fsync'd together; any
+    /// other command first completes the appends queued before it. Returns true after `Close`.
+    pub fn process(&mut self, cmds: Vec<Command>) -> bool {
+        self.periodic_sync();
+        let mut batch = std::mem::take(&mut self.batch);
+        for cmd in cmds {
+            match cmd {
+                Command::Append(req) => batch.push(req),
+                other => {
+                    self.flush(&mut batch);
+                    if self.handle(other) {
+                        return true;
                     }
                 }
             }
-            self.flush(&mut batch);
+        }
+        self.flush(&mut batch);
+        self.batch = batch;
+        false
+    }
+
+    /// The background thread's timers: the `periodic` fsync and retention.
+    pub fn timers(&mut self) {
+        self.periodic_sync();
+        if self.last_retention.elapsed() >= RETENTION_IDLE_CHECK {
+            self.last_retention = Instant::now();
+            if let Err(e) = self.retention(now_us()) {
+                tracing::warn!(error = %e, "WAL retention failed");
+            }
         }
     }
 
     /// Runs a non-append command; returns true when the writer must stop.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Append(_) => unreachable!("appends are batched by run()"),
+            Command::Append(_) => unreachable!("appends are batched by process()"),
             Command::Sync(reply) => drop(reply.send(self.sync_all())),
             Command::Checkpoint { name, reply } => drop(reply.send(self.checkpoint(name))),
             Command::TruncatePrefix { to, reply } => drop(reply.send(self.truncate_prefix(to))),
