@@ -44,7 +44,9 @@ pub fn now_us() -> u64 {
 pub(crate) struct SegState {
     pub meta: SegmentMeta,
     pub path: PathBuf,
-    pub file: Arc<dyn WalFile>,
+    /// The active segment's handle. Sealed segments are opened on demand through
+    /// [`Shared::segment_file`], so a long log does not hold a descriptor per segment.
+    pub file: Option<Arc<dyn WalFile>>,
     pub sealed: bool,
     /// Sparse index of the active segment; sealed segments keep theirs on disk (and in the cache).
     pub index: Vec<IndexEntry>,
@@ -78,6 +80,8 @@ pub(crate) struct Shared {
     pub fatal: OnceLock<Arc<io::Error>>,
     pub metrics: WalMetrics,
     pub index_cache: Mutex<LruCache<SegmentId, Arc<Vec<IndexEntry>>>>,
+    /// Open handles of sealed segments (LRU, `max_open_segments`).
+    pub open_files: Mutex<LruCache<SegmentId, Arc<dyn WalFile>>>,
     pub checkpoints: RwLock<BTreeMap<String, SequenceNumber>>,
 }
 
@@ -107,6 +111,44 @@ impl Shared {
         let mut s = self.synced.lock();
         if s.segment != segment || s.offset < offset {
             *s = SyncedPos { segment, offset };
+        }
+    }
+
+    /// A handle on segment `id`: the active one's, or a sealed one's from the LRU (opened now
+    /// if needed). A segment deleted by a concurrent truncation is `BeforeLogStart`.
+    pub fn segment_file(
+        &self,
+        id: SegmentId,
+        path: &Path,
+        active: Option<&Arc<dyn WalFile>>,
+    ) -> Result<Arc<dyn WalFile>> {
+        if let Some(f) = active {
+            return Ok(f.clone());
+        }
+        if let Some(f) = self.open_files.lock().get(&id) {
+            return Ok(f.clone());
+        }
+        let file = match self.fs.open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let log_start = self.state.read().start.index;
+                return Err(WalError::BeforeLogStart {
+                    requested: id,
+                    log_start,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.open_files.lock().put(id, file.clone());
+        Ok(file)
+    }
+
+    /// Forgets cached handles and indexes of segments that were deleted or changed.
+    pub fn forget_segments(&self, ids: impl IntoIterator<Item = SegmentId>) {
+        let (mut files, mut indexes) = (self.open_files.lock(), self.index_cache.lock());
+        for id in ids {
+            files.pop(&id);
+            indexes.pop(&id);
         }
     }
 
@@ -187,6 +229,10 @@ impl Manager {
             fatal: OnceLock::new(),
             metrics,
             index_cache: Mutex::new(LruCache::new(cache_len)),
+            open_files: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(cfg.max_open_segments)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
             checkpoints: RwLock::new(recovered.checkpoints),
             cfg,
         });

@@ -114,7 +114,7 @@ impl Cursor {
             };
             (
                 s.meta.id(),
-                s.file.clone(),
+                (s.path.clone(), s.file.clone()),
                 s.meta,
                 s.sealed,
                 entry,
@@ -122,6 +122,7 @@ impl Cursor {
                 end_index,
             )
         };
+        let file = sh.segment_file(segment, &file.0, file.1.as_ref())?;
         let entry = if sealed {
             let idx = sh.sealed_index(segment, &*file, &meta)?;
             match target {
@@ -242,10 +243,17 @@ impl Cursor {
         let Some(next) = st.segments.get(&self.next_index) else {
             return Ok(false);
         };
-        self.segment = next.meta.id();
-        self.file = next.file.clone();
-        self.seg_end = next.meta.data_len;
-        self.seg_next_index = next.meta.next_index;
+        let (id, path, active, meta) = (
+            next.meta.id(),
+            next.path.clone(),
+            next.file.clone(),
+            next.meta,
+        );
+        drop(st);
+        self.file = self.sh.segment_file(id, &path, active.as_ref())?;
+        self.segment = id;
+        self.seg_end = meta.data_len;
+        self.seg_next_index = meta.next_index;
         self.pos = SEGMENT_HEADER_LEN as u64;
         self.reader.invalidate();
         Ok(true)

@@ -115,7 +115,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
         Some((seg, file_len)) => {
             let active = Active {
                 id: seg.meta.id(),
-                file: seg.file.clone(),
+                file: seg.file.clone().expect("the tail segment is open"),
                 len: seg.meta.data_len,
                 file_len,
             };
@@ -134,7 +134,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
             let seg = SegState {
                 meta: SegmentMeta::empty(&header),
                 path,
-                file: prepared.file.clone(),
+                file: Some(prepared.file.clone()),
                 sealed: false,
                 index: Vec::new(),
             };
@@ -267,7 +267,7 @@ fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Se
     Ok(SegState {
         meta,
         path,
-        file,
+        file: None,
         sealed: true,
         index: Vec::new(),
     })
@@ -325,7 +325,7 @@ fn recover_tail(
     let seg = SegState {
         meta: scan.meta,
         path,
-        file,
+        file: Some(file),
         sealed: false,
         index: scan.index,
     };

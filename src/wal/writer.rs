@@ -585,11 +585,16 @@ impl Writer {
             .expect("the active segment is in the table");
         seg.sealed = true;
         let index = std::mem::take(&mut seg.index);
+        // From now on the handle lives in the LRU of sealed segments' handles.
+        let file = seg.file.take();
         drop(st);
         self.sh
             .index_cache
             .lock()
             .put(self.active_id, Arc::new(index));
+        if let Some(file) = file {
+            self.sh.open_files.lock().put(self.active_id, file);
+        }
         Ok(())
     }
 
@@ -609,7 +614,7 @@ impl Writer {
             let seg = SegState {
                 meta: SegmentMeta::empty(&header),
                 path,
-                file: prepared.file.clone(),
+                file: Some(prepared.file.clone()),
                 sealed: false,
                 index: Vec::new(),
             };
@@ -774,11 +779,7 @@ impl Writer {
         if doomed.is_empty() {
             return Ok(());
         }
-        let mut cache = self.sh.index_cache.lock();
-        for (id, _) in &doomed {
-            cache.pop(id);
-        }
-        drop(cache);
+        self.sh.forget_segments(doomed.iter().map(|(id, _)| *id));
         self.remove_segment_files(&doomed);
         self.sh
             .metrics
@@ -870,9 +871,10 @@ impl Writer {
                 .map(|(id, s)| (*id, s.path.clone()))
                 .collect();
             let t = &st.segments[&segment];
-            (later, (t.file.clone(), t.meta, t.sealed))
+            (later, (t.path.clone(), t.file.clone(), t.meta, t.sealed))
         };
-        let (file, old_meta, sealed) = target;
+        let (path, active, old_meta, sealed) = target;
+        let file = self.sh.segment_file(segment, &path, active.as_ref())?;
         // Newest first, each removal durable, so a crash leaves a contiguous log.
         for (id, path) in later.iter().rev() {
             let r = remove_if_exists(&*fs, &dir.join(segment::index_file_name(*id)))
@@ -909,18 +911,15 @@ impl Writer {
             seg.meta = scan.meta;
             seg.index = scan.index;
             seg.sealed = false;
+            seg.file = Some(file.clone());
             st.next_index = scan.meta.next_index;
             st.next_seq = scan.meta.next_seq.max(st.start.seq);
             st.last_term = scan.meta.last_term;
             st.generation += 1;
             self.published = (st.next_index, st.next_seq, st.last_term);
         }
-        let mut cache = self.sh.index_cache.lock();
-        cache.pop(&segment);
-        for (id, _) in &later {
-            cache.pop(id);
-        }
-        drop(cache);
+        self.sh
+            .forget_segments(std::iter::once(segment).chain(later.iter().map(|(id, _)| *id)));
         (self.next_index, self.next_seq, self.last_term) = self.published;
         self.active_id = segment;
         self.active_file = file;
