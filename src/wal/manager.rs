@@ -571,3 +571,71 @@ fn describe(s: &SegState, start: &LogStart) -> Segment {
 }
 
 const _: () = assert!(FRAME_HEADER_LEN == 64);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+    use crate::wal::fs::MemFs;
+    use crate::wal::{Operation, Preallocate};
+
+    /// One group holds A (fits in the active segment) then B (needs a new one). The roll first
+    /// writes A, and that write finds the disk full: A must fail too, not be acknowledged.
+    #[test]
+    fn a_group_member_whose_bytes_were_dropped_is_not_acknowledged() {
+        let fs = MemFs::new();
+        let cfg = WalConfig {
+            segment_size: bytesize::ByteSize::kib(4),
+            min_free_bytes: bytesize::ByteSize::b(0),
+            preallocate: Preallocate::None,
+            ..WalConfig::new("/wal")
+        };
+        let wal = Manager::open_with(cfg, Arc::new(fs.clone()), None).unwrap();
+        for _ in 0..20 {
+            wal.write(Record::new("t", Operation::Insert, vec![1; 100]))
+                .unwrap();
+        }
+        let used = fs
+            .contents(Path::new("/wal/00000000000000000001.seg"))
+            .unwrap()
+            .len() as u64;
+        fs.set_capacity(used);
+        let answer = |data: Vec<u8>| {
+            let (tx, rx) = sync_channel(1);
+            let done: Completion = Box::new(move |r| drop(tx.send(r)));
+            (
+                Command::Append(AppendReq::new(
+                    vec![FrameSpec::records(vec![Record::new(
+                        "t",
+                        Operation::Insert,
+                        data,
+                    )])],
+                    None,
+                    done,
+                )),
+                rx,
+            )
+        };
+        let (a, a_rx) = answer(vec![2; 10]);
+        let (b, b_rx) = answer(vec![3; 3000]);
+        wal.pipeline.as_ref().unwrap().run_group(vec![a, b]);
+        assert!(matches!(
+            b_rx.recv().unwrap(),
+            Err(WalError::InsufficientSpace { .. })
+        ));
+        assert!(
+            matches!(
+                a_rx.recv().unwrap(),
+                Err(WalError::InsufficientSpace { .. })
+            ),
+            "A was acknowledged without being written"
+        );
+        fs.set_capacity(u64::MAX);
+        assert_eq!(
+            wal.write(Record::new("t", Operation::Insert, vec![4]))
+                .unwrap(),
+            21
+        );
+    }
+}

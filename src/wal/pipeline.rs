@@ -173,6 +173,12 @@ impl Pipeline {
         }
     }
 
+    /// Runs exactly `cmds` as one group (tests that need a precise group).
+    #[cfg(test)]
+    pub fn run_group(&self, cmds: Vec<Command>) {
+        self.writer.lock().process(cmds);
+    }
+
     fn background(&self) {
         let mut next_timer = Instant::now() + self.timer;
         loop {

@@ -57,22 +57,25 @@ fn metadata_corrupt(kind: Corruption) -> WalError {
 pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered> {
     let dir = &cfg.directory;
     let mut ids = Vec::new();
-    for name in fs.list(dir)? {
+    let names = fs.list(dir)?;
+    let mut idx_ids = Vec::new();
+    for name in &names {
         if name.ends_with(".tmp") {
-            fs.remove(&dir.join(&name))?;
-        } else if let Some(id) = segment::parse_file_name(&name, ".seg") {
+            fs.remove(&dir.join(name))?;
+        } else if let Some(id) = segment::parse_file_name(name, ".seg") {
             ids.push(id);
-        } else if let Some(id) = segment::parse_file_name(&name, ".idx") {
-            if fs
-                .list(dir)?
-                .iter()
-                .all(|n| segment::parse_file_name(n, ".seg") != Some(id))
-            {
-                fs.remove(&dir.join(&name))?;
-            }
+        } else if let Some(id) = segment::parse_file_name(name, ".idx") {
+            idx_ids.push(id);
         }
     }
     ids.sort_unstable();
+    // An index whose segment is gone (deleted by a truncation that crashed midway).
+    for id in idx_ids
+        .into_iter()
+        .filter(|id| ids.binary_search(id).is_err())
+    {
+        fs.remove(&dir.join(segment::index_file_name(id)))?;
+    }
     let start_file = dir.join(meta::LOG_START_FILE);
     let persisted_start = match read_file(fs, &start_file) {
         Ok(b) => Some(meta::decode_log_start(&b).map_err(metadata_corrupt)?),

@@ -163,6 +163,7 @@ pub(crate) fn start(
         pending: Vec::new(),
         batch: Vec::new(),
         done: Vec::new(),
+        unpublished: Vec::new(),
         unsynced_since: None,
         last_retention: Instant::now(),
         preparer: prep,
@@ -194,6 +195,8 @@ pub(crate) struct Writer {
     /// Appends of the group being run (kept to reuse its allocation).
     batch: Vec<AppendReq>,
     done: Vec<(AppendReq, Result<Appended>)>,
+    /// Positions in `done` of answers whose frames are still in `buf`.
+    unpublished: Vec<usize>,
     last_retention: Instant,
     /// `periodic`: when the oldest write not yet fsync'd was made.
     unsynced_since: Option<Instant>,
@@ -280,16 +283,14 @@ impl Writer {
                 Some(e) => Err(e),
                 None => self.encode_request(&req.frames, now),
             };
+            if r.is_ok() {
+                self.unpublished.push(self.done.len());
+            }
             self.done.push((req, r));
         }
-        let first_unwritten = self.published.0;
-        if let Err(e) = self.write_out() {
-            for (_, r) in &mut self.done {
-                if matches!(r, Ok(a) if a.last_index >= first_unwritten) {
-                    *r = Err(e.duplicate());
-                }
-            }
-        }
+        // A failure here has already turned every answer still waiting on `buf` into an error.
+        let _ = self.write_out();
+        debug_assert!(self.unpublished.is_empty());
         self.complete();
     }
 
@@ -434,7 +435,7 @@ impl Writer {
         let end = self.active_len + self.buf.len() as u64;
         if end > self.file_len {
             if let Err(e) = self.ensure_space(end - self.file_len) {
-                self.discard_pending();
+                self.discard_pending(&e);
                 return Err(e);
             }
         }
@@ -450,10 +451,17 @@ impl Writer {
     /// A failed write may have left part of `buf` in the file. ENOSPC: cut those bytes off (so
     /// no stale frame can follow the next write) and report it; anything else is fatal.
     fn write_failed(&mut self, e: io::Error) -> WalError {
-        self.discard_pending();
-        if !is_enospc(&e) {
-            return self.sh.set_fatal(e);
-        }
+        let err = if is_enospc(&e) {
+            self.cut_after_enospc()
+        } else {
+            self.sh.set_fatal(e)
+        };
+        self.discard_pending(&err);
+        err
+    }
+
+    fn cut_after_enospc(&mut self) -> WalError {
+        let required_bytes = self.buf.len() as u64 + self.sh.cfg.min_free_bytes.as_u64();
         let cut = self
             .active_file
             .set_len(self.active_len)
@@ -466,15 +474,15 @@ impl Writer {
         WalError::InsufficientSpace {
             dir: self.sh.dir().to_owned(),
             available_bytes,
-            required_bytes: self.buf_len_hint(),
+            required_bytes,
         }
     }
 
-    fn buf_len_hint(&self) -> u64 {
-        self.sh.cfg.min_free_bytes.as_u64()
-    }
-
-    fn discard_pending(&mut self) {
+    /// Drops the frames in `buf` (never written) and fails every answer that waited on them.
+    fn discard_pending(&mut self, why: &WalError) {
+        for i in self.unpublished.drain(..) {
+            self.done[i].1 = Err(why.duplicate());
+        }
         self.buf.clear();
         self.pending.clear();
         (self.next_index, self.next_seq, self.last_term) = self.published;
@@ -520,6 +528,7 @@ impl Writer {
             st.last_term = self.last_term;
         }
         self.buf.clear();
+        self.unpublished.clear();
         self.published = (self.next_index, self.next_seq, self.last_term);
         self.sh.metrics.entries_written.inc_by(records);
         self.sh.metrics.bytes_written.inc_by(bytes);
@@ -972,12 +981,9 @@ impl Writer {
         Ok(deleted)
     }
 
+    /// Syncs and stops; reports the fatal error if the WAL had one.
     fn close(&mut self) -> Result<()> {
-        let r = if self.sh.fatal.get().is_some() {
-            Ok(())
-        } else {
-            self.sync_all()
-        };
+        let r = self.sync_all();
         self.preparer.discard();
         r
     }
