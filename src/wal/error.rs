@@ -206,31 +206,86 @@ impl WalError {
         }
     }
 
-    /// A clone for fanning one failure out to every waiter of a group commit.
+    /// A copy for fanning one failure out to every waiter of a group commit. `io::Error` is not
+    /// `Clone`: an `Io` copy keeps its kind and message.
     pub(crate) fn duplicate(&self) -> Self {
+        use WalError as E;
         match self {
-            WalError::Fatal(e) => WalError::Fatal(e.clone()),
-            WalError::Io(e) => WalError::Fatal(Arc::new(io::Error::new(e.kind(), e.to_string()))),
-            WalError::InsufficientSpace {
-                dir,
-                available_bytes,
-                required_bytes,
-            } => WalError::InsufficientSpace {
-                dir: dir.clone(),
-                available_bytes: *available_bytes,
-                required_bytes: *required_bytes,
-            },
-            WalError::CorruptedEntry {
+            E::SegmentNotFound(id) => E::SegmentNotFound(*id),
+            E::CorruptedEntry {
                 segment,
                 offset,
                 kind,
-            } => WalError::CorruptedEntry {
+            } => E::CorruptedEntry {
                 segment: *segment,
                 offset: *offset,
                 kind: kind.clone(),
             },
-            WalError::Closed => WalError::Closed,
-            other => WalError::Fatal(Arc::new(io::Error::other(other.to_string()))),
+            E::InsufficientSpace {
+                dir,
+                available_bytes,
+                required_bytes,
+            } => E::InsufficientSpace {
+                dir: dir.clone(),
+                available_bytes: *available_bytes,
+                required_bytes: *required_bytes,
+            },
+            E::InvalidSequence { what, got, rule } => E::InvalidSequence {
+                what,
+                got: *got,
+                rule: *rule,
+            },
+            E::BeforeLogStart {
+                requested,
+                log_start,
+            } => E::BeforeLogStart {
+                requested: *requested,
+                log_start: *log_start,
+            },
+            E::FrameTooLarge { bytes, limit_bytes } => E::FrameTooLarge {
+                bytes: *bytes,
+                limit_bytes: *limit_bytes,
+            },
+            E::InvalidRecord(r) => E::InvalidRecord(r.clone()),
+            E::InvalidConfig { key, reason } => E::InvalidConfig {
+                key,
+                reason: reason.clone(),
+            },
+            E::CheckpointNotFound(name) => E::CheckpointNotFound(name.clone()),
+            E::TooManyCheckpoints { limit } => E::TooManyCheckpoints { limit: *limit },
+            E::Locked(dir) => E::Locked(dir.clone()),
+            E::Fatal(e) => E::Fatal(e.clone()),
+            E::TruncatedWhileReading { index } => E::TruncatedWhileReading { index: *index },
+            E::Closed => E::Closed,
+            E::Io(e) => E::Io(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_keep_their_variant() {
+        let cases = [
+            WalError::InvalidRecord(RecordError::EmptyTenant),
+            WalError::FrameTooLarge {
+                bytes: 2,
+                limit_bytes: 1,
+            },
+            WalError::InvalidSequence {
+                what: "log index",
+                got: 3,
+                rule: SequenceRule::Exactly(2),
+            },
+            WalError::Io(io::Error::from(io::ErrorKind::PermissionDenied)),
+            WalError::Fatal(Arc::new(io::Error::other("disk"))),
+        ];
+        for e in cases {
+            let d = e.duplicate();
+            assert_eq!(std::mem::discriminant(&e), std::mem::discriminant(&d));
+            assert_eq!(e.to_string(), d.to_string());
         }
     }
 }

@@ -42,7 +42,11 @@ impl Payloads {
             s ^= s << 17;
             s as u8
         };
-        Payloads((0..4096).map(|_| (0..ENTRY_BYTES).map(|_| next()).collect()).collect())
+        Payloads(
+            (0..4096)
+                .map(|_| (0..ENTRY_BYTES).map(|_| next()).collect())
+                .collect(),
+        )
     }
 
     fn get(&self, i: u64) -> &[u8] {
@@ -119,16 +123,17 @@ impl Log for RaftEngine {
 
     fn append(&self, w: u64, first: u64, n: usize, p: &Payloads) {
         let entries: Vec<Entry> = (first..first + n as u64)
-            .map(|i| {
-                let mut e = Entry::default();
-                e.index = i;
-                e.term = 1;
-                e.data = p.get(i).to_vec().into();
-                e
+            .map(|i| Entry {
+                index: i,
+                term: 1,
+                data: p.get(i).to_vec().into(),
+                ..Default::default()
             })
             .collect();
         let mut batch = LogBatch::with_capacity(1);
-        batch.add_entries::<Ext>(w + 1, &entries).expect("add_entries");
+        batch
+            .add_entries::<Ext>(w + 1, &entries)
+            .expect("add_entries");
         self.0.write(&mut batch, true).expect("raft-engine write");
     }
 
@@ -193,9 +198,9 @@ struct Row {
 
 impl Row {
     fn print(&self, label: &str) {
-        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0} us"));
         println!(
-            "{:<18} {:<12} {:<10} {:>13.0} entries/s  p50 {:>6} us  p99 {:>6} us",
+            "{:<18} {:<12} {:<10} {:>13.0} entries/s  p50 {:>9}  p99 {:>9}",
             self.case,
             self.engine,
             label,
@@ -223,7 +228,8 @@ fn write_for<L: Log>(log: &Arc<L>, case: Case, opts: &Opts) -> (f64, Histogram<u
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     log.append(w, next, per_write, &payloads);
-                    hist.saturating_record(t.elapsed().as_nanos() as u64);
+                    hist.record(t.elapsed().as_nanos() as u64)
+                        .expect("record latency");
                     next += per_write as u64;
                 }
                 (next - 1, hist)
@@ -254,12 +260,24 @@ fn run<L: Log>(case: Case, rep: usize, opts: &Opts, rows: &mut Vec<Row>) {
     let label = format!("run {rep}/{}", opts.reps);
     let (rate, hist) = write_for(&log, case, opts);
     let us = |q| Some(hist.value_at_quantile(q) as f64 / 1e3);
-    let mut out = vec![Row { case: case.name(), engine: L::NAME, rate, p50: us(0.5), p99: us(0.99) }];
+    let mut out = vec![Row {
+        case: case.name(),
+        engine: L::NAME,
+        rate,
+        p50: us(0.5),
+        p99: us(0.99),
+    }];
     if case == Case::Batch {
         let t = Instant::now();
         let n = log.read_all(0);
         let rate = n as f64 / t.elapsed().as_secs_f64();
-        out.push(Row { case: REPLAY, engine: L::NAME, rate, p50: None, p99: None });
+        out.push(Row {
+            case: REPLAY,
+            engine: L::NAME,
+            rate,
+            p50: None,
+            p99: None,
+        });
     }
     drop(log); // closes the engine before its directory goes
     for row in out {
@@ -271,7 +289,11 @@ fn run<L: Log>(case: Case, rep: usize, opts: &Opts, rows: &mut Vec<Row>) {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 struct Opts {
@@ -304,13 +326,23 @@ fn parse_args() -> Opts {
             println!("{USAGE}");
             std::process::exit(0);
         }
-        let value = args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+        let value = args
+            .next()
+            .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--secs" => {
-                secs = value.parse().ok().filter(|&s: &f64| s > 0.0).unwrap_or_else(|| bad(&flag, &value))
+                secs = value
+                    .parse()
+                    .ok()
+                    .filter(|&s: &f64| s > 0.0)
+                    .unwrap_or_else(|| bad(&flag, &value))
             }
             "--reps" => {
-                reps = value.parse().ok().filter(|&r: &usize| r > 0).unwrap_or_else(|| bad(&flag, &value))
+                reps = value
+                    .parse()
+                    .ok()
+                    .filter(|&r: &usize| r > 0)
+                    .unwrap_or_else(|| bad(&flag, &value))
             }
             "--dir" => dir = PathBuf::from(&value),
             "--payload" => match value.as_str() {
@@ -349,7 +381,8 @@ fn main() {
         opts.duration,
         opts.reps,
         opts.dir.display(),
-        opts.replog_preallocate.map_or("default (zero)".to_owned(), |p| format!("{p:?}")),
+        opts.replog_preallocate
+            .map_or("default (zero)".to_owned(), |p| format!("{p:?}")),
     );
     let mut rows = Vec::new();
     for case in [Case::Single, Case::Concurrent, Case::Batch] {
@@ -363,7 +396,10 @@ fn main() {
     for case in cases.into_iter().chain([REPLAY]) {
         let mut rates = Vec::new();
         for engine in [Manager::NAME, RaftEngine::NAME] {
-            let runs: Vec<&Row> = rows.iter().filter(|r| r.case == case && r.engine == engine).collect();
+            let runs: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.case == case && r.engine == engine)
+                .collect();
             let med = |f: fn(&Row) -> Option<f64>| {
                 let v: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
                 (!v.is_empty()).then(|| median(v))
@@ -378,6 +414,9 @@ fn main() {
             row.print("median");
             rates.push(row.rate);
         }
-        println!("{case:<18} replog / raft-engine entries/s: {:.2}x", rates[0] / rates[1]);
+        println!(
+            "{case:<18} replog / raft-engine entries/s: {:.2}x",
+            rates[0] / rates[1]
+        );
     }
 }
