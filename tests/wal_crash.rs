@@ -21,9 +21,9 @@ fn config(dir: &Path) -> WalConfig {
     }
 }
 
-/// Writes `n` entries to a fresh WAL in `dir` and closes it; returns the last segment's path
+/// Writes `n` entries to a fresh WAL in `cfg.directory` and closes it; returns the last segment's path
 /// and its used length.
-fn write_log(dir: &Path, cfg: &WalConfig, n: u32) -> (std::path::PathBuf, u64) {
+fn write_log(cfg: &WalConfig, n: u32) -> (std::path::PathBuf, u64) {
     let wal = Manager::open(cfg.clone()).unwrap();
     for i in 0..n {
         wal.write(record("tenant", &[ENTRY, &i.to_le_bytes()].concat()))
@@ -48,7 +48,7 @@ fn torn_tail_at_every_byte_of_the_last_frame() {
     let src = tempfile::tempdir().unwrap();
     let cfg = config(src.path());
     let n = 20;
-    let (seg, used) = write_log(src.path(), &cfg, n);
+    let (seg, used) = write_log(&cfg, n);
     let frame_len = 64 + 18 + "tenant".len() as u64 + ENTRY.len() as u64 + 4;
     let frame_at = used - frame_len;
     for keep in 0..frame_len {
@@ -137,7 +137,7 @@ fn every_byte_flip_in_a_sealed_segment_is_detected() {
 fn damage_before_the_tail_of_the_active_segment_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
-    let (seg, _) = write_log(dir.path(), &cfg, 10);
+    let (seg, _) = write_log(&cfg, 10);
     let frame_len = 64 + 18 + 6 + ENTRY.len() + 4;
     let mut bytes = fs::read(&seg).unwrap();
     // Frame 3's body: fsync'd long before frames 4..10, which say so.
@@ -178,7 +178,7 @@ fn a_bad_index_file_is_rebuilt_from_its_segment() {
 fn leftovers_of_interrupted_operations_are_cleaned() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config(dir.path());
-    let (_, _) = write_log(dir.path(), &cfg, 5);
+    write_log(&cfg, 5);
     fs::write(dir.path().join("prealloc-9.tmp"), vec![0u8; 100]).unwrap();
     fs::write(dir.path().join("CHECKPOINTS.tmp"), b"half").unwrap();
     // A segment whose creation never reached its header.

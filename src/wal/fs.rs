@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// An open file. Positional I/O only, so one handle can serve readers and the writer at once.
+#[allow(clippy::len_without_is_empty)] // a file's length is a size, not a collection's
 pub trait WalFile: Send + Sync + 'static {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

@@ -5,8 +5,10 @@
 //! - [`record`], [`frame`], [`segment`], [`meta`]: the on-disk formats, each documented above
 //!   its encoder.
 //! - [`fs`]: the file-system seam ([`fs::StdFs`], and [`fs::MemFs`] for fault injection).
-//! - [`manager`]: the public API, [`Manager`]; `writer` (group commit, rolls, truncation),
-//!   `read` (cursors and iterators) and `recovery` (open) behind it.
+//! - `manager`: the public API, [`Manager`], and the state readers share; behind it `pipeline`
+//!   (leader/follower group commit: who runs the writer), `writer` (encoding, writes, fsyncs,
+//!   rolls, truncation, checkpoints, retention), `read` (cursors and iterators) and `recovery`
+//!   (open).
 //! - [`verify`]: the offline checker behind `replog wal verify`.
 //!
 //! Invariants:

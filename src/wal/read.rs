@@ -232,13 +232,13 @@ impl Cursor {
                 index: self.next_index,
             });
         }
-        if let Some(cur) = st.segments.get(&self.segment) {
-            if cur.meta.next_index > self.seg_next_index {
-                // The active segment grew since we looked.
-                self.seg_end = cur.meta.data_len;
-                self.seg_next_index = cur.meta.next_index;
-                return Ok(true);
-            }
+        if let Some(cur) = st.segments.get(&self.segment)
+            && cur.meta.next_index > self.seg_next_index
+        {
+            // The active segment grew since we looked.
+            self.seg_end = cur.meta.data_len;
+            self.seg_next_index = cur.meta.next_index;
+            return Ok(true);
         }
         let Some(next) = st.segments.get(&self.next_index) else {
             return Ok(false);
@@ -323,11 +323,11 @@ impl Iterator for EntryIter {
         if self.failed {
             return None;
         }
-        if self.ready.is_empty() {
-            if let Err(e) = self.fill() {
-                self.failed = true;
-                return Some(Err(e));
-            }
+        if self.ready.is_empty()
+            && let Err(e) = self.fill()
+        {
+            self.failed = true;
+            return Some(Err(e));
         }
         let e = self.ready.pop_front()?;
         self.from = e.sequence_number + 1;

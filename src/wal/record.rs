@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_checksum() {
-        let recs = vec![
+        let recs = [
             Record::new("tenant-a", Operation::Insert, b"hello".to_vec()),
             Record {
                 timestamp: Some(7),

@@ -390,10 +390,11 @@ fn read_frame(
     if let Err(kind) = h.verify(head, body) {
         return Ok(Err(kind));
     }
-    if opts.check_records && !h.is_control() {
-        if let Err(kind) = check_records(&h, body, scratch) {
-            return Ok(Err(kind));
-        }
+    if opts.check_records
+        && !h.is_control()
+        && let Err(kind) = check_records(&h, body, scratch)
+    {
+        return Ok(Err(kind));
     }
     Ok(Ok(h))
 }

@@ -433,11 +433,11 @@ impl Writer {
             return Ok(());
         }
         let end = self.active_len + self.buf.len() as u64;
-        if end > self.file_len {
-            if let Err(e) = self.ensure_space(end - self.file_len) {
-                self.discard_pending(&e);
-                return Err(e);
-            }
+        if end > self.file_len
+            && let Err(e) = self.ensure_space(end - self.file_len)
+        {
+            self.discard_pending(&e);
+            return Err(e);
         }
         if let Err(e) = write_all_at(&*self.active_file, &self.buf, self.active_len) {
             return Err(self.write_failed(e));
@@ -804,10 +804,10 @@ impl Writer {
         for (id, path) in doomed {
             let idx = self.sh.dir().join(segment::index_file_name(*id));
             for p in [path, &idx] {
-                if let Err(e) = fs.remove(p) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        tracing::warn!(error = %e, path = %p.display(), "could not delete a truncated WAL segment");
-                    }
+                if let Err(e) = fs.remove(p)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(error = %e, path = %p.display(), "could not delete a truncated WAL segment");
                 }
             }
         }
