@@ -60,7 +60,8 @@ pub enum WalError {
     #[error("the WAL stopped after a fatal I/O error and refuses writes until reopened: {0}")]
     Fatal(Arc<io::Error>),
 
-    /// A concurrent suffix truncation removed what a reader was reading.
+    /// A concurrent truncation removed what a reader was about to read; read again from the
+    /// log start (prefix) or from the new end (suffix).
     #[error("the log was truncated at index {index} while it was being read")]
     TruncatedWhileReading { index: u64 },
 

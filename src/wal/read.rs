@@ -241,6 +241,13 @@ impl Cursor {
             return Ok(true);
         }
         let Some(next) = st.segments.get(&self.next_index) else {
+            if self.next_index < st.start.index {
+                // A prefix truncation deleted the rest of what this cursor was reading: that is
+                // not the end of the log.
+                return Err(WalError::TruncatedWhileReading {
+                    index: self.next_index,
+                });
+            }
             return Ok(false);
         };
         let (id, path, active, meta) = (
