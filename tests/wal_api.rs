@@ -240,6 +240,12 @@ fn checkpoints_are_durable_and_replayable() {
     })
     .unwrap();
     assert_eq!(seen, vec![21, 22, 23, 24, 25]);
+    let iterated: Vec<u64> = wal
+        .iter_from_checkpoint("consumer-a")
+        .unwrap()
+        .map(|e| e.unwrap().sequence_number)
+        .collect();
+    assert_eq!(iterated, seen);
     assert!(matches!(
         wal.replay_from_checkpoint("nope", |_| ControlFlow::Continue(())),
         Err(WalError::CheckpointNotFound(_))

@@ -455,6 +455,14 @@ impl Manager {
         EntryIter::new(self.shared.clone(), from)
     }
 
+    /// The records after checkpoint `name`, as an iterator (see [`Manager::iter_from`]).
+    pub fn iter_from_checkpoint(&self, name: &str) -> Result<EntryIter> {
+        let seq = self
+            .checkpoint_seq(name)
+            .ok_or_else(|| WalError::CheckpointNotFound(name.to_owned()))?;
+        self.iter_from((seq + 1).max(self.log_start().seq))
+    }
+
     /// Frames with log indexes in `from..to` that were written (durable or not), for a Raft log
     /// reader. `to` is clamped to the end of the log.
     pub fn read_frames(&self, from: u64, to: u64) -> Result<Vec<Frame>> {
