@@ -110,7 +110,7 @@ pub enum WalAction {
     Replay {
         #[command(flatten)]
         wal: WalOpts,
-        /// First sequence number. Default: the log start.
+        /// First sequence number; 0 or omitted: the log start.
         #[arg(long, conflicts_with = "checkpoint")]
         from: Option<u64>,
         /// Start after this named checkpoint.
@@ -363,13 +363,13 @@ fn replay(
 ) -> Result<(), CliError> {
     let wal = opts.open_existing()?;
     let from = match (from, checkpoint) {
+        (Some(0), _) | (None, None) => wal.log_start().seq,
         (Some(n), _) => n,
         (None, Some(name)) => {
             wal.checkpoint_seq(name)
                 .ok_or_else(|| WalError::CheckpointNotFound(name.into()))?
                 + 1
         }
-        (None, None) => wal.log_start().seq,
     };
     let log_start = wal.log_start().seq;
     if from < log_start {

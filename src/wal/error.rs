@@ -34,7 +34,7 @@ pub enum WalError {
         rule: SequenceRule,
     },
 
-    #[error("position {requested} is before the log start {log_start} (truncated)")]
+    #[error("position {requested} is before the log start {log_start}")]
     BeforeLogStart { requested: u64, log_start: u64 },
 
     #[error("frame of {bytes} bytes exceeds the limit of {limit_bytes} bytes")]
