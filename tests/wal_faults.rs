@@ -239,3 +239,27 @@ fn many_concurrent_writers_one_total_order_nothing_lost() {
         }
     }
 }
+
+#[test]
+fn a_panicking_callback_closes_the_wal_instead_of_hanging_it() {
+    let fs = MemFs::new();
+    let wal = open_mem(&fs, small_config(mem_dir()));
+    let frames = vec![replog::wal::FrameSpec::records(vec![record("t", b"x")])];
+    let boom: replog::wal::Completion = Box::new(|_| panic!("a caller's callback panics"));
+    wal.append_with(frames, None, boom).unwrap();
+    // The background thread died leading; later calls get an error, not a hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match wal.write(record("t", b"y")) {
+            Err(WalError::Closed) => break,
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL never noticed the panic"
+            ),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    drop(wal);
+    let wal = open_mem(&fs, small_config(mem_dir()));
+    assert!(!summary(&wal).is_empty());
+}

@@ -315,7 +315,9 @@ impl MemFs {
                 0
             };
             let mut next = f.durable.clone();
-            next.extend_from_slice(&f.data[durable_len..durable_len + kept]);
+            if kept > 0 {
+                next.extend_from_slice(&f.data[durable_len..durable_len + kept]);
+            }
             f.data = next.clone();
             f.durable = next;
         }

@@ -27,6 +27,18 @@ use super::writer::{Command, GROUP_MAX_REQUESTS, RETENTION_IDLE_CHECK, Writer};
 /// Groups a caller thread runs before it hands leadership to the background thread.
 const CALLER_GROUPS_MAX: u32 = 2;
 
+/// Closes the queue if the leader unwinds.
+struct PanicGuard<'a>(&'a Pipeline);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the WAL writer panicked; closing the WAL");
+            self.0.close_queue();
+        }
+    }
+}
+
 struct Queue {
     pending: VecDeque<Command>,
     /// Someone is (or was asked to be) running the writer.
@@ -130,6 +142,9 @@ impl Pipeline {
     /// returns. (Two, not one: a second group often completes the writers that queued during the
     /// first, without waking the background thread; measured 1.04-1.12x with 16-64 writers.)
     fn lead(&self, background: bool) {
+        // A panic while leading (a bug, or a callback that panics) must not leave the flag set
+        // and every later caller waiting forever: the guard closes the queue instead.
+        let _guard = PanicGuard(self);
         let mut writer = self.writer.lock();
         let mut groups = 0;
         loop {
@@ -160,7 +175,7 @@ impl Pipeline {
         }
     }
 
-    /// After `Close`: refuse new commands and fail the ones that raced with it.
+    /// After `Close` (or a panic while leading): refuse new commands and fail the queued ones.
     fn close_queue(&self) {
         let rest: Vec<Command> = {
             let mut q = self.queue.lock();

@@ -1,0 +1,242 @@
+//! A power loss at every single mutating file-system step of a workload (appends, segment
+//! rolls, checkpoints, prefix and suffix truncation, close): the WAL always reopens, and holds
+//! the state before or after the interrupted operation (or, inside a truncation, a state between
+//! the two that loses nothing else).
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use common::*;
+use replog::wal::fs::{FileSystem, MemFs, WalFile};
+use replog::wal::{Manager, WalConfig};
+
+/// Simulates a power loss just before the `n`-th mutating call, then fails every call.
+#[derive(Clone)]
+struct CrashFs {
+    mem: MemFs,
+    left: Arc<AtomicI64>,
+}
+
+impl CrashFs {
+    fn step(&self) -> io::Result<()> {
+        match self.left.fetch_sub(1, Ordering::SeqCst) {
+            1 => {
+                self.mem.crash();
+                Err(io::Error::other("simulated power loss"))
+            }
+            n if n <= 0 => Err(io::Error::other("after the simulated power loss")),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct CrashFile {
+    fs: CrashFs,
+    inner: Arc<dyn WalFile>,
+}
+
+impl WalFile for CrashFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.fs.step()?;
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.fs.step()?;
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.fs.step()?;
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.fs.step()?;
+        self.inner.allocate(len)
+    }
+}
+
+impl FileSystem for CrashFs {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        Ok(Arc::new(CrashFile {
+            fs: self.clone(),
+            inner: self.mem.open(path)?,
+        }))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+        self.step()?;
+        Ok(Arc::new(CrashFile {
+            fs: self.clone(),
+            inner: self.mem.create(path)?,
+        }))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.step()?;
+        self.mem.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step()?;
+        self.mem.rename(from, to)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.mem.list(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.step()?;
+        self.mem.sync_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.mem.create_dir_all(dir)
+    }
+    fn available_space(&self, dir: &Path) -> io::Result<u64> {
+        self.mem.available_space(dir)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>> {
+        self.mem.lock_dir(dir)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Open,
+    Append,
+    Checkpoint,
+    TruncatePrefix,
+    TruncateSuffix,
+    Close,
+}
+
+type Log = Vec<(u64, Vec<u8>)>;
+
+fn entries(wal: &Manager) -> Log {
+    summary(wal).into_iter().map(|(s, _, d)| (s, d)).collect()
+}
+
+fn cfg() -> WalConfig {
+    small_config(mem_dir())
+}
+
+/// Runs the workload until it completes or the file system "loses power". Returns the kind of
+/// each operation started and, when `states` is given, records the log after each one.
+fn workload(
+    fs: Arc<dyn FileSystem>,
+    mut states: Option<&mut Vec<(Log, Option<u64>)>>,
+) -> Vec<Kind> {
+    let mut started = vec![Kind::Open];
+    let Ok(wal) = Manager::open_with(cfg(), fs, None) else {
+        return started;
+    };
+    let mut note = |wal: &Manager| {
+        if let Some(s) = states.as_deref_mut() {
+            s.push((entries(wal), wal.checkpoint_seq("c")));
+        }
+    };
+    note(&wal);
+    macro_rules! step {
+        ($kind:expr, $op:expr) => {{
+            started.push($kind);
+            if $op.is_err() {
+                return started;
+            }
+            note(&wal);
+        }};
+    }
+    for i in 0..40u32 {
+        step!(
+            Kind::Append,
+            wal.write(record("t", &vec![i as u8; 40 + (i as usize * 37) % 300]))
+        );
+        if i == 12 {
+            step!(Kind::Checkpoint, wal.checkpoint("c"));
+        }
+        if i == 20 {
+            step!(Kind::TruncatePrefix, wal.truncate_before(9));
+        }
+        if i == 30 {
+            step!(
+                Kind::Append,
+                wal.write_batch((0..5).map(|j| record("b", &[j; 90])).collect())
+            );
+            step!(Kind::TruncateSuffix, wal.truncate_from_seq(12));
+        }
+    }
+    started.push(Kind::Close);
+    if wal.close().is_ok() {
+        if let Some(s) = states {
+            let last = s.last().cloned().unwrap();
+            s.push(last);
+        }
+    }
+    started
+}
+
+fn acceptable(kind: Kind, before: &Log, after: &Log, got: &Log) -> bool {
+    if got == before || got == after {
+        return true;
+    }
+    match kind {
+        // Segments are removed newest first, then the cut segment is cut: what is left is a
+        // prefix of the log before, and at least the log after.
+        Kind::TruncateSuffix => got.len() >= after.len() && before.starts_with(got),
+        // The new start is persisted before any segment is deleted: hidden or not, nothing else.
+        Kind::TruncatePrefix => got.len() >= after.len() && before.ends_with(got),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_power_loss_at_every_step_keeps_a_consistent_log() {
+    // A dry run counts the steps and records the log after every operation.
+    let dry = CrashFs {
+        mem: MemFs::new(),
+        left: Arc::new(AtomicI64::new(i64::MAX)),
+    };
+    let mut states = Vec::new();
+    let kinds = workload(Arc::new(dry.clone()), Some(&mut states));
+    let steps = i64::MAX - dry.left.load(Ordering::SeqCst);
+    assert_eq!(
+        kinds.len(),
+        states.len(),
+        "every operation completed in the dry run"
+    );
+    assert!(steps > 150, "only {steps} steps");
+    for k in 1..=steps {
+        let fs = CrashFs {
+            mem: MemFs::new(),
+            left: Arc::new(AtomicI64::new(k)),
+        };
+        let started = workload(Arc::new(fs.clone()), None);
+        let (j, kind) = (started.len() - 1, *started.last().unwrap());
+        let wal = Manager::open_with(cfg(), Arc::new(fs.mem.clone()), None)
+            .unwrap_or_else(|e| panic!("step {k} (during {kind:?} #{j}): reopen failed: {e}"));
+        let got = entries(&wal);
+        let empty = (Vec::new(), None);
+        let before = if j == 0 { &empty } else { &states[j - 1] };
+        let after = &states[j];
+        assert!(
+            acceptable(kind, &before.0, &after.0, &got),
+            "step {k} (during {kind:?} #{j}): {} entries ({:?}..{:?}); before {} after {}",
+            got.len(),
+            got.first().map(|e| e.0),
+            got.last().map(|e| e.0),
+            before.0.len(),
+            after.0.len()
+        );
+        let cp = wal.checkpoint_seq("c");
+        assert!(
+            cp == before.1 || cp == after.1,
+            "step {k}: checkpoint {cp:?}"
+        );
+        // And the log goes on.
+        wal.write(record("t", b"after"))
+            .unwrap_or_else(|e| panic!("step {k}: write after reopen: {e}"));
+    }
+}
