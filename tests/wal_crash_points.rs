@@ -169,11 +169,11 @@ fn workload(
         }
     }
     started.push(Kind::Close);
-    if wal.close().is_ok() {
-        if let Some(s) = states {
-            let last = s.last().cloned().unwrap();
-            s.push(last);
-        }
+    if wal.close().is_ok()
+        && let Some(s) = states
+    {
+        let last = s.last().cloned().unwrap();
+        s.push(last);
     }
     started
 }
