@@ -54,6 +54,11 @@ pub trait FileSystem: Send + Sync + 'static {
     fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>>;
 }
 
+/// Whether an error means the disk is full.
+pub fn is_enospc(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
+}
+
 /// Writes all of `buf` at `offset`, retrying short writes.
 pub fn write_all_at(file: &dyn WalFile, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {

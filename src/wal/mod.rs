@@ -7,7 +7,8 @@
 //! - [`fs`]: the file-system seam ([`fs::StdFs`], and [`fs::MemFs`] for fault injection).
 //! - `manager`: the public API, [`Manager`], and the state readers share; behind it `pipeline`
 //!   (leader/follower group commit: who runs the writer), `writer` (encoding, writes, fsyncs,
-//!   rolls, truncation, checkpoints, retention), `read` (cursors and iterators) and `recovery`
+//!   rolls, checkpoints; `writer::truncate`: truncation and retention), `preparer` (the next
+//!   segment file, made in the background), `read` (cursors and iterators) and `recovery`
 //!   (open).
 //! - [`verify`]: the offline checker behind `replog wal verify`.
 //!
@@ -28,6 +29,7 @@ mod manager;
 pub mod meta;
 pub mod metrics;
 mod pipeline;
+mod preparer;
 mod read;
 pub mod record;
 mod recovery;

@@ -7,31 +7,31 @@
 //!   rolls segments and runs truncations, checkpoints, retention and the `periodic` fsync timer,
 //!   so none of those race with appends. An fsync error is fatal and never retried: the kernel
 //!   may already have dropped the dirty pages it failed to write.
-//! - The **preparer** creates the next segment file (zero-filled and fsync'd) in the background
-//!   as soon as a segment becomes active, so a roll is a rename and never stalls appends.
+//! - Truncation and retention live in [`truncate`]; the next segment file comes from the
+//!   preparer thread (`crate::wal::preparer`).
 //!
 //! fsyncs run on the writer thread itself. A separate fsync thread would overlap the next
 //! `pwrite` (a few µs) with the fsync, but costs a cross-thread wake-up per group, which on this
 //! kind of machine cost more than it saved (1 writer: 4.6k entries/s with it, 6.3k without).
 
+mod truncate;
+
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::config::{Compression, Preallocate, SyncPolicy, WalConfig};
+use super::config::{Compression, SyncPolicy};
 use super::error::{RecordError, Result, SequenceRule, WalError};
 use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
-use super::fs::{FileSystem, WalFile, write_all_at, write_file_atomic};
+use super::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
 use super::manager::{SegState, Shared, now_us};
 use super::meta;
 use super::pipeline::Pipeline;
-use super::read::{Bound, Cursor};
+use super::preparer::{Prepared, Preparer, install_file};
 use super::record;
-use super::recovery;
 use super::recovery::Active;
 use super::segment::{
     self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, SegmentMeta, maybe_index,
@@ -124,8 +124,6 @@ impl Command {
 
 /// Requests the writer takes in one group commit at most.
 pub(crate) const GROUP_MAX_REQUESTS: usize = 4096;
-/// Bytes the preparer zero-fills between two fsyncs.
-const ZERO_FILL_STEP_BYTES: usize = 1 << 20;
 /// How often an idle writer applies retention.
 pub(crate) const RETENTION_IDLE_CHECK: Duration = Duration::from_secs(60);
 
@@ -134,10 +132,6 @@ fn dup(r: &Result<Appended>) -> Result<Appended> {
         Ok(a) => Ok(*a),
         Err(e) => Err(e.duplicate()),
     }
-}
-
-fn is_enospc(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28)
 }
 
 /// Starts the writer (behind its [`Pipeline`]) and the preparer thread.
@@ -691,476 +685,10 @@ impl Writer {
         Ok(seq)
     }
 
-    // ---- truncation ----------------------------------------------------------------------
-
-    /// The header of the first frame at or after which `pred` holds, scanning from the frame
-    /// that the cursor is positioned at.
-    fn find_frame(
-        &self,
-        mut cursor: Cursor,
-        pred: impl Fn(&FrameHeader) -> bool,
-    ) -> Result<Option<(FrameHeader, SegmentId, u64)>> {
-        while let Some(f) = cursor.next_frame()? {
-            if pred(&f.header) {
-                return Ok(Some((f.header, f.segment, f.offset)));
-            }
-        }
-        Ok(None)
-    }
-
-    fn truncate_prefix(&mut self, to: PrefixPoint) -> Result<LogStart> {
-        let (start, next_index, next_seq) = {
-            let st = self.sh.state.read();
-            (st.start, st.next_index, st.next_seq)
-        };
-        let new = match to {
-            PrefixPoint::Seq(seq) if seq <= start.seq => return Ok(start),
-            PrefixPoint::Index(index) if index <= start.index => return Ok(start),
-            PrefixPoint::Seq(seq) if seq > next_seq => {
-                return Err(WalError::InvalidSequence {
-                    what: "sequence number",
-                    got: seq,
-                    rule: SequenceRule::Between(start.seq, next_seq),
-                });
-            }
-            PrefixPoint::Index(index) if index > next_index => {
-                return Err(WalError::InvalidSequence {
-                    what: "log index",
-                    got: index - 1,
-                    rule: SequenceRule::Between(start.index, next_index - 1),
-                });
-            }
-            PrefixPoint::Seq(seq) => {
-                let cursor = Cursor::at_seq(self.sh.clone(), seq, Bound::Written)?;
-                match self.find_frame(cursor, |h| h.next_seq() > seq)? {
-                    Some((h, _, _)) => LogStart {
-                        index: h.index,
-                        seq,
-                    },
-                    None => LogStart {
-                        index: next_index,
-                        seq,
-                    },
-                }
-            }
-            PrefixPoint::Index(index) => {
-                let cursor =
-                    Cursor::at_index(self.sh.clone(), index.min(next_index), Bound::Written)?;
-                match self.find_frame(cursor, |h| h.index >= index)? {
-                    Some((h, _, _)) => LogStart {
-                        index,
-                        seq: h.first_seq,
-                    },
-                    None => LogStart {
-                        index,
-                        seq: next_seq,
-                    },
-                }
-            }
-        };
-        self.set_log_start(new)?;
-        Ok(new)
-    }
-
-    /// Persists a new log start, then deletes the segments wholly below it.
-    fn set_log_start(&mut self, new: LogStart) -> Result<()> {
-        // The data first: the watermark must never point past what a crash keeps.
-        self.sync_all()?;
-        let path = self.sh.dir().join(meta::LOG_START_FILE);
-        write_file_atomic(&*self.sh.fs, &path, &meta::encode_log_start(new))
-            .map_err(|e| self.meta_write_failed(e))?;
-        let doomed: Vec<(SegmentId, PathBuf)> = {
-            let mut st = self.sh.state.write();
-            st.start = new;
-            let ids: Vec<SegmentId> = st
-                .segments
-                .values()
-                .filter(|s| {
-                    s.sealed && s.meta.next_index <= new.index && s.meta.id() != self.active_id
-                })
-                .map(|s| s.meta.id())
-                .collect();
-            ids.iter()
-                .filter_map(|id| st.segments.remove(id))
-                .map(|s| (s.meta.id(), s.path))
-                .collect()
-        };
-        if doomed.is_empty() {
-            return Ok(());
-        }
-        self.sh.forget_segments(doomed.iter().map(|(id, _)| *id));
-        self.remove_segment_files(&doomed);
-        self.sh
-            .metrics
-            .segments
-            .set(self.sh.state.read().segments.len() as i64);
-        Ok(())
-    }
-
-    /// Deletes segment files no longer in the table. A failure only leaves a file that the
-    /// next open deletes (it lies below the persisted log start), so it is logged, not fatal.
-    fn remove_segment_files(&self, doomed: &[(SegmentId, PathBuf)]) {
-        let fs = &*self.sh.fs;
-        for (id, path) in doomed {
-            let idx = self.sh.dir().join(segment::index_file_name(*id));
-            for p in [path, &idx] {
-                if let Err(e) = fs.remove(p)
-                    && e.kind() != io::ErrorKind::NotFound
-                {
-                    tracing::warn!(error = %e, path = %p.display(), "could not delete a truncated WAL segment");
-                }
-            }
-        }
-        if let Err(e) = fs.sync_dir(self.sh.dir()) {
-            tracing::warn!(error = %e, "could not fsync the WAL directory after deleting segments");
-        }
-    }
-
-    fn truncate_suffix(&mut self, from: SuffixPoint) -> Result<()> {
-        let (start, next_index, next_seq) = {
-            let st = self.sh.state.read();
-            (st.start, st.next_index, st.next_seq)
-        };
-        let found = match from {
-            SuffixPoint::Index(i) if i >= next_index => return Ok(()),
-            SuffixPoint::Seq(s) if s >= next_seq => return Ok(()),
-            SuffixPoint::Index(i) if i < start.index => {
-                return Err(WalError::InvalidSequence {
-                    what: "log index",
-                    got: i,
-                    rule: SequenceRule::AtLeast(start.index),
-                });
-            }
-            SuffixPoint::Seq(s) if s < start.seq => {
-                return Err(WalError::InvalidSequence {
-                    what: "sequence number",
-                    got: s,
-                    rule: SequenceRule::AtLeast(start.seq),
-                });
-            }
-            SuffixPoint::Index(i) => self
-                .find_frame(Cursor::at_index(self.sh.clone(), i, Bound::Written)?, |h| {
-                    h.index >= i
-                })?,
-            SuffixPoint::Seq(s) => {
-                let found = self
-                    .find_frame(Cursor::at_seq(self.sh.clone(), s, Bound::Written)?, |h| {
-                        h.next_seq() > s
-                    })?;
-                if let Some((h, _, _)) = found.filter(|(h, _, _)| h.first_seq < s) {
-                    let rule = SequenceRule::BatchBoundary {
-                        batch_first: h.first_seq,
-                        batch_last: h.next_seq() - 1,
-                    };
-                    return Err(WalError::InvalidSequence {
-                        what: "sequence number",
-                        got: s,
-                        rule,
-                    });
-                }
-                found
-            }
-        };
-        let Some((h, segment, offset)) = found else {
-            return Ok(());
-        };
-        self.cut_at(h.index, segment, offset)
-    }
-
-    /// Removes frame `index` (at `offset` of `segment`) and everything after it, durably.
-    fn cut_at(&mut self, index: u64, segment: SegmentId, offset: u64) -> Result<()> {
-        self.write_out()?;
-        let fs = self.sh.fs.clone();
-        let dir = self.sh.dir().to_owned();
-        let (later, target) = {
-            let st = self.sh.state.read();
-            let later: Vec<(SegmentId, PathBuf)> = st
-                .segments
-                .range(segment + 1..)
-                .map(|(id, s)| (*id, s.path.clone()))
-                .collect();
-            let t = &st.segments[&segment];
-            (later, (t.path.clone(), t.file.clone(), t.meta, t.sealed))
-        };
-        let (path, active, old_meta, sealed) = target;
-        let file = self.sh.segment_file(segment, &path, active.as_ref())?;
-        // Newest first, each removal durable, so a crash leaves a contiguous log.
-        for (id, path) in later.iter().rev() {
-            let r = remove_if_exists(&*fs, &dir.join(segment::index_file_name(*id)))
-                .and_then(|()| fs.remove(path))
-                .and_then(|()| fs.sync_dir(&dir));
-            r.map_err(|e| self.sh.set_fatal(e))?;
-        }
-        if sealed {
-            remove_if_exists(&*fs, &dir.join(segment::index_file_name(segment)))
-                .and_then(|()| fs.sync_dir(&dir))
-                .map_err(|e| self.sh.set_fatal(e))?;
-        }
-        file.set_len(offset)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| self.sh.set_fatal(e))?;
-        let header = SegmentHeader {
-            first_index: old_meta.first_index,
-            first_seq: old_meta.first_seq,
-            created_us: 0,
-        };
-        let opts = recovery::scan_options(&self.sh.cfg);
-        let scan =
-            segment::scan(&*file, &header, offset, &opts).map_err(|e| self.sh.set_fatal(e))?;
-        debug_assert_eq!(scan.meta.next_index, index);
-        {
-            let mut st = self.sh.state.write();
-            for (id, _) in &later {
-                st.segments.remove(id);
-            }
-            let seg = st
-                .segments
-                .get_mut(&segment)
-                .expect("the cut segment is in the table");
-            seg.meta = scan.meta;
-            seg.index = scan.index;
-            seg.sealed = false;
-            seg.file = Some(file.clone());
-            st.next_index = scan.meta.next_index;
-            st.next_seq = scan.meta.next_seq.max(st.start.seq);
-            st.last_term = scan.meta.last_term;
-            st.generation += 1;
-            self.published = (st.next_index, st.next_seq, st.last_term);
-        }
-        self.sh
-            .forget_segments(std::iter::once(segment).chain(later.iter().map(|(id, _)| *id)));
-        (self.next_index, self.next_seq, self.last_term) = self.published;
-        self.active_id = segment;
-        self.active_file = file;
-        self.active_len = offset;
-        self.file_len = offset;
-        self.sh
-            .acked_index
-            .store(self.published.0, Ordering::Release);
-        *self.sh.synced.lock() = super::manager::SyncedPos { segment, offset };
-        self.sh
-            .metrics
-            .segments
-            .set(self.sh.state.read().segments.len() as i64);
-        Ok(())
-    }
-
-    fn retention(&mut self, now: u64) -> Result<usize> {
-        let Some(hours) = self.sh.cfg.retention_hours else {
-            return Ok(0);
-        };
-        let cutoff = now.saturating_sub(hours.saturating_mul(3_600_000_000));
-        let new_start = {
-            let st = self.sh.state.read();
-            // Only whole segments from the front, and never the active one (never sealed).
-            let expired = st
-                .segments
-                .values()
-                .take_while(|s| s.sealed && s.meta.max_timestamp < cutoff)
-                .count();
-            let Some(next) = st.segments.values().nth(expired).filter(|_| expired > 0) else {
-                return Ok(0);
-            };
-            LogStart {
-                index: next.meta.first_index.max(st.start.index),
-                seq: next.meta.first_seq.max(st.start.seq),
-            }
-        };
-        let before = self.sh.state.read().segments.len();
-        if new_start.index > self.sh.state.read().start.index {
-            self.set_log_start(new_start)?;
-        }
-        let deleted = before - self.sh.state.read().segments.len();
-        if deleted > 0 {
-            tracing::info!(
-                deleted,
-                log_start = new_start.seq,
-                "WAL retention deleted expired segments"
-            );
-        }
-        Ok(deleted)
-    }
-
     /// Syncs and stops; reports the fatal error if the WAL had one.
     fn close(&mut self) -> Result<()> {
         let r = self.sync_all();
         self.preparer.discard();
         r
     }
-}
-
-fn remove_if_exists(fs: &dyn FileSystem, path: &std::path::Path) -> io::Result<()> {
-    match fs.remove(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
-    }
-}
-
-// ---- preparer ------------------------------------------------------------------------------
-
-pub(crate) struct Prepared {
-    pub path: PathBuf,
-    pub file: Arc<dyn WalFile>,
-    pub len: u64,
-}
-
-/// Makes the next segment file ahead of time, off the append path.
-struct Preparer {
-    tx: Option<SyncSender<()>>,
-    rx: Receiver<Result<Prepared>>,
-    outstanding: bool,
-    ready: Option<Prepared>,
-    /// Set on close: a zero-fill in progress stops and deletes its file.
-    cancel: Arc<AtomicBool>,
-    sh: Arc<Shared>,
-}
-
-impl Preparer {
-    fn start(sh: Arc<Shared>) -> Result<(Preparer, JoinHandle<()>)> {
-        let (req_tx, req_rx) = sync_channel::<()>(1);
-        let (res_tx, res_rx) = sync_channel(1);
-        let thread_sh = sh.clone();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let thread_cancel = cancel.clone();
-        let handle = std::thread::Builder::new()
-            .name("wal-preparer".into())
-            .spawn(move || {
-                let mut n = 0u64;
-                while req_rx.recv().is_ok() {
-                    n += 1;
-                    if res_tx
-                        .send(prepare(&*thread_sh.fs, &thread_sh.cfg, n, &thread_cancel))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            })?;
-        Ok((
-            Preparer {
-                tx: Some(req_tx),
-                rx: res_rx,
-                outstanding: false,
-                ready: None,
-                cancel,
-                sh,
-            },
-            handle,
-        ))
-    }
-
-    /// Starts preparing a file unless one is ready or on its way.
-    fn request(&mut self) {
-        if self.outstanding || self.ready.is_some() {
-            return;
-        }
-        if let Some(tx) = &self.tx {
-            self.outstanding = tx.send(()).is_ok();
-        }
-    }
-
-    /// A prepared file, waiting for it if needed.
-    fn take(&mut self) -> Result<Prepared> {
-        if let Some(p) = self.ready.take() {
-            return Ok(p);
-        }
-        self.request();
-        if !self.outstanding {
-            return Err(WalError::Closed);
-        }
-        self.outstanding = false;
-        self.rx.recv().map_err(|_| WalError::Closed)?
-    }
-
-    /// Stops the thread and deletes a file it prepared but nobody used.
-    fn discard(&mut self) {
-        self.cancel.store(true, Ordering::SeqCst);
-        if self.outstanding {
-            if let Ok(Ok(p)) = self.rx.recv() {
-                self.ready = Some(p);
-            }
-            self.outstanding = false;
-        }
-        self.tx = None;
-        if let Some(p) = self.ready.take() {
-            let _ = self.sh.fs.remove(&p.path);
-        }
-    }
-}
-
-/// Creates `prealloc-N.tmp`, zero-filled to `segment_size` when `preallocate` is on, fsync'd.
-pub(crate) fn prepare(
-    fs: &dyn FileSystem,
-    cfg: &WalConfig,
-    n: u64,
-    cancel: &AtomicBool,
-) -> Result<Prepared> {
-    let dir = &cfg.directory;
-    let size = cfg.segment_size.as_u64();
-    let required_bytes = size + cfg.min_free_bytes.as_u64();
-    let available_bytes = fs.available_space(dir)?;
-    if available_bytes < required_bytes {
-        return Err(WalError::InsufficientSpace {
-            dir: dir.clone(),
-            available_bytes,
-            required_bytes,
-        });
-    }
-    let path = dir.join(format!("prealloc-{n}.tmp"));
-    let file = fs.create(&path)?;
-    let no_space = |e: io::Error| {
-        let _ = fs.remove(&path);
-        if is_enospc(&e) {
-            WalError::InsufficientSpace {
-                dir: dir.clone(),
-                available_bytes: 0,
-                required_bytes,
-            }
-        } else {
-            e.into()
-        }
-    };
-    let len = match cfg.preallocate {
-        Preallocate::None => 0,
-        Preallocate::Fallocate => {
-            file.allocate(size).map_err(no_space)?;
-            size
-        }
-        Preallocate::Zero => {
-            // Writeback starts step by step (no cache flush) and one fdatasync ends it: a single
-            // 64 MiB flush at the end, or an fsync per step, would stall the writer's fsyncs
-            // queued behind them on the same disk.
-            let zeros = vec![0u8; (ZERO_FILL_STEP_BYTES as u64).min(size) as usize];
-            let mut at = 0;
-            while at < size {
-                if cancel.load(Ordering::SeqCst) {
-                    let _ = fs.remove(&path);
-                    return Err(WalError::Closed);
-                }
-                let n = zeros.len().min((size - at) as usize);
-                write_all_at(&*file, &zeros[..n], at).map_err(no_space)?;
-                file.start_writeback(at, n as u64)?;
-                at += n as u64;
-            }
-            size
-        }
-    };
-    file.sync_data()?;
-    Ok(Prepared { path, file, len })
-}
-
-/// Turns a prepared file into segment `header.first_index`: header written and fsync'd, file
-/// renamed into place, directory fsync'd. Returns the segment's path.
-pub(crate) fn install_file(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    prepared: &Prepared,
-    header: &SegmentHeader,
-) -> io::Result<PathBuf> {
-    let path = dir.join(segment::segment_file_name(header.first_index));
-    write_all_at(&*prepared.file, &header.encode(), 0)?;
-    prepared.file.sync_data()?;
-    fs.rename(&prepared.path, &path)?;
-    fs.sync_dir(dir)?;
-    Ok(path)
 }
