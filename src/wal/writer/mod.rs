@@ -1,6 +1,6 @@
-//! The threads that change the log.
+//! The writer: the one place that changes the log, run by whichever thread leads (`pipeline`).
 //!
-//! - The **writer** owns the tail. It takes every queued append (up to `group_commit_max_bytes`),
+//! - It owns the tail. It takes every queued append (up to `group_commit_max_bytes`),
 //!   encodes them into one buffer, writes it with one `pwrite`, publishes the frames to readers,
 //!   and (under `immediate`) covers them all with one `fdatasync` before answering any. Appends
 //!   that arrive during that fsync queue up and form the next group (group commit). It also
