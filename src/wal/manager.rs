@@ -28,7 +28,7 @@ use super::metrics::WalMetrics;
 use super::pipeline::Pipeline;
 use super::read::{Bound, Cursor, EntryIter};
 use super::record::Records;
-use super::segment::{IndexEntry, SegmentMeta};
+use super::segment::{IndexEntry, SegmentHeader, SegmentMeta};
 use super::types::*;
 use super::writer::{self, AppendReq, Command, Completion, PrefixPoint, SuffixPoint};
 use super::{recovery, segment};
@@ -50,6 +50,19 @@ pub(crate) struct SegState {
     pub sealed: bool,
     /// Sparse index of the active segment; sealed segments keep theirs on disk (and in the cache).
     pub index: Vec<IndexEntry>,
+}
+
+impl SegState {
+    /// A new, empty active segment (its file just installed with `header`).
+    pub fn fresh(header: &SegmentHeader, path: PathBuf, file: Arc<dyn WalFile>) -> Self {
+        SegState {
+            meta: SegmentMeta::empty(header),
+            path,
+            file: Some(file),
+            sealed: false,
+            index: Vec::new(),
+        }
+    }
 }
 
 /// The segment table and the log's bounds, behind one `RwLock`.

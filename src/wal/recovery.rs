@@ -134,19 +134,16 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
             };
             let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
             let path = install_file(fs, dir, &prepared, &header)?;
-            let seg = SegState {
-                meta: SegmentMeta::empty(&header),
-                path,
-                file: Some(prepared.file.clone()),
-                sealed: false,
-                index: Vec::new(),
-            };
-            segments.insert(header.first_index, seg);
+            segments.insert(
+                header.first_index,
+                SegState::fresh(&header, path, prepared.file.clone()),
+            );
+            let len = SEGMENT_HEADER_LEN as u64;
             Active {
                 id: header.first_index,
                 file: prepared.file,
-                len: SEGMENT_HEADER_LEN as u64,
-                file_len: prepared.len,
+                len,
+                file_len: prepared.len.max(len),
             }
         }
     };

@@ -33,9 +33,7 @@ use super::pipeline::Pipeline;
 use super::preparer::{Prepared, Preparer, install_file};
 use super::record;
 use super::recovery::Active;
-use super::segment::{
-    self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, SegmentMeta, maybe_index,
-};
+use super::segment::{self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, maybe_index};
 use super::types::*;
 
 /// Called once with the outcome of an append.
@@ -614,14 +612,10 @@ impl Writer {
         };
         let count = {
             let mut st = self.sh.state.write();
-            let seg = SegState {
-                meta: SegmentMeta::empty(&header),
-                path,
-                file: Some(prepared.file.clone()),
-                sealed: false,
-                index: Vec::new(),
-            };
-            st.segments.insert(header.first_index, seg);
+            st.segments.insert(
+                header.first_index,
+                SegState::fresh(&header, path, prepared.file.clone()),
+            );
             st.segments.len()
         };
         self.sh.metrics.segments.set(count as i64);
