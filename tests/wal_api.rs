@@ -72,6 +72,7 @@ fn read_segment_and_frames_with_index_and_term() {
             index: Some(i),
             term: 1 + i / 20,
             first_seq: None,
+            producer: None,
             payload: if i % 10 == 0 {
                 Payload::Control(vec![i as u8; 30])
             } else {
@@ -106,6 +107,7 @@ fn read_segment_and_frames_with_index_and_term() {
         index: Some(52),
         term: 3,
         first_seq: None,
+        producer: None,
         payload: Payload::Control(vec![]),
     };
     match wal.append(vec![bad]) {
@@ -124,6 +126,7 @@ fn given_sequence_numbers_must_increase() {
     let wal = Manager::open(small_config(dir.path())).unwrap();
     let at = |seq| FrameSpec {
         first_seq: Some(seq),
+        producer: None,
         ..FrameSpec::records(vec![record("t", b"x")])
     };
     assert_eq!(wal.append(vec![at(100)]).unwrap().first_seq, 100);

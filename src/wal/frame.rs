@@ -5,7 +5,8 @@
 //! ```text
 //!  0 magic: u32          FRAME_MAGIC
 //!  4 version: u8         FRAME_VERSION
-//!  5 flags: u8           bit 0: body is zstd-compressed; bit 1: body is a control payload
+//!  5 flags: u8           bit 0: body is zstd-compressed; bit 1: body is a control payload;
+//!                       bit 2: the raw body starts with a producer key (id: u64, seq: u64)
 //!  6 reserved: u16       zero
 //!  8 body_len: u32       bytes of body stored after the header
 //! 12 raw_len: u32        bytes of body once decompressed (== body_len when not compressed)
@@ -23,13 +24,16 @@
 
 use super::error::Corruption;
 use super::record;
-use super::types::Payload;
+use super::types::{Payload, ProducerKey};
 
 pub const FRAME_HEADER_LEN: usize = 64;
 pub const FRAME_MAGIC: u32 = 0x5246_4C57; // "WLFR"
 pub const FRAME_VERSION: u8 = 1;
 pub const FLAG_COMPRESSED: u8 = 1;
 pub const FLAG_CONTROL: u8 = 2;
+pub const FLAG_PRODUCER: u8 = 4;
+/// Bytes of the producer key at the start of a raw body with `FLAG_PRODUCER`.
+pub const PRODUCER_KEY_LEN: usize = 16;
 const CRC_AT: usize = 60;
 const _: () = assert!(CRC_AT + 4 == FRAME_HEADER_LEN);
 
@@ -59,6 +63,42 @@ impl FrameHeader {
 
     pub fn is_compressed(&self) -> bool {
         self.flags & FLAG_COMPRESSED != 0
+    }
+
+    /// Splits a raw body into its producer key (if the frame has one) and its records.
+    pub fn split_body<'a>(
+        &self,
+        raw: &'a [u8],
+    ) -> Result<(Option<ProducerKey>, &'a [u8]), Corruption> {
+        if self.flags & FLAG_PRODUCER == 0 {
+            return Ok((None, raw));
+        }
+        if raw.len() < PRODUCER_KEY_LEN {
+            return Err(Corruption::BadRecord("producer key cut short"));
+        }
+        let (key, rest) = raw.split_at(PRODUCER_KEY_LEN);
+        let u64_at = |at: usize| {
+            let mut a = [0; 8];
+            a.copy_from_slice(&key[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        Ok((
+            Some(ProducerKey {
+                id: u64_at(0),
+                seq: u64_at(8),
+            }),
+            rest,
+        ))
+    }
+
+    /// The records of a raw body (after its producer key, if any).
+    pub fn records<'a>(&self, raw: &'a [u8]) -> Result<record::Records<'a>, Corruption> {
+        let (_, rest) = self.split_body(raw)?;
+        Ok(record::Records::new(
+            rest,
+            self.first_seq,
+            self.record_count,
+        ))
     }
 
     /// One past the sequence number of the frame's last record.
@@ -110,7 +150,7 @@ impl FrameHeader {
         let reserved_clear = h[6] == 0
             && h[7] == 0
             && u32_at(56) == 0
-            && header.flags & !(FLAG_COMPRESSED | FLAG_CONTROL) == 0;
+            && header.flags & !(FLAG_COMPRESSED | FLAG_CONTROL | FLAG_PRODUCER) == 0;
         if !reserved_clear {
             return Err(Corruption::BadRecord("reserved header bits set"));
         }
@@ -151,13 +191,16 @@ pub struct FrameMeta {
     pub synced_upto: u32,
     /// Timestamp for records that carry none.
     pub default_ts: u64,
+    pub producer: Option<ProducerKey>,
 }
 
 /// Upper bound of the encoded length of a payload (compression only ever shrinks it).
 pub fn max_encoded_len(payload: &Payload) -> usize {
     FRAME_HEADER_LEN
         + match payload {
-            Payload::Records(recs) => recs.iter().map(record::encoded_len).sum(),
+            Payload::Records(recs) => {
+                PRODUCER_KEY_LEN + recs.iter().map(record::encoded_len).sum::<usize>()
+            }
             Payload::Control(bytes) => bytes.len(),
         }
 }
@@ -194,6 +237,11 @@ impl Encoder {
         let (mut flags, mut timestamp) = (0, 0u64);
         let record_count = match payload {
             Payload::Records(recs) => {
+                if let Some(key) = meta.producer {
+                    flags |= FLAG_PRODUCER;
+                    buf.extend_from_slice(&key.id.to_le_bytes());
+                    buf.extend_from_slice(&key.seq.to_le_bytes());
+                }
                 for (i, r) in recs.iter().enumerate() {
                     record::encode(buf, r, meta.first_seq + i as u64, meta.default_ts);
                     timestamp = timestamp.max(r.timestamp.unwrap_or(meta.default_ts));
@@ -287,6 +335,7 @@ mod tests {
             first_seq: 100,
             synced_upto: 40,
             default_ts: 1_000,
+            producer: None,
         }
     }
 
@@ -337,6 +386,31 @@ mod tests {
                 recs.iter()
                     .all(|e| e.checksum_ok() && e.data == [b'a'; 200])
             );
+        }
+    }
+
+    #[test]
+    fn producer_key_round_trips_and_takes_no_sequence_number() {
+        let key = ProducerKey { id: 42, seq: 7 };
+        let p = payload(3, b"abc");
+        for compression in [None, Some((3, 1))] {
+            let mut buf = Vec::new();
+            let m = FrameMeta {
+                producer: Some(key),
+                ..meta()
+            };
+            let written = Encoder::new(compression).unwrap().encode(&mut buf, &m, &p);
+            let (h, body) = decode(&buf).unwrap();
+            assert_eq!(h, written);
+            assert_eq!(h.split_body(&body).unwrap().0, Some(key));
+            let seqs: Vec<_> = h
+                .records(&body)
+                .unwrap()
+                .map(|r| r.unwrap().sequence_number)
+                .collect();
+            assert_eq!(seqs, [100, 101, 102]);
+            // A body too short to hold the key is corruption, not a panic.
+            assert!(h.split_body(&body[..10]).is_err());
         }
     }
 

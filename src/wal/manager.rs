@@ -432,7 +432,7 @@ impl Manager {
             if h.is_control() || h.next_seq() <= from {
                 continue;
             }
-            for r in Records::new(f.body, h.first_seq, h.record_count) {
+            for r in h.records(f.body).map_err(|k| f.corrupted(k))? {
                 let e = r.map_err(|kind| f.corrupted(kind))?;
                 if e.sequence_number < from {
                     continue;
@@ -489,10 +489,11 @@ impl Manager {
             if h.index < from {
                 continue;
             }
+            let (producer, body) = h.split_body(f.body).map_err(|k| f.corrupted(k))?;
             let payload = if h.is_control() {
-                FramePayload::Control(f.body.to_vec())
+                FramePayload::Control(body.to_vec())
             } else {
-                let recs = Records::new(f.body, h.first_seq, h.record_count)
+                let recs = Records::new(body, h.first_seq, h.record_count)
                     .map(|r| r.map(|e| e.to_owned()));
                 FramePayload::Records(recs.collect::<Result<_, _>>().map_err(|k| f.corrupted(k))?)
             };
@@ -501,6 +502,7 @@ impl Manager {
                 term: h.term,
                 first_seq: h.first_seq,
                 timestamp: h.timestamp,
+                producer,
                 payload,
             });
         }
@@ -531,7 +533,7 @@ impl Manager {
             if h.is_control() || h.index < first_index {
                 continue;
             }
-            for r in Records::new(f.body, h.first_seq, h.record_count) {
+            for r in h.records(f.body).map_err(|k| f.corrupted(k))? {
                 let e = r.map_err(|k| f.corrupted(k))?;
                 if e.sequence_number >= start_seq {
                     out.push(e.to_owned());

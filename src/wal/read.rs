@@ -13,7 +13,6 @@ use super::error::{Corruption, Result, WalError};
 use super::frame::{FRAME_HEADER_LEN, FrameHeader, raw_body};
 use super::fs::WalFile;
 use super::manager::Shared;
-use super::record::Records;
 use super::segment::{self, ChunkReader, IndexEntry, SEGMENT_HEADER_LEN};
 use super::types::{Entry, SegmentId, SequenceNumber};
 
@@ -312,7 +311,7 @@ impl EntryIter {
             if h.is_control() || h.next_seq() <= self.from {
                 continue;
             }
-            for r in Records::new(f.body, h.first_seq, h.record_count) {
+            for r in h.records(f.body).map_err(|kind| f.corrupted(kind))? {
                 let e = r.map_err(|kind| f.corrupted(kind))?;
                 if e.sequence_number >= self.from {
                     self.ready.push_back(e.to_owned());

@@ -28,7 +28,6 @@ use std::io;
 use super::error::Corruption;
 use super::frame::{FRAME_HEADER_LEN, FrameHeader, raw_body};
 use super::fs::{WalFile, read_full_at};
-use super::record::Records;
 use super::types::SegmentId;
 
 pub const SEGMENT_HEADER_LEN: usize = 40;
@@ -401,7 +400,7 @@ fn read_frame(
 
 fn check_records(h: &FrameHeader, body: &[u8], scratch: &mut Vec<u8>) -> Result<(), Corruption> {
     let raw = raw_body(h, body, scratch)?;
-    let mut records = Records::new(raw, h.first_seq, h.record_count);
+    let mut records = h.records(raw)?;
     for r in records.by_ref() {
         if !r?.checksum_ok() {
             return Err(Corruption::BadRecord("entry checksum mismatch"));

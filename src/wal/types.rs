@@ -144,7 +144,20 @@ pub struct FrameSpec {
     /// The first record's sequence number; `None` takes the next one. When given it must not be
     /// below the next one (gaps are allowed, going back is not).
     pub first_seq: Option<SequenceNumber>,
+    /// The idempotency key of the write this frame holds, stored with it so that a state
+    /// machine rebuilt from the log knows it too. Only for record frames.
+    pub producer: Option<ProducerKey>,
     pub payload: Payload,
+}
+
+/// A producer's idempotency key: `(producer_id, producer_seq)`, as in Kafka's idempotent
+/// producer. Stored in the frame, outside the records, so it takes no sequence number.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ProducerKey {
+    pub id: u64,
+    pub seq: u64,
 }
 
 impl FrameSpec {
@@ -153,6 +166,7 @@ impl FrameSpec {
             index: None,
             term: 0,
             first_seq: None,
+            producer: None,
             payload: Payload::Records(records),
         }
     }
@@ -178,6 +192,7 @@ pub struct Frame {
     pub term: u64,
     pub first_seq: SequenceNumber,
     pub timestamp: u64,
+    pub producer: Option<ProducerKey>,
     pub payload: FramePayload,
 }
 

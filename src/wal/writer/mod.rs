@@ -393,6 +393,7 @@ impl Writer {
                 first_seq: f.first_seq.unwrap_or(self.next_seq),
                 synced_upto: self.synced_hint,
                 default_ts: now,
+                producer: f.producer,
             };
             let h = self.encoder.encode(&mut self.buf, &meta, &f.payload);
             self.pending.push((h, offset));
