@@ -7,10 +7,17 @@
 //! - `proto/` (compiled by `build.rs` with protox, no system `protoc`): the `replog.v1` types,
 //!   included below for the API that the replication milestone adds.
 
+pub mod api;
 pub mod cli;
+pub mod raft;
 pub mod wal;
 
 /// Generated protobuf types of package `replog.v1`.
 pub mod proto {
     tonic::include_proto!("replog.v1");
+
+    /// The internal node-to-node Raft service (`replog.raft.v1`).
+    pub mod raft {
+        tonic::include_proto!("replog.raft.v1");
+    }
 }

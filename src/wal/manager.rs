@@ -213,11 +213,20 @@ impl Manager {
         fs: Arc<dyn FileSystem>,
         registry: Option<&Registry>,
     ) -> Result<Manager> {
-        cfg.validate()?;
         let metrics = WalMetrics::new(registry).map_err(|e| WalError::InvalidConfig {
             key: "metrics",
             reason: e.to_string(),
         })?;
+        Self::open_with_metrics(cfg, fs, metrics)
+    }
+
+    /// Opens the WAL over `fs` with metrics already registered (to reopen a WAL in place).
+    pub fn open_with_metrics(
+        cfg: WalConfig,
+        fs: Arc<dyn FileSystem>,
+        metrics: WalMetrics,
+    ) -> Result<Manager> {
+        cfg.validate()?;
         fs.create_dir_all(&cfg.directory)?;
         let lock = fs.lock_dir(&cfg.directory).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock => WalError::Locked(cfg.directory.clone()),
@@ -256,6 +265,15 @@ impl Manager {
             threads,
             _lock: lock,
         })
+    }
+
+    /// The metrics this WAL updates (clones share the same series).
+    pub fn metrics(&self) -> WalMetrics {
+        self.shared.metrics.clone()
+    }
+
+    pub fn file_system(&self) -> Arc<dyn FileSystem> {
+        self.shared.fs.clone()
     }
 
     pub fn config(&self) -> &WalConfig {
@@ -353,7 +371,8 @@ impl Manager {
         })
     }
 
-    /// Drops every frame up to and including log index `index` (Raft's purge).
+    /// Drops every frame up to and including log index `index` (Raft's purge). `index` may lie
+    /// past the end: the log is then empty and continues at `index + 1`, in a fresh segment.
     pub fn purge_through(&self, index: u64) -> Result<LogStart> {
         self.call(|reply| Command::TruncatePrefix {
             to: PrefixPoint::Index(index + 1),

@@ -52,11 +52,7 @@ impl Writer {
                 });
             }
             PrefixPoint::Index(index) if index > next_index => {
-                return Err(WalError::InvalidSequence {
-                    what: "log index",
-                    got: index - 1,
-                    rule: SequenceRule::Between(start.index, next_index - 1),
-                });
+                return self.restart_at(index);
             }
             PrefixPoint::Seq(seq) => {
                 let cursor = Cursor::at_seq(self.sh.clone(), seq, Bound::Written)?;
@@ -86,6 +82,26 @@ impl Writer {
                 }
             }
         };
+        self.set_log_start(new)?;
+        Ok(new)
+    }
+
+    /// Drops every frame and continues the log at frame `index` (past the end), in a fresh
+    /// segment: how a Raft follower's log jumps ahead. Sequence numbers continue. Crash-safe:
+    /// the new start is persisted first, and a log whose segments all lie below it reopens as
+    /// an empty log starting there.
+    fn restart_at(&mut self, index: u64) -> Result<LogStart> {
+        let new = LogStart {
+            index,
+            seq: self.next_seq,
+        };
+        self.set_log_start(new)?;
+        self.next_index = index;
+        self.published.0 = index;
+        self.sh.state.write().next_index = index;
+        self.sh.acked_index.fetch_max(index, Ordering::AcqRel);
+        self.roll()?;
+        // Deletes the segment that was active (it now lies wholly below the start).
         self.set_log_start(new)?;
         Ok(new)
     }

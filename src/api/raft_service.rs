@@ -1,0 +1,164 @@
+//! The server side of the internal Raft RPCs: decode, hand to openraft, encode.
+//!
+//! Snapshots arrive as a stream (header, then file chunks) and are staged on disk as they come
+//! ([`crate::raft::snapshot::Staging`]), never held in memory whole. One at a time.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::raft::{
+    RaftMessage, SnapshotChunk, raft_service_server::RaftService, snapshot_chunk::Kind,
+};
+use crate::raft::network::NetSwitch;
+use crate::raft::snapshot::{Manifest, Staging};
+use crate::raft::types::{NodeId, Vote, from_wire, to_wire};
+use crate::raft::{Raft, WalHandle};
+
+pub struct RaftServer {
+    id: NodeId,
+    raft: Raft,
+    switch: Arc<NetSwitch>,
+    data_dir: PathBuf,
+    wal: Arc<WalHandle>,
+    snapshot_slot: Semaphore,
+}
+
+impl RaftServer {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        switch: Arc<NetSwitch>,
+        data_dir: PathBuf,
+        wal: Arc<WalHandle>,
+    ) -> RaftServer {
+        RaftServer {
+            id,
+            raft,
+            switch,
+            data_dir,
+            wal,
+            snapshot_slot: Semaphore::new(1),
+        }
+    }
+
+    fn admit(&self, from: NodeId) -> Result<(), Status> {
+        if self.switch.is_blocked(from) {
+            return Err(Status::unavailable(format!(
+                "node {} is cut off from node {from} (test switch)",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    fn decode<T: for<'de> serde::Deserialize<'de>>(&self, m: &RaftMessage) -> Result<T, Status> {
+        self.admit(m.from)?;
+        from_wire(&m.body)
+            .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+    }
+}
+
+/// Encodes openraft's answer; its errors travel as text (the caller only reports them).
+fn reply<T: serde::Serialize, E: std::fmt::Display>(
+    id: NodeId,
+    r: Result<T, E>,
+) -> Result<Response<RaftMessage>, Status> {
+    let r = r.map_err(|e| e.to_string());
+    let body = to_wire(&r).map_err(|e| Status::internal(format!("encoding a Raft reply: {e}")))?;
+    Ok(Response::new(RaftMessage { from: id, body }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.decode(req.get_ref())?;
+        reply(self.id, self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.decode(req.get_ref())?;
+        reply(self.id, self.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.decode(req.get_ref())?;
+        reply(self.id, self.raft.pre_vote(rpc).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.decode(req.get_ref())?;
+        reply(self.id, self.raft.handle_transfer_leader(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let _slot = self
+            .snapshot_slot
+            .try_acquire()
+            .map_err(|_| Status::resource_exhausted("a snapshot is already being received"))?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let Some(Kind::Header(h)) = first.kind else {
+            return Err(Status::invalid_argument(
+                "a snapshot stream starts with its header",
+            ));
+        };
+        self.admit(h.from)?;
+        let bad = |e: postcard::Error| {
+            Status::invalid_argument(format!("undecodable snapshot header: {e}"))
+        };
+        let vote: Vote = from_wire(&h.vote).map_err(bad)?;
+        let manifest: Manifest = from_wire(&h.manifest).map_err(bad)?;
+        let meta = manifest.meta.clone();
+        let io = |e: std::io::Error| Status::internal(format!("staging a snapshot: {e}"));
+        let dir = self.data_dir.clone();
+        let mut staging = blocking(move || Staging::begin(&dir, manifest))
+            .await?
+            .map_err(io)?;
+        while let Some(chunk) = stream.next().await {
+            let Some(Kind::Data(c)) = chunk?.kind else {
+                return Err(Status::invalid_argument(
+                    "a snapshot header after the first message",
+                ));
+            };
+            staging = blocking(move || {
+                staging
+                    .write(c.file as usize, c.offset, &c.data, c.crc32)
+                    .map(|_| staging)
+            })
+            .await?
+            .map_err(|e| Status::data_loss(format!("snapshot chunk refused: {e}")))?;
+        }
+        let wal = self.wal.clone();
+        let data = blocking(move || staging.finish(&wal)).await?.map_err(io)?;
+        let snapshot = openraft::Snapshot {
+            meta,
+            snapshot: data,
+        };
+        reply(
+            self.id,
+            self.raft.install_full_snapshot(vote, snapshot).await,
+        )
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))
+}

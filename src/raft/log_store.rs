@@ -1,0 +1,365 @@
+//! openraft's log store over the WAL: each Raft entry is one WAL frame.
+//!
+//! - Raft index `i` is WAL frame index `i + 1` (Raft logs start at 0, WAL frames at 1).
+//! - A client write is a records frame (with its producer key); every other entry (blank,
+//!   membership, commands) is a control frame holding [`Control`].
+//! - Record sequence numbers are assigned by the WAL from the log prefix (previous frame's first
+//!   sequence + its record count), so every replica derives the same numbers.
+//! - `append` returns once the frames are written (readable); `IOFlushed` fires from the WAL's
+//!   durability callback, after the fsync covering them under `immediate`. Appends that arrive
+//!   while an fsync runs share the next one (group commit).
+//! - The vote, committed id and Raft purge point live in `RAFT_META` ([`MetaStore`]); a vote is
+//!   saved only after everything appended before it is durable, so vote and log writes are never
+//!   reordered.
+//!
+//! This module knows openraft and the WAL; it knows nothing of gRPC or sled.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound as RangeBound, RangeBounds};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use openraft::EntryPayload;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use parking_lot::Mutex;
+
+use super::meta::{MetaStore, RaftMeta};
+use super::types::{Control, Entry, LogId, Request, TypeConfig, Vote, WriteRecord};
+use super::wal_handle::WalHandle;
+use crate::wal::{Frame, FramePayload, FrameSpec, Manager, Payload, Record, WalError};
+
+/// How often a changed committed log id is persisted at most (it is also persisted with every
+/// vote). Losing it only makes a restarted node wait to learn the commit from the leader.
+const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The log store handed to openraft. Cheap to clone: readers share the WAL and the metadata.
+#[derive(Clone)]
+pub struct LogStore {
+    wal: Arc<WalHandle>,
+    meta: Arc<SharedMeta>,
+    /// Sequence number below which records may be deleted (replicated truncation/retention,
+    /// published by the state machine).
+    data_watermark: Arc<AtomicU64>,
+}
+
+struct SharedMeta {
+    store: MetaStore,
+    current: Mutex<RaftMeta>,
+    committed_persisted_at: Mutex<Option<Instant>>,
+}
+
+pub fn to_io(e: WalError) -> io::Error {
+    io::Error::other(e)
+}
+
+fn join_err(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl LogStore {
+    /// Opens the store over an opened WAL; `meta` is where `RAFT_META` lives.
+    pub fn open(
+        wal: Arc<WalHandle>,
+        meta: MetaStore,
+        data_watermark: Arc<AtomicU64>,
+        snapshot_last: Option<LogId>,
+    ) -> io::Result<LogStore> {
+        let mut current = meta.load()?;
+        // After a snapshot install the WAL may start above the old purge point: everything up
+        // to the snapshot is in the state machine, so Raft's purge point moves up to it.
+        if snapshot_last > current.purged {
+            current.purged = snapshot_last;
+            meta.store(&current)?;
+        }
+        Ok(LogStore {
+            wal,
+            data_watermark,
+            meta: Arc::new(SharedMeta {
+                store: meta,
+                current: Mutex::new(current),
+                committed_persisted_at: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn wal(&self) -> io::Result<Arc<Manager>> {
+        self.wal.get().map_err(to_io)
+    }
+
+    pub fn meta(&self) -> RaftMeta {
+        self.meta.current.lock().clone()
+    }
+
+    /// The last log id present in the WAL, if any.
+    fn last_in_wal(&self) -> io::Result<Option<LogId>> {
+        Ok(self
+            .wal()?
+            .last_frame()
+            .map(|(index, term)| LogId::new_term_index(term, index - 1)))
+    }
+
+    /// Persists `meta` (blocking, off the executor) and publishes it once durable.
+    async fn persist(&self, meta: RaftMeta) -> io::Result<()> {
+        let shared = self.meta.clone();
+        tokio::task::spawn_blocking(move || {
+            shared.store.store(&meta)?;
+            *shared.current.lock() = meta;
+            Ok(())
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    /// Reads entries with Raft indexes in `range`, off the executor.
+    async fn read(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let purged_next = self.meta.current.lock().purged.map_or(0, |p| p.index + 1);
+        let start = start.max(purged_next);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let wal = self.wal()?;
+        tokio::task::spawn_blocking(move || {
+            // Frames below the WAL's start do not exist (never written, or truncated).
+            let from = (start + 1).max(wal.log_start().index);
+            let frames = wal
+                .read_frames(from, end.saturating_add(1))
+                .map_err(to_io)?;
+            frames.into_iter().map(frame_to_entry).collect()
+        })
+        .await
+        .map_err(join_err)?
+    }
+}
+
+fn range_to_half_open(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        RangeBound::Included(s) => *s,
+        RangeBound::Excluded(s) => s + 1,
+        RangeBound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        RangeBound::Included(e) => e.saturating_add(1),
+        RangeBound::Excluded(e) => *e,
+        RangeBound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+/// A WAL frame back into the Raft entry it was written from.
+pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
+    let log_id = LogId::new_term_index(f.term, f.index - 1);
+    let payload = match f.payload {
+        FramePayload::Records(entries) => EntryPayload::Normal(Request::Write {
+            producer: f.producer,
+            records: entries
+                .into_iter()
+                .map(|e| WriteRecord {
+                    tenant_id: e.tenant_id,
+                    operation: e.operation,
+                    data: e.data,
+                    timestamp: e.timestamp,
+                })
+                .collect(),
+        }),
+        FramePayload::Control(bytes) => match Control::decode(&bytes) {
+            Ok(Control::Blank) => EntryPayload::Blank,
+            Ok(Control::Membership(m)) => EntryPayload::Membership(m),
+            Ok(Control::Command(r)) => EntryPayload::Normal(r),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("log index {}: undecodable control frame: {e}", f.index - 1),
+                ));
+            }
+        },
+    };
+    Ok(Entry::new(log_id, payload))
+}
+
+/// A Raft entry as the WAL frame that stores it.
+pub fn entry_to_frame(e: Entry) -> FrameSpec {
+    let index = e.log_id.index + 1;
+    let term = e.log_id.leader_id.term;
+    let (producer, payload) = match e.payload {
+        EntryPayload::Normal(Request::Write { producer, records }) => (
+            producer,
+            Payload::Records(
+                records
+                    .into_iter()
+                    .map(|r| Record {
+                        tenant_id: r.tenant_id,
+                        operation: r.operation,
+                        data: r.data,
+                        timestamp: Some(r.timestamp),
+                    })
+                    .collect(),
+            ),
+        ),
+        EntryPayload::Normal(cmd) => (None, Payload::Control(Control::Command(cmd).encode())),
+        EntryPayload::Blank => (None, Payload::Control(Control::Blank.encode())),
+        EntryPayload::Membership(m) => (None, Payload::Control(Control::Membership(m).encode())),
+    };
+    FrameSpec {
+        index: Some(index),
+        term,
+        first_seq: None,
+        producer,
+        payload,
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let (start, end) = range_to_half_open(&range);
+        self.read(start, end).await
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(self.meta.current.lock().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let purged = self.meta.current.lock().purged;
+        let last = match (self.last_in_wal()?, purged) {
+            (Some(l), Some(p)) => Some(l.max(p)),
+            (l, p) => l.or(p),
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        // Everything appended before this vote must be durable first (no reordering).
+        let wal = self.wal()?;
+        tokio::task::spawn_blocking(move || wal.sync())
+            .await
+            .map_err(join_err)?
+            .map_err(to_io)?;
+        let mut meta = self.meta();
+        meta.vote = Some(*vote);
+        self.persist(meta).await?;
+        *self.meta.committed_persisted_at.lock() = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        let due = self
+            .meta
+            .committed_persisted_at
+            .lock()
+            .is_none_or(|at| at.elapsed() >= COMMITTED_PERSIST_INTERVAL);
+        let mut meta = self.meta();
+        meta.committed = committed;
+        if due {
+            *self.meta.committed_persisted_at.lock() = Some(Instant::now());
+            self.persist(meta).await
+        } else {
+            // Kept in memory; persisted with the next vote or the next due save.
+            self.meta.current.lock().committed = committed;
+            Ok(())
+        }
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        let committed = self.meta.current.lock().committed;
+        // Under `async`/`periodic` a crash may have lost entries that were committed; claiming
+        // them would make openraft apply entries that are gone.
+        let last = self.get_log_state().await?.last_log_id;
+        Ok(committed.filter(|c| Some(*c) <= last))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let frames: Vec<FrameSpec> = entries.into_iter().map(entry_to_frame).collect();
+        let Some(first_index) = frames.first().and_then(|f| f.index) else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        let wal = self.wal()?;
+        if wal.last_frame().is_none() && first_index > wal.next_index() {
+            // An empty log that continues above its start (e.g. after a purge past its end).
+            tokio::task::spawn_blocking(move || wal.purge_through(first_index - 1))
+                .await
+                .map_err(join_err)?
+                .map_err(to_io)?;
+        }
+        let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+        let on_written: crate::wal::Completion = Box::new(move |r| {
+            let _ = written_tx.send(r.map(|_| ()));
+        });
+        let on_durable: crate::wal::Completion =
+            Box::new(move |r| callback.io_completed(r.map(|_| ()).map_err(to_io)));
+        // Blocks only while `queue_depth` commands wait: the WAL's back-pressure.
+        self.wal()?
+            .append_with(frames, Some(on_written), on_durable)
+            .map_err(to_io)?;
+        // Readable once written; durability is reported through the callback.
+        written_rx
+            .await
+            .map_err(|_| to_io(WalError::Closed))?
+            .map_err(to_io)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map_or(0, |l| l.index + 1) + 1;
+        let wal = self.wal()?;
+        tokio::task::spawn_blocking(move || wal.truncate_from_index(from))
+            .await
+            .map_err(join_err)?
+            .map_err(to_io)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        // The purge point is persisted first; data below it is deleted by replicated
+        // truncation and retention, not here (the log is the data).
+        let mut meta = self.meta();
+        if meta.purged.is_some_and(|p| p >= log_id) {
+            return Ok(());
+        }
+        meta.purged = Some(log_id);
+        self.persist(meta).await?;
+        let watermark = self.data_watermark.load(Ordering::Acquire);
+        let wal = self.wal()?;
+        tokio::task::spawn_blocking(move || delete_below(&wal, watermark, log_id.index))
+            .await
+            .map_err(join_err)?
+            .map_err(to_io)
+    }
+}
+
+/// Deletes records below `watermark`, but never a record of a frame Raft may still read (those
+/// after `purged_index`).
+fn delete_below(wal: &Manager, watermark: u64, purged_index: u64) -> Result<(), WalError> {
+    let first_readable = purged_index + 2; // WAL index of Raft index `purged_index + 1`
+    let limit = if first_readable >= wal.next_index() {
+        wal.next_seq()
+    } else {
+        wal.read_frames(first_readable, first_readable + 1)?
+            .first()
+            .map_or(wal.next_seq(), |f| f.first_seq)
+    };
+    let to = watermark.min(limit);
+    if to > wal.log_start().seq {
+        wal.truncate_before(to)?;
+    }
+    Ok(())
+}

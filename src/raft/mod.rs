@@ -1,0 +1,130 @@
+//! openraft glue: the type config, the log store over the WAL with its durable metadata, the
+//! state machine kept in sled, snapshots made of segment files, and the tonic network client.
+//!
+//! openraft (pinned `=0.10.0-alpha.37`) is used nowhere else, so an upgrade touches this folder
+//! (and the thin Raft gRPC service that calls into it).
+//!
+//! Invariants:
+//! - Raft index `i` is WAL frame `i + 1`; one entry is one frame, so a client batch is atomic.
+//! - Record sequence numbers are a function of the log prefix, computed identically by the WAL
+//!   (which stores them) and the state machine (which answers the client).
+//! - An entry is reported flushed to openraft only by the WAL's durability callback.
+//! - The WAL deletes records only below both the replicated truncation watermark and Raft's
+//!   purge point, and Raft purges only up to a snapshot made durable in `SM_SNAPSHOT`.
+
+pub mod log_store;
+pub mod meta;
+pub mod network;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+mod wal_handle;
+
+use std::time::Duration;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+pub use types::{NodeId, Request, Response, TypeConfig};
+pub use wal_handle::WalHandle;
+
+/// A replog Raft node handle.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// Raft timing, from the node config.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        // Election timeout well above 10x an append's latency (an fsync, ~0.3-5 ms).
+        RaftTiming {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// openraft's config for replog: no automatic snapshot or purge (the log is the data; purges
+/// follow replicated truncation), entries per AppendEntries bounded.
+pub fn openraft_config(
+    cluster: &str,
+    t: &RaftTiming,
+    max_payload_entries: u64,
+) -> Result<openraft::Config, String> {
+    let cfg = openraft::Config {
+        cluster_name: cluster.to_owned(),
+        heartbeat_interval: t.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: t.election_timeout_min.as_millis() as u64,
+        election_timeout_max: t.election_timeout_max.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        max_payload_entries,
+        ..Default::default()
+    };
+    cfg.validate().map_err(|e| e.to_string())
+}
+
+/// A node's storage, opened from its data directory:
+/// `wal/` (the log), `sled/` (the state machine), `RAFT_META`, `SM_SNAPSHOT`.
+pub struct Storage {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    pub wal: std::sync::Arc<WalHandle>,
+    pub sm: std::sync::Arc<state_machine::SmShared>,
+    pub db: sled::Db,
+}
+
+impl Storage {
+    /// Opens (recovering) a node's storage. `wal_cfg.directory` is replaced by `<data>/wal`.
+    pub fn open(
+        data_dir: &std::path::Path,
+        mut wal_cfg: crate::wal::WalConfig,
+        registry: Option<&prometheus::Registry>,
+        max_producers: usize,
+    ) -> std::io::Result<Storage> {
+        use std::sync::Arc;
+        let io = |e: crate::wal::WalError| std::io::Error::other(e);
+        std::fs::create_dir_all(data_dir)?;
+        wal_cfg.directory = data_dir.join("wal");
+        // A snapshot install interrupted after its commit point is finished first.
+        if snapshot::finish_install(data_dir, &wal_cfg.directory)? {
+            tracing::info!("finished installing a snapshot received before a restart");
+        }
+        let fs: Arc<dyn crate::wal::fs::FileSystem> = Arc::new(crate::wal::fs::StdFs);
+        let wal = WalHandle::new(
+            crate::wal::Manager::open_with(wal_cfg, fs.clone(), registry).map_err(io)?,
+        );
+        let db = sled::Config::new()
+            .path(data_dir.join("sled"))
+            .open()
+            .map_err(std::io::Error::other)?;
+        let snapshots = Arc::new(snapshot::SnapshotFile::new(fs.clone(), data_dir));
+        let snapshot_last = snapshots.load()?.and_then(|(m, _)| m.last_log_id);
+        let state_machine = StateMachine::open(
+            &db,
+            snapshots,
+            wal.clone(),
+            data_dir.to_path_buf(),
+            max_producers,
+        )?;
+        let sm = state_machine.shared();
+        let log_store = LogStore::open(
+            wal.clone(),
+            meta::MetaStore::new(fs, data_dir),
+            sm.data_watermark.clone(),
+            snapshot_last,
+        )?;
+        Ok(Storage {
+            log_store,
+            state_machine,
+            wal,
+            sm,
+            db,
+        })
+    }
+}

@@ -1,0 +1,394 @@
+//! The Raft network: openraft's `RaftNetworkV2` over tonic (`proto/replog/raft/v1`).
+//!
+//! - Two channels per peer, each created once and reused by every client of that peer: `data`
+//!   for AppendEntries that carry entries and for snapshots, `control` for heartbeats, votes and
+//!   leader transfer, so a heartbeat never waits behind a large replication message.
+//! - Message bodies are openraft's types encoded with postcard. An AppendEntries is capped at
+//!   `append_max_bytes`: a larger one sends the entries that fit and reports `PartialSuccess`,
+//!   and openraft sends the rest next.
+//! - [`NetSwitch`] lets tests cut a node off (both directions are checked, here and in the
+//!   server).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use openraft::AnyError;
+use openraft::RaftNetworkFactory;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use tonic::transport::{Channel, Endpoint};
+
+use super::snapshot::{CHUNK_BYTES, SnapshotData};
+use super::types::{NodeId, TypeConfig, Vote, from_wire, to_wire};
+use crate::proto::raft::{
+    FileChunk, RaftMessage, SnapshotChunk, SnapshotHeader, raft_service_client::RaftServiceClient,
+    snapshot_chunk::Kind,
+};
+
+/// Limits of the Raft transport.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Largest gRPC message accepted or sent (both sides).
+    pub max_message_bytes: usize,
+    /// Bytes of entries per AppendEntries, at most (one entry is always sent whole).
+    pub append_max_bytes: usize,
+    pub connect_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            max_message_bytes: 64 << 20,
+            append_max_bytes: 8 << 20,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A test switch: traffic to or from a blocked peer fails as if the network were cut.
+#[derive(Default)]
+pub struct NetSwitch {
+    blocked: RwLock<HashSet<NodeId>>,
+}
+
+impl NetSwitch {
+    pub fn block(&self, peer: NodeId) {
+        self.blocked.write().insert(peer);
+    }
+
+    pub fn heal(&self) {
+        self.blocked.write().clear();
+    }
+
+    pub fn is_blocked(&self, peer: NodeId) -> bool {
+        self.blocked.read().contains(&peer)
+    }
+}
+
+type Client = RaftServiceClient<Channel>;
+
+#[derive(Clone)]
+struct Peer {
+    data: Client,
+    control: Client,
+}
+
+/// Creates (and caches) one pair of channels per peer address.
+#[derive(Clone)]
+pub struct Network {
+    id: NodeId,
+    cfg: NetConfig,
+    switch: Arc<NetSwitch>,
+    peers: Arc<Mutex<HashMap<(NodeId, String), Peer>>>,
+}
+
+impl Network {
+    pub fn new(id: NodeId, cfg: NetConfig, switch: Arc<NetSwitch>) -> Network {
+        Network {
+            id,
+            cfg,
+            switch,
+            peers: Arc::default(),
+        }
+    }
+
+    fn client(&self, target: NodeId, addr: &str) -> PeerClient {
+        let key = (target, addr.to_owned());
+        let peer = {
+            let mut peers = self.peers.lock();
+            match peers.get(&key) {
+                Some(p) => Ok(p.clone()),
+                None => match self.connect(addr) {
+                    Ok(p) => {
+                        peers.insert(key, p.clone());
+                        Ok(p)
+                    }
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        PeerClient {
+            from: self.id,
+            target,
+            peer,
+            cfg: self.cfg.clone(),
+            switch: self.switch.clone(),
+        }
+    }
+
+    fn connect(&self, addr: &str) -> Result<Peer, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(self.cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let make = || {
+            RaftServiceClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(self.cfg.max_message_bytes)
+                .max_encoding_message_size(self.cfg.max_message_bytes)
+        };
+        Ok(Peer {
+            data: make(),
+            control: make(),
+        })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &openraft::BasicNode) -> PeerClient {
+        self.client(target, &node.addr)
+    }
+}
+
+/// openraft's client for one peer.
+pub struct PeerClient {
+    from: NodeId,
+    target: NodeId,
+    peer: Result<Peer, String>,
+    cfg: NetConfig,
+    switch: Arc<NetSwitch>,
+}
+
+type RpcErr = RPCError<TypeConfig>;
+
+fn unreachable(msg: impl std::fmt::Display) -> RpcErr {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(msg.to_string())))
+}
+
+fn network(msg: impl std::fmt::Display) -> RpcErr {
+    RPCError::Network(NetworkError::new(&AnyError::error(msg.to_string())))
+}
+
+fn status_err(s: tonic::Status) -> RpcErr {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => unreachable(s.message()),
+        _ => network(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
+impl PeerClient {
+    fn channel(&self, control: bool) -> Result<Client, RpcErr> {
+        if self.switch.is_blocked(self.target) {
+            return Err(unreachable(format!(
+                "node {} is cut off (test switch)",
+                self.target
+            )));
+        }
+        let p = self.peer.as_ref().map_err(unreachable)?;
+        Ok(if control {
+            p.control.clone()
+        } else {
+            p.data.clone()
+        })
+    }
+
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        control: bool,
+        req: &Req,
+        option: &RPCOption,
+        f: F,
+    ) -> Result<Resp, RpcErr>
+    where
+        Req: serde::Serialize,
+        Resp: for<'de> serde::Deserialize<'de>,
+        F: FnOnce(Client, tonic::Request<RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let client = self.channel(control)?;
+        let body = to_wire(req).map_err(network)?;
+        let mut request = tonic::Request::new(RaftMessage {
+            from: self.from,
+            body,
+        });
+        request.set_timeout(option.soft_ttl());
+        let reply = f(client, request).await.map_err(status_err)?.into_inner();
+        let decoded: Result<Resp, String> = from_wire(&reply.body).map_err(network)?;
+        decoded.map_err(|e| network(format!("node {}: {e}", self.target)))
+    }
+}
+
+/// An entry's size on the wire, closely enough to cap a message (records dominate).
+fn approx_bytes(e: &super::types::Entry) -> usize {
+    use super::types::Request;
+    const OVERHEAD: usize = 32;
+    match &e.payload {
+        openraft::EntryPayload::Normal(Request::Write { records, .. }) => {
+            records
+                .iter()
+                .map(|r| r.data.len() + r.tenant_id.len() + 16)
+                .sum::<usize>()
+                + OVERHEAD
+        }
+        openraft::EntryPayload::Membership(m) => OVERHEAD + 64 * m.nodes().count(),
+        _ => OVERHEAD,
+    }
+}
+
+/// How many leading entries fit in `max_bytes` (at least one).
+fn entries_that_fit(entries: &[super::types::Entry], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        total += approx_bytes(e);
+        if total > max_bytes {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcErr> {
+        let fit = entries_that_fit(&rpc.entries, self.cfg.append_max_bytes);
+        let cut = fit < rpc.entries.len();
+        if cut {
+            rpc.entries.truncate(fit);
+        }
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let heartbeat = rpc.entries.is_empty();
+        let resp: AppendEntriesResponse<TypeConfig> = self
+            .call(heartbeat, &rpc, &option, |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await?;
+        Ok(match resp {
+            AppendEntriesResponse::Success if cut => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            other => other,
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.call(
+            true,
+            &rpc,
+            &option,
+            |mut c, r| async move { c.vote(r).await },
+        )
+        .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcErr> {
+        self.call(true, &rpc, &option, |mut c, r| async move {
+            c.pre_vote(r).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcErr> {
+        self.call(true, &req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let to_streaming = |e: RpcErr| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            RPCError::Timeout(t) => StreamingError::Timeout(t),
+            RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+        };
+        let mut client = self.channel(false).map_err(to_streaming)?;
+        let manifest = snapshot
+            .snapshot
+            .manifest(&snapshot.meta)
+            .map_err(|e| to_streaming(network(e)))?;
+        let header = SnapshotChunk {
+            kind: Some(Kind::Header(SnapshotHeader {
+                from: self.from,
+                vote: to_wire(&vote).map_err(|e| to_streaming(network(e)))?,
+                manifest: to_wire(&manifest).map_err(|e| to_streaming(network(e)))?,
+            })),
+        };
+        let files: Vec<(String, u64)> = manifest
+            .files
+            .iter()
+            .map(|f| (f.name.clone(), f.len))
+            .collect();
+        let data = Arc::new(snapshot.snapshot);
+        // Chunks are read lazily (one at a time, off the executor) as the stream is polled,
+        // so memory stays at one chunk whatever the snapshot's size.
+        let chunks =
+            futures::stream::iter(files.into_iter().enumerate().flat_map(|(no, (name, len))| {
+                (0..len.div_ceil(CHUNK_BYTES as u64))
+                    .map(move |c| (no, name.clone(), c * CHUNK_BYTES as u64, len))
+            }))
+            .then(move |(no, name, offset, len)| {
+                let data = data.clone();
+                async move {
+                    let want = (len - offset).min(CHUNK_BYTES as u64) as usize;
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; want];
+                        let n = data.read_file_at(&name, offset, &mut buf)?;
+                        buf.truncate(n);
+                        Ok::<_, std::io::Error>(buf)
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(buf)) => Some(SnapshotChunk {
+                            kind: Some(Kind::Data(FileChunk {
+                                file: no as u32,
+                                offset,
+                                crc32: crc32fast::hash(&buf),
+                                data: buf,
+                            })),
+                        }),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "reading a segment for a snapshot failed");
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                }
+            })
+            // A failed read ends the stream early; the receiver sees it incomplete and refuses it.
+            .take_while(|c| futures::future::ready(c.is_some()))
+            .filter_map(futures::future::ready);
+        let stream = futures::stream::once(futures::future::ready(header)).chain(chunks);
+        let send = client.install_snapshot(stream);
+        let reply = tokio::select! {
+            r = send => r.map_err(|s| to_streaming(status_err(s)))?.into_inner(),
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let decoded: Result<SnapshotResponse<TypeConfig>, String> =
+            from_wire(&reply.body).map_err(|e| to_streaming(network(e)))?;
+        decoded.map_err(|e| to_streaming(network(format!("node {}: {e}", self.target))))
+    }
+}

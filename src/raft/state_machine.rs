@@ -1,0 +1,511 @@
+//! The replicated state machine: what applying committed entries builds, kept in sled.
+//!
+//! It owns: the record sequence counter (`next_seq`, the same function of the log prefix as the
+//! WAL's), per-tenant counters, the idempotency table, named checkpoints, the truncation
+//! watermark, the applied log id and the membership. Everything lives in one sled tree and each
+//! `apply` call writes one atomic `sled::Batch` with the applied id in it, so sled always holds
+//! a consistent image of some applied prefix; after a crash openraft re-applies from there.
+//!
+//! sled is not a durability barrier (its `flush()` was seen issuing `sync_file_range`), so the
+//! image that cannot be rebuilt from the retained log — the one a snapshot describes, taken
+//! before the log below it is purged — is also written to `SM_SNAPSHOT` with write + fsync +
+//! rename + directory fsync ([`super::snapshot`]). On open, the newer of the two wins.
+//!
+//! Idempotency: `(producer_id, producer_seq)`. A write whose key is at or below the producer's
+//! last applied `producer_seq` is a duplicate: it changes nothing and answers the original
+//! result (exact for a retry of the last write; for an older one, the last write's result).
+//! The table keeps `max_producers` producers; past that, the producer whose last write is the
+//! oldest (by log index, so every replica evicts the same one) is forgotten, and a retry from
+//! it would be written again. The leader also refuses to propose a key it has already applied
+//! (see `node`), so a duplicate never takes sequence numbers.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{Stream, TryStreamExt};
+use openraft::EntryPayload;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::snapshot::{self, SnapshotData, SnapshotFile};
+use super::types::{LogId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig};
+use super::wal_handle::WalHandle;
+use crate::wal::{ProducerKey, SequenceNumber};
+
+/// Default bound of the idempotency table.
+pub const DEFAULT_MAX_PRODUCERS: usize = 100_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub last_seq: SequenceNumber,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub seq: u64,
+    pub first_seq: SequenceNumber,
+    pub last_seq: SequenceNumber,
+    pub timestamp: u64,
+    /// Raft index of the write, which orders eviction identically on every replica.
+    pub index: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub sequence: SequenceNumber,
+    pub tenant: Option<String>,
+}
+
+/// The whole replicated state; also the snapshot image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    /// The sequence number the next record gets.
+    pub next_seq: SequenceNumber,
+    /// Records before this were truncated by a replicated `Truncate`.
+    pub log_start: SequenceNumber,
+    pub tenants: BTreeMap<String, TenantStats>,
+    pub producers: BTreeMap<u64, ProducerState>,
+    pub checkpoints: BTreeMap<String, Checkpoint>,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Image {
+            applied: None,
+            membership: StoredMembership::default(),
+            next_seq: 1,
+            log_start: 1,
+            tenants: BTreeMap::new(),
+            producers: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// What readers (the API, replay) see of the state machine, shared with it.
+pub struct SmShared {
+    image: RwLock<Image>,
+    /// One past the last applied record's sequence number: replay shows records below it.
+    applied_seq: watch::Sender<SequenceNumber>,
+    /// Sequence number below which the WAL may delete data (set by applied truncations; the
+    /// log store deletes only below its Raft purge point too).
+    pub data_watermark: Arc<AtomicU64>,
+}
+
+impl SmShared {
+    pub fn read<T>(&self, f: impl FnOnce(&Image) -> T) -> T {
+        f(&self.image.read())
+    }
+
+    pub fn applied_seq(&self) -> watch::Receiver<SequenceNumber> {
+        self.applied_seq.subscribe()
+    }
+
+    /// A producer's last applied write, if the key is not newer than it.
+    pub fn duplicate_of(&self, key: ProducerKey) -> Option<ProducerState> {
+        self.image
+            .read()
+            .producers
+            .get(&key.id)
+            .filter(|p| key.seq <= p.seq)
+            .copied()
+    }
+}
+
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+    tree: sled::Tree,
+    snapshots: Arc<SnapshotFile>,
+    wal: Arc<WalHandle>,
+    data_dir: PathBuf,
+    max_producers: usize,
+}
+
+const KEY_APPLIED: &[u8] = b"m/applied";
+const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+const KEY_NEXT_SEQ: &[u8] = b"m/next_seq";
+const KEY_LOG_START: &[u8] = b"m/log_start";
+const PREFIX_TENANT: &[u8] = b"t/";
+const PREFIX_PRODUCER: &[u8] = b"p/";
+const PREFIX_CHECKPOINT: &[u8] = b"c/";
+
+fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(e)
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn prefixed(prefix: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Keys changed by one `apply` call, written together.
+#[derive(Default)]
+struct Dirty {
+    tenants: HashSet<String>,
+    producers: HashSet<u64>,
+    evicted: Vec<u64>,
+    checkpoints: HashSet<String>,
+    membership: bool,
+}
+
+impl StateMachine {
+    /// Opens the state machine: the sled image, or the snapshot file if that is newer.
+    pub fn open(
+        db: &sled::Db,
+        snapshots: Arc<SnapshotFile>,
+        wal: Arc<WalHandle>,
+        data_dir: PathBuf,
+        max_producers: usize,
+    ) -> io::Result<StateMachine> {
+        let tree = db.open_tree("state").map_err(io_err)?;
+        let mut image = load_image(&tree)?;
+        if let Some((meta, snap)) = snapshots.load()?
+            && meta.last_log_id > image.applied
+        {
+            image = snap;
+            store_image(&tree, &image)?;
+        }
+        let shared = Arc::new(SmShared {
+            applied_seq: watch::Sender::new(image.next_seq),
+            data_watermark: Arc::new(AtomicU64::new(image.log_start)),
+            image: RwLock::new(image),
+        });
+        Ok(StateMachine {
+            shared,
+            tree,
+            snapshots,
+            wal,
+            data_dir,
+            max_producers,
+        })
+    }
+
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+
+    fn apply_one(
+        img: &mut Image,
+        entry: &super::types::Entry,
+        dirty: &mut Dirty,
+        max_producers: usize,
+    ) -> Response {
+        let index = entry.log_id.index;
+        img.applied = Some(entry.log_id);
+        match &entry.payload {
+            EntryPayload::Blank => Response::None,
+            EntryPayload::Membership(m) => {
+                img.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                dirty.membership = true;
+                Response::None
+            }
+            EntryPayload::Normal(Request::Write { producer, records }) => {
+                let first_seq = img.next_seq;
+                img.next_seq += records.len() as u64;
+                let timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+                for (i, r) in records.iter().enumerate() {
+                    let t = img.tenants.entry(r.tenant_id.clone()).or_default();
+                    t.entries += 1;
+                    t.bytes += r.data.len() as u64;
+                    t.last_seq = first_seq + i as u64;
+                    dirty.tenants.insert(r.tenant_id.clone());
+                }
+                let last_seq = img.next_seq.saturating_sub(1).max(first_seq);
+                if let Some(key) = producer {
+                    let duplicate = img.producers.get(&key.id).is_some_and(|p| key.seq <= p.seq);
+                    if duplicate {
+                        // The leader never proposes a known key; a duplicate here came from a
+                        // race the leader cannot see (two proposals in flight). Its records are
+                        // in the log already; the table keeps the first write.
+                        tracing::warn!(
+                            producer = key.id,
+                            seq = key.seq,
+                            index,
+                            "duplicate producer key applied"
+                        );
+                    } else {
+                        img.producers.insert(
+                            key.id,
+                            ProducerState {
+                                seq: key.seq,
+                                first_seq,
+                                last_seq,
+                                timestamp,
+                                index,
+                            },
+                        );
+                        dirty.producers.insert(key.id);
+                        evict_producers(img, dirty, max_producers);
+                    }
+                }
+                Response::Written {
+                    first_seq,
+                    last_seq,
+                    timestamp,
+                    duplicate: false,
+                }
+            }
+            EntryPayload::Normal(Request::Checkpoint {
+                name,
+                tenant,
+                sequence,
+            }) => {
+                img.checkpoints.insert(
+                    name.clone(),
+                    Checkpoint {
+                        sequence: *sequence,
+                        tenant: tenant.clone(),
+                    },
+                );
+                dirty.checkpoints.insert(name.clone());
+                Response::Checkpoint {
+                    sequence: *sequence,
+                }
+            }
+            EntryPayload::Normal(Request::Truncate { before }) => {
+                if *before > img.next_seq {
+                    return Response::Rejected {
+                        reason: format!(
+                            "cannot truncate before {before}: the last committed sequence number is {}",
+                            img.next_seq - 1
+                        ),
+                    };
+                }
+                img.log_start = img.log_start.max(*before);
+                Response::Truncated {
+                    log_start: img.log_start,
+                }
+            }
+        }
+    }
+
+    /// Writes the keys one `apply` call changed, and the applied id, as one atomic batch.
+    fn persist(&self, dirty: &Dirty) -> io::Result<()> {
+        let img = self.shared.image.read();
+        let mut b = sled::Batch::default();
+        for t in &dirty.tenants {
+            if let Some(s) = img.tenants.get(t) {
+                b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s));
+            }
+        }
+        for id in &dirty.producers {
+            if let Some(p) = img.producers.get(id) {
+                b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p));
+            }
+        }
+        for id in &dirty.evicted {
+            b.remove(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()));
+        }
+        for c in &dirty.checkpoints {
+            if let Some(cp) = img.checkpoints.get(c) {
+                b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp));
+            }
+        }
+        if dirty.membership {
+            b.insert(KEY_MEMBERSHIP, enc(&img.membership));
+        }
+        b.insert(KEY_NEXT_SEQ, &img.next_seq.to_be_bytes());
+        b.insert(KEY_LOG_START, &img.log_start.to_be_bytes());
+        b.insert(KEY_APPLIED, enc(&img.applied));
+        self.tree.apply_batch(b).map_err(io_err)
+    }
+
+    /// Replaces the whole state with `image` (snapshot install).
+    fn replace(&self, image: Image) -> io::Result<()> {
+        store_image(&self.tree, &image)?;
+        let next_seq = image.next_seq;
+        self.shared
+            .data_watermark
+            .store(image.log_start, Ordering::Release);
+        *self.shared.image.write() = image;
+        self.shared.applied_seq.send_replace(next_seq);
+        Ok(())
+    }
+}
+
+fn evict_producers(img: &mut Image, dirty: &mut Dirty, max: usize) {
+    while img.producers.len() > max {
+        let Some((&oldest, _)) = img.producers.iter().min_by_key(|(_, p)| p.index) else {
+            return;
+        };
+        img.producers.remove(&oldest);
+        dirty.producers.remove(&oldest);
+        dirty.evicted.push(oldest);
+    }
+}
+
+fn load_image(tree: &sled::Tree) -> io::Result<Image> {
+    let mut img = Image::default();
+    let get = |k: &[u8]| tree.get(k).map_err(io_err);
+    if let Some(v) = get(KEY_APPLIED)? {
+        img.applied = dec(&v)?;
+    }
+    if let Some(v) = get(KEY_MEMBERSHIP)? {
+        img.membership = dec(&v)?;
+    }
+    let u64_of = |v: &[u8]| {
+        v.try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad u64 in state"))
+    };
+    if let Some(v) = get(KEY_NEXT_SEQ)? {
+        img.next_seq = u64_of(&v)?;
+    }
+    if let Some(v) = get(KEY_LOG_START)? {
+        img.log_start = u64_of(&v)?;
+    }
+    for kv in tree.scan_prefix(PREFIX_TENANT) {
+        let (k, v) = kv.map_err(io_err)?;
+        let name = String::from_utf8_lossy(&k[PREFIX_TENANT.len()..]).into_owned();
+        img.tenants.insert(name, dec(&v)?);
+    }
+    for kv in tree.scan_prefix(PREFIX_PRODUCER) {
+        let (k, v) = kv.map_err(io_err)?;
+        let id = u64_of(&k[PREFIX_PRODUCER.len()..])?;
+        img.producers.insert(id, dec(&v)?);
+    }
+    for kv in tree.scan_prefix(PREFIX_CHECKPOINT) {
+        let (k, v) = kv.map_err(io_err)?;
+        let name = String::from_utf8_lossy(&k[PREFIX_CHECKPOINT.len()..]).into_owned();
+        img.checkpoints.insert(name, dec(&v)?);
+    }
+    Ok(img)
+}
+
+/// Replaces the tree's content with `img` in one batch.
+fn store_image(tree: &sled::Tree, img: &Image) -> io::Result<()> {
+    let mut b = sled::Batch::default();
+    for k in tree.iter().keys() {
+        b.remove(k.map_err(io_err)?);
+    }
+    for (t, s) in &img.tenants {
+        b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s));
+    }
+    for (id, p) in &img.producers {
+        b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p));
+    }
+    for (c, cp) in &img.checkpoints {
+        b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp));
+    }
+    b.insert(KEY_MEMBERSHIP, enc(&img.membership));
+    b.insert(KEY_NEXT_SEQ, &img.next_seq.to_be_bytes());
+    b.insert(KEY_LOG_START, &img.log_start.to_be_bytes());
+    b.insert(KEY_APPLIED, enc(&img.applied));
+    tree.apply_batch(b).map_err(io_err)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok(self.shared.read(|i| (i.applied, i.membership.clone())))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        let mut dirty = Dirty::default();
+        let mut replies = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let resp = {
+                let mut img = self.shared.image.write();
+                Self::apply_one(&mut img, &entry, &mut dirty, self.max_producers)
+            };
+            if let Some(r) = responder {
+                replies.push((r, resp));
+            }
+        }
+        let (next_seq, log_start) = self.shared.read(|i| (i.next_seq, i.log_start));
+        // sled I/O is quick and buffered (no fsync), so it runs inline.
+        self.persist(&dirty)?;
+        self.shared
+            .data_watermark
+            .fetch_max(log_start, Ordering::AcqRel);
+        self.shared.applied_seq.send_replace(next_seq);
+        for (r, resp) in replies {
+            r.send(resp);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            snapshots: self.snapshots.clone(),
+            wal: self.wal.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+    ) -> io::Result<()> {
+        let (dir, wal, m) = (self.data_dir.clone(), self.wal.clone(), meta.clone());
+        let image = tokio::task::spawn_blocking(move || snapshot::install(&dir, &wal, &m, data))
+            .await
+            .map_err(io::Error::other)??;
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot with its segments");
+        self.replace(image)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>>> {
+        let Some((meta, image)) = self.snapshots.load()? else {
+            return Ok(None);
+        };
+        Ok(Some(openraft::Snapshot {
+            snapshot: SnapshotData::local(image, self.wal.clone()),
+            meta,
+        }))
+    }
+}
+
+/// Builds a snapshot: the current image, made durable in `SM_SNAPSHOT` before openraft may
+/// purge the log below it.
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+    snapshots: Arc<SnapshotFile>,
+    wal: Arc<WalHandle>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> io::Result<openraft::alias::SnapshotOf<TypeConfig, SnapshotData>> {
+        let image = self.shared.read(Image::clone);
+        let meta = SnapshotMeta {
+            last_log_id: image.applied,
+            last_membership: image.membership.clone(),
+        };
+        self.snapshots.store(&meta, &image).await?;
+        Ok(openraft::Snapshot {
+            snapshot: SnapshotData::local(image, self.wal.clone()),
+            meta,
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! The Raft type configuration and what one log entry carries: a client batch (stored as a WAL
+//! records frame) or a command (stored as a WAL control frame), and what applying it returns.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wal::{Operation, ProducerKey, SequenceNumber};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// replog's Raft types. The standard (term-only) leader id makes a log id `(term, index)`,
+    /// exactly what a WAL frame header stores.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
+);
+
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+
+/// One record of a client write, with the timestamp the leader gave it (so every replica stores
+/// the same bytes and the same checksum).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRecord {
+    pub tenant_id: String,
+    pub operation: Operation,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// µs since the Unix epoch.
+    pub timestamp: u64,
+}
+
+impl fmt::Debug for WriteRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}B@{}",
+            self.tenant_id,
+            self.operation.as_str(),
+            self.data.len(),
+            self.timestamp
+        )
+    }
+}
+
+/// What a client asks the cluster to replicate: the `D` of one Raft entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// An atomic batch of records; it gets a contiguous range of sequence numbers.
+    Write {
+        producer: Option<ProducerKey>,
+        records: Vec<WriteRecord>,
+    },
+    /// Records a named position (a consumer's checkpoint), optionally per tenant.
+    Checkpoint {
+        name: String,
+        tenant: Option<String>,
+        sequence: SequenceNumber,
+    },
+    /// Drops every record before `before` on every replica (prefix truncation).
+    Truncate { before: SequenceNumber },
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Write { producer, records } => {
+                write!(f, "write({} records, producer {producer:?})", records.len())
+            }
+            Request::Checkpoint { name, sequence, .. } => {
+                write!(f, "checkpoint({name}={sequence})")
+            }
+            Request::Truncate { before } => write!(f, "truncate(before {before})"),
+        }
+    }
+}
+
+/// What applying an entry returns to the client that proposed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A blank or membership entry.
+    #[default]
+    None,
+    Written {
+        first_seq: SequenceNumber,
+        /// Inclusive.
+        last_seq: SequenceNumber,
+        timestamp: u64,
+        /// The write repeated an idempotency key already applied: this is the original result
+        /// and nothing was written twice.
+        duplicate: bool,
+    },
+    Checkpoint {
+        sequence: SequenceNumber,
+    },
+    Truncated {
+        log_start: SequenceNumber,
+    },
+    /// A command refused deterministically by every replica (e.g. truncating past the commit).
+    Rejected {
+        reason: String,
+    },
+}
+
+/// What a WAL control frame holds: every entry that is not a client write.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Control {
+    Blank,
+    Membership(Membership),
+    Command(Request),
+}
+
+impl Control {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data into a Vec cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Control, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// Encodes a value for the wire (internal Raft RPCs): postcard, compact and schema-checked by
+/// type. Never JSON.
+pub fn to_wire<T: Serialize>(v: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(v)
+}
+
+pub fn from_wire<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(b)
+}
