@@ -99,6 +99,8 @@ pub struct SmShared {
     /// Sequence number below which the WAL may delete data (set by applied truncations; the
     /// log store deletes only below its Raft purge point too).
     pub data_watermark: Arc<AtomicU64>,
+    /// Snapshots (with their segments) installed since the node started.
+    pub snapshots_installed: AtomicU64,
 }
 
 impl SmShared {
@@ -188,6 +190,7 @@ impl StateMachine {
             applied_seq: watch::Sender::new(image.next_seq),
             data_watermark: Arc::new(AtomicU64::new(image.log_start)),
             image: RwLock::new(image),
+            snapshots_installed: AtomicU64::new(0),
         });
         Ok(StateMachine {
             shared,
@@ -467,6 +470,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(io::Error::other)??;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed a snapshot with its segments");
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
         self.replace(image)
     }
 

@@ -49,6 +49,19 @@ impl EntryRef<'_> {
     }
 }
 
+impl crate::wal::Entry {
+    /// Whether the stored checksum matches the entry's fields (what a client verifies).
+    pub fn checksum_ok(&self) -> bool {
+        entry_checksum(
+            self.sequence_number,
+            self.timestamp,
+            self.operation,
+            &self.tenant_id,
+            &self.data,
+        ) == self.checksum
+    }
+}
+
 /// Checks what the WAL can check of a record before accepting it.
 pub fn validate(record: &Record, max_data: usize) -> Result<(), RecordError> {
     let len = record.tenant_id.len();

@@ -50,3 +50,4 @@ pub fn summary(wal: &Manager) -> Vec<(u64, String, Vec<u8>)> {
         .map(|e| (e.sequence_number, e.tenant_id, e.data))
         .collect()
 }
+pub mod cluster;

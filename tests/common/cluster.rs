@@ -1,0 +1,218 @@
+//! An in-process cluster of real nodes on 127.0.0.1 (port 0), each in its own temp dir.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use replog::node::{Node, NodeConfig, NodeError, Written};
+use replog::raft::types::WriteRecord;
+use replog::raft::{NodeId, RaftTiming};
+use replog::wal::{Entry, Operation, ProducerKey, SyncPolicy, WalConfig};
+use tempfile::TempDir;
+
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(400),
+        election_timeout_max: Duration::from_millis(800),
+    }
+}
+
+pub struct TestCluster {
+    pub dirs: BTreeMap<NodeId, TempDir>,
+    pub addrs: BTreeMap<NodeId, SocketAddr>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub segment_size: ByteSize,
+}
+
+pub fn record(tenant: &str, data: impl Into<Vec<u8>>) -> WriteRecord {
+    WriteRecord {
+        tenant_id: tenant.to_owned(),
+        operation: Operation::Insert,
+        data: data.into(),
+        timestamp: replog::wal::now_us(),
+    }
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` is set (e.g. `RUST_LOG=replog=debug`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` nodes (ids 1..=n) bootstrapped as voters.
+    pub async fn start(n: u64) -> TestCluster {
+        Self::start_with(n, ByteSize::mib(1)).await
+    }
+
+    pub async fn start_with(n: u64, segment_size: ByteSize) -> TestCluster {
+        init_tracing();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.insert(id, l);
+        }
+        let addrs: BTreeMap<NodeId, SocketAddr> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.local_addr().unwrap()))
+            .collect();
+        let members: BTreeMap<NodeId, String> =
+            addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        let mut c = TestCluster {
+            dirs: BTreeMap::new(),
+            addrs,
+            nodes: BTreeMap::new(),
+            segment_size,
+        };
+        for (id, l) in listeners {
+            let dir = TempDir::new().unwrap();
+            let mut cfg = c.config(id, dir.path());
+            cfg.initial_members = Some(members.clone());
+            c.dirs.insert(id, dir);
+            c.nodes.insert(id, Node::start_on(cfg, l).await.unwrap());
+        }
+        c
+    }
+
+    pub fn config(&self, id: NodeId, dir: &std::path::Path) -> NodeConfig {
+        let addr = self
+            .addrs
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let mut cfg = NodeConfig::new(id, addr, dir);
+        cfg.raft = timing();
+        cfg.wal = WalConfig {
+            segment_size: self.segment_size,
+            sync_policy: SyncPolicy::Immediate,
+            min_free_bytes: ByteSize::b(0),
+            ..WalConfig::new(dir.join("wal"))
+        };
+        cfg
+    }
+
+    /// Starts a new, empty node (not a member yet).
+    pub async fn start_new(&mut self, id: NodeId) -> &Node {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.addrs.insert(id, l.local_addr().unwrap());
+        let dir = TempDir::new().unwrap();
+        let cfg = self.config(id, dir.path());
+        self.dirs.insert(id, dir);
+        self.nodes.insert(id, Node::start_on(cfg, l).await.unwrap());
+        &self.nodes[&id]
+    }
+
+    pub async fn stop(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("node running");
+        node.shutdown().await.unwrap();
+    }
+
+    /// Restarts a stopped node on its old address and data.
+    pub async fn restart(&mut self, id: NodeId) {
+        let cfg = self.config(id, self.dirs[&id].path());
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let node = loop {
+            match Node::start(cfg.clone()).await {
+                Ok(n) => break n,
+                // The old socket may linger for a moment.
+                Err(NodeError::Io(e)) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("restart of node {id}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("restart of node {id}: {e}"),
+            }
+        };
+        self.nodes.insert(id, node);
+    }
+
+    /// The leader that every running node in `among` agrees on.
+    pub async fn leader_among(&self, among: &[NodeId]) -> NodeId {
+        let mut found = None;
+        eventually("a leader that the nodes agree on", || {
+            let views: Vec<Option<NodeId>> = among
+                .iter()
+                .map(|id| self.nodes[id].leader().map(|l| l.0))
+                .collect();
+            let agreed =
+                views[0].filter(|l| views.iter().all(|v| *v == Some(*l)) && among.contains(l));
+            let is_leader = agreed.is_some_and(|l| self.nodes[&l].is_leader());
+            found = agreed.filter(|_| is_leader);
+            async move { is_leader }
+        })
+        .await;
+        found.unwrap()
+    }
+
+    pub async fn leader(&self) -> NodeId {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.leader_among(&ids).await
+    }
+
+    /// Writes through whoever leads, retrying through leader changes.
+    pub async fn write(&self, producer: Option<ProducerKey>, records: Vec<WriteRecord>) -> Written {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let leader = self.nodes.values().find_map(|n| n.leader()).map(|l| l.0);
+            if let Some(node) = leader.and_then(|l| self.nodes.get(&l)) {
+                match node.write(producer, records.clone()).await {
+                    Ok(w) => return w,
+                    Err(e) => eprintln!("write via node {}: {e}; retrying", node.id()),
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no write succeeded before the deadline"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running node has applied up to `next_seq`.
+    pub async fn wait_applied(&self, next_seq: u64) {
+        for node in self.nodes.values() {
+            let mut rx = node.state().applied_seq();
+            let _ = tokio::time::timeout(DEADLINE, rx.wait_for(|s| *s >= next_seq))
+                .await
+                .unwrap_or_else(|_| panic!("node {} did not apply up to {next_seq}", node.id()));
+        }
+    }
+
+    pub async fn entries(&self, id: NodeId) -> Vec<Entry> {
+        self.nodes[&id]
+            .committed_entries(0, usize::MAX)
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(self) {
+        for (_, n) in self.nodes {
+            n.shutdown().await.unwrap();
+        }
+    }
+}
