@@ -199,7 +199,8 @@ impl Node {
             .tcp_nodelay(true)
             .add_service(svc)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // Nagle off on accepted connections too: with delayed ACKs it stalls 40 ms.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
                     let _ = rx.wait_for(|s| *s).await;
                 },

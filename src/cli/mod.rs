@@ -2,6 +2,7 @@
 //! call; this module only parses, prints and picks exit codes.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod output;
 pub mod wal;
 
@@ -39,6 +40,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Work on a local write-ahead log directory (offline tools, like kafka-dump-log).
     Wal(wal::WalCommand),
+    /// Measure acknowledged writes/s and latency of an in-process cluster (Raft over loopback).
+    BenchCluster(bench_cluster::BenchClusterArgs),
 }
 
 /// A failure, with the exit code it maps to.
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Wal(cmd) => wal::run(cmd),
+        Command::BenchCluster(args) => bench_cluster::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

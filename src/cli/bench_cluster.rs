@@ -1,0 +1,194 @@
+//! `replog bench-cluster`: acknowledged writes per second and latency percentiles of an
+//! in-process cluster (Raft traffic over gRPC on loopback; clients call the leader in-process),
+//! with `--nodes 1` giving the single-node figure beside it. Data goes to a fresh subdirectory
+//! of `--dir`, deleted afterwards.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytesize::ByteSize;
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::CliError;
+use super::output::Format;
+use crate::node::{Node, NodeConfig};
+use crate::raft::types::WriteRecord;
+use crate::wal::{Operation, Preallocate, SyncPolicy, WalConfig};
+
+#[derive(Args, Debug)]
+pub struct BenchClusterArgs {
+    /// Parent directory; the bench writes to a fresh subdirectory and deletes it.
+    #[arg(long, default_value = "./replog-data")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub nodes: u64,
+    /// Concurrent clients, each waiting for its own acknowledgement.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: u32,
+    /// Bytes of data per entry.
+    #[arg(long, default_value_t = 100)]
+    pub entry_size: usize,
+    #[arg(long, value_enum, default_value_t = SyncPolicy::Immediate)]
+    pub sync_policy: SyncPolicy,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    #[arg(long, value_parser = super::wal::parse_size_arg, default_value = "64MiB")]
+    pub segment_size: ByteSize,
+    #[arg(long, value_enum, default_value_t = Preallocate::Zero)]
+    pub preallocate: Preallocate,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Serialize)]
+struct Report {
+    nodes: u64,
+    clients: u32,
+    entry_size: usize,
+    sync_policy: String,
+    acked_writes: u64,
+    seconds: f64,
+    writes_per_sec: f64,
+    latency_us_p50: u64,
+    latency_us_p99: u64,
+    latency_us_p999: u64,
+    latency_us_max: u64,
+}
+
+pub fn run(args: &BenchClusterArgs) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failure(format!("starting the runtime: {e}")))?;
+    let root = args
+        .dir
+        .join(format!("bench-cluster-{}", std::process::id()));
+    let report = rt.block_on(bench(args, &root));
+    let _ = std::fs::remove_dir_all(&root);
+    print(&report?, args.output)
+}
+
+async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report, CliError> {
+    let fail = |e: crate::node::NodeError| CliError::failure(e.to_string());
+    let mut listeners = Vec::new();
+    for _ in 0..args.nodes {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let members: std::collections::BTreeMap<u64, String> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Ok((i as u64 + 1, l.local_addr()?.to_string())))
+        .collect::<Result<_, std::io::Error>>()?;
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = root.join(format!("node-{id}"));
+        let mut cfg = NodeConfig::new(id, l.local_addr()?, &dir);
+        cfg.wal = WalConfig {
+            sync_policy: args.sync_policy,
+            segment_size: args.segment_size,
+            preallocate: args.preallocate,
+            ..WalConfig::new(dir.join("wal"))
+        };
+        cfg.initial_members = Some(members.clone());
+        nodes.push(Node::start_on(cfg, l).await.map_err(fail)?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(n) = nodes.iter().position(|n| n.is_leader()) {
+            break n;
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::failure("no leader was elected within 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let nodes: Vec<Arc<Node>> = nodes.into_iter().map(Arc::new).collect();
+    let leader_node = nodes[leader].clone();
+    // Warm up (connections, first segment) before measuring.
+    leader_node
+        .write(None, vec![record(args.entry_size)])
+        .await
+        .map_err(fail)?;
+    let started = Instant::now();
+    let until = started + args.duration;
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let node = leader_node.clone();
+        let size = args.entry_size;
+        tasks.push(tokio::spawn(async move {
+            let mut h =
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+            while Instant::now() < until {
+                let t = Instant::now();
+                if node.write(None, vec![record(size)]).await.is_err() {
+                    break;
+                }
+                let _ = h.record(t.elapsed().as_micros() as u64);
+            }
+            h
+        }));
+    }
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+    for t in tasks {
+        let part = t.await.map_err(|e| CliError::failure(e.to_string()))?;
+        h.add(&part).map_err(|e| CliError::failure(e.to_string()))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(leader_node);
+    for n in nodes {
+        if let Some(n) = Arc::into_inner(n) {
+            n.shutdown().await.map_err(fail)?;
+        }
+    }
+    Ok(Report {
+        nodes: args.nodes,
+        clients: args.clients,
+        entry_size: args.entry_size,
+        sync_policy: format!("{:?}", args.sync_policy).to_lowercase(),
+        acked_writes: h.len(),
+        seconds,
+        writes_per_sec: h.len() as f64 / seconds,
+        latency_us_p50: h.value_at_quantile(0.5),
+        latency_us_p99: h.value_at_quantile(0.99),
+        latency_us_p999: h.value_at_quantile(0.999),
+        latency_us_max: h.max(),
+    })
+}
+
+fn record(size: usize) -> WriteRecord {
+    WriteRecord {
+        tenant_id: "bench".to_owned(),
+        operation: Operation::Insert,
+        data: vec![b'x'; size],
+        timestamp: crate::wal::now_us(),
+    }
+}
+
+fn print(r: &Report, format: Format) -> Result<(), CliError> {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string(r).map_err(|e| CliError::failure(e.to_string()))?
+        ),
+        Format::Table => {
+            println!(
+                "nodes {}  clients {}  entry {} B  sync {}",
+                r.nodes, r.clients, r.entry_size, r.sync_policy
+            );
+            println!(
+                "acked writes  {:>12}  in {:.1} s",
+                r.acked_writes, r.seconds
+            );
+            println!("writes/s      {:>12.0}", r.writes_per_sec);
+            println!(
+                "latency µs    p50 {}  p99 {}  p99.9 {}  max {}",
+                r.latency_us_p50, r.latency_us_p99, r.latency_us_p999, r.latency_us_max
+            );
+        }
+    }
+    Ok(())
+}
