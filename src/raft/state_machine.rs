@@ -101,6 +101,8 @@ pub struct SmShared {
     pub data_watermark: Arc<AtomicU64>,
     /// Snapshots (with their segments) installed since the node started.
     pub snapshots_installed: AtomicU64,
+    /// Entries applied since the node started (a restart re-applies only what sled lacked).
+    pub applied_since_open: AtomicU64,
 }
 
 impl SmShared {
@@ -191,6 +193,7 @@ impl StateMachine {
             data_watermark: Arc::new(AtomicU64::new(image.log_start)),
             image: RwLock::new(image),
             snapshots_installed: AtomicU64::new(0),
+            applied_since_open: AtomicU64::new(0),
         });
         Ok(StateMachine {
             shared,
@@ -431,6 +434,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut dirty = Dirty::default();
         let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
+            self.shared
+                .applied_since_open
+                .fetch_add(1, Ordering::Relaxed);
             let resp = {
                 let mut img = self.shared.image.write();
                 Self::apply_one(&mut img, &entry, &mut dirty, self.max_producers)

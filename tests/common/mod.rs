@@ -51,3 +51,4 @@ pub fn summary(wal: &Manager) -> Vec<(u64, String, Vec<u8>)> {
         .collect()
 }
 pub mod cluster;
+pub mod crash_fs;
