@@ -3,11 +3,14 @@
 //! Layout:
 //! - [`wal`]: the segment-based write-ahead log, usable on its own and as the node's Raft log
 //!   store. Plain threads and files: it uses neither tokio, openraft nor prost.
-//! - [`cli`]: the `replog` command line (`replog wal ...`), on top of the library.
+//! - [`raft`]: everything that knows openraft: the log store over the WAL, the state machine in
+//!   sled, snapshots made of segment files, the Raft gRPC network (client and service).
+//! - [`node`]: one node wired together (storage, Raft, server, background tasks) and its
+//!   shutdown.
+//! - [`cli`]: the `replog` command line (`replog wal ...`, `replog bench-cluster`).
 //! - `proto/` (compiled by `build.rs` with protox, no system `protoc`): the `replog.v1` types,
-//!   included below for the API that the replication milestone adds.
+//!   included below, and the internal `replog.raft.v1` service.
 
-pub mod api;
 pub mod cli;
 pub mod node;
 pub mod raft;

@@ -3,30 +3,33 @@
 //!
 //! [`Node::start`] returns once the server listens (so `listen` may use port 0); [`run`] starts
 //! a node and stops it when the shutdown future resolves. Stopping ends every task, shuts Raft
-//! down and closes the WAL (flushed and fsync'd).
+//! down and closes the WAL (flushed and fsync'd). This module knows nothing of openraft: it
+//! talks to [`RaftNode`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use openraft::BasicNode;
-use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::raft_service::RaftServer;
 use crate::proto::raft::raft_service_server::RaftServiceServer;
 use crate::raft::network::{NetConfig, NetSwitch, Network};
+use crate::raft::service::RaftServer;
 use crate::raft::state_machine::{DEFAULT_MAX_PRODUCERS, SmShared};
 use crate::raft::types::WriteRecord;
 use crate::raft::{
-    NodeId, Raft, RaftTiming, Request, Response, Storage, WalHandle, openraft_config,
+    NodeId, Raft, RaftNode, RaftOpError, RaftStatus, RaftTiming, Request, Response, Storage,
+    WalHandle, openraft_config,
 };
 use crate::wal::{Entry, ProducerKey, SequenceNumber, WalConfig, WalError};
+
+/// How long a new leader may take to apply its first entry before a keyed write gives up.
+const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -38,17 +41,21 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Holds `wal/`, `sled/`, `RAFT_META`, `SM_SNAPSHOT`.
     pub data_dir: PathBuf,
-    /// WAL settings; its `directory` is replaced by `<data_dir>/wal`.
+    /// WAL settings; its `directory` is replaced by `<data_dir>/wal`. Its `retention_hours` is
+    /// applied by the cluster (a replicated truncation proposed by the leader), not by each
+    /// node's WAL on its own.
     pub wal: WalConfig,
     pub raft: RaftTiming,
     pub net: NetConfig,
     /// Initial voters (`id -> address`, including this node) when bootstrapping a new cluster;
     /// ignored once the node is initialized.
     pub initial_members: Option<BTreeMap<NodeId, String>>,
-    /// Bound of the idempotency table.
+    /// Bound of the idempotency table (default 100,000 producers).
     pub max_producers: usize,
     /// Entries per AppendEntries at most (bytes are capped by `net.append_max_bytes`).
     pub max_payload_entries: u64,
+    /// How often the leader checks retention (default 60 s).
+    pub retention_check_interval: Duration,
     pub cluster_name: String,
 }
 
@@ -66,6 +73,7 @@ impl NodeConfig {
             initial_members: None,
             max_producers: DEFAULT_MAX_PRODUCERS,
             max_payload_entries: 4096,
+            retention_check_interval: Duration::from_secs(60),
             cluster_name: "replog".to_owned(),
         }
     }
@@ -73,45 +81,18 @@ impl NodeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("this node is not the leader (leader: {})", leader_text(.leader))]
-    NotLeader { leader: Option<(NodeId, String)> },
+    #[error(transparent)]
+    Raft(#[from] RaftOpError),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    #[error("refused: {0}")]
-    Rejected(String),
-    #[error("the node is shutting down")]
-    ShuttingDown,
-    #[error("timed out: {0}")]
-    Timeout(String),
-    #[error("raft: {0}")]
-    Raft(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-}
-
-fn leader_text(l: &Option<(NodeId, String)>) -> String {
-    match l {
-        Some((id, addr)) => format!("node {id} at {addr}"),
-        None => "unknown".to_owned(),
-    }
-}
-
-impl NodeError {
-    fn from_write(
-        e: RaftError<crate::raft::TypeConfig, ClientWriteError<crate::raft::TypeConfig>>,
-    ) -> NodeError {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            },
-            RaftError::APIError(other) => NodeError::Rejected(other.to_string()),
-            RaftError::Fatal(f) => NodeError::Raft(f.to_string()),
-        }
-    }
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What a write returns once committed and applied.
@@ -132,7 +113,7 @@ pub struct Node {
     id: NodeId,
     addr: SocketAddr,
     advertise: String,
-    raft: Raft,
+    raft: RaftNode,
     wal: Arc<WalHandle>,
     sm: Arc<SmShared>,
     db: sled::Db,
@@ -156,13 +137,16 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let raft_cfg = openraft_config(&cfg.cluster_name, &cfg.raft, cfg.max_payload_entries)
             .map_err(NodeError::Config)?;
-        let (data_dir, wal_cfg, max_producers) =
-            (cfg.data_dir.clone(), cfg.wal.clone(), cfg.max_producers);
+        let retention_hours = cfg.wal.retention_hours;
+        let wal_cfg = WalConfig {
+            retention_hours: None,
+            ..cfg.wal.clone()
+        };
+        let (data_dir, max_producers) = (cfg.data_dir.clone(), cfg.max_producers);
         let storage = tokio::task::spawn_blocking(move || {
             Storage::open(&data_dir, wal_cfg, None, max_producers)
         })
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))??;
+        .await??;
         let addr = listener.local_addr()?;
         let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
         let switch = Arc::new(NetSwitch::default());
@@ -182,39 +166,32 @@ impl Node {
             state_machine,
         )
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        .map_err(|e| RaftOpError::Stopped(e.to_string()))?;
+        let raft = RaftNode::new(cfg.id, raft);
         let (stop, stop_rx) = watch::channel(false);
-        let server = RaftServer::new(
-            cfg.id,
-            raft.clone(),
-            switch.clone(),
-            cfg.data_dir.clone(),
-            wal.clone(),
-        );
-        let svc = RaftServiceServer::new(server)
-            .max_decoding_message_size(cfg.net.max_message_bytes)
-            .max_encoding_message_size(cfg.net.max_message_bytes);
-        let mut rx = stop_rx.clone();
-        let serve = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                // Nagle off on accepted connections too: with delayed ACKs it stalls 40 ms.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                },
-            );
-        let mut tasks = vec![tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "the gRPC server stopped");
-            }
-        })];
+        let mut tasks = vec![tokio::spawn(serve(
+            &cfg,
+            listener,
+            &raft,
+            &switch,
+            &wal,
+            stop_rx.clone(),
+        ))];
         tasks.push(tokio::spawn(truncator(
             raft.clone(),
             sm.clone(),
             stop_rx.clone(),
         )));
+        if let Some(hours) = retention_hours {
+            let every = cfg.retention_check_interval;
+            tasks.push(tokio::spawn(retention(
+                raft.clone(),
+                wal.clone(),
+                hours,
+                every,
+                stop_rx,
+            )));
+        }
         let node = Node {
             id: cfg.id,
             addr,
@@ -229,40 +206,18 @@ impl Node {
             tasks,
         };
         if let Some(members) = &cfg.initial_members {
-            node.bootstrap(members).await?;
+            if !members.contains_key(&cfg.id) {
+                let msg = format!(
+                    "initial members {members:?} do not include this node ({})",
+                    cfg.id
+                );
+                node.shutdown().await?;
+                return Err(NodeError::Config(msg));
+            }
+            node.raft.bootstrap(members).await?;
         }
         tracing::info!(id = cfg.id, %addr, "node started");
         Ok(node)
-    }
-
-    async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<(), NodeError> {
-        if !members.contains_key(&self.id) {
-            return Err(NodeError::Config(format!(
-                "initial members {members:?} do not include this node ({})",
-                self.id
-            )));
-        }
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-        {
-            return Ok(());
-        }
-        let nodes: BTreeMap<NodeId, BasicNode> = members
-            .iter()
-            .map(|(id, a)| (*id, BasicNode::new(a)))
-            .collect();
-        match self.raft.initialize(nodes).await {
-            Ok(()) => Ok(()),
-            // Another member initialized first with the same list: fine.
-            Err(RaftError::APIError(e)) => {
-                tracing::info!(error = %e, "cluster already initialized");
-                Ok(())
-            }
-            Err(RaftError::Fatal(f)) => Err(NodeError::Raft(f.to_string())),
-        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -278,8 +233,12 @@ impl Node {
         &self.advertise
     }
 
-    pub fn raft(&self) -> &Raft {
+    pub fn raft(&self) -> &RaftNode {
         &self.raft
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.raft.status()
     }
 
     pub fn state(&self) -> &Arc<SmShared> {
@@ -293,30 +252,15 @@ impl Node {
 
     /// The leader as this node knows it.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())?;
-        Some((id, addr))
+        self.raft.leader()
     }
 
-    /// Whether this node is the leader (as far as it knows).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(self.id)
+        self.raft.is_leader()
     }
 
-    /// The current voters.
     pub fn voters(&self) -> Vec<NodeId> {
-        self.raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
+        self.raft.status().voters
     }
 
     /// Writes records as one atomic batch through Raft (on the leader). With a producer key, a
@@ -353,7 +297,11 @@ impl Node {
         key: ProducerKey,
         records: Vec<WriteRecord>,
     ) -> Result<Written, NodeError> {
-        self.wait_own_term_applied().await?;
+        // Once the leader has applied an entry of its own term its table is complete, and
+        // the per-producer turn above covers its own writes in flight.
+        self.raft
+            .wait_own_term_applied(LEADER_READY_TIMEOUT)
+            .await?;
         if let Some(p) = self.sm.duplicate_of(key) {
             return Ok(Written {
                 first_seq: p.first_seq,
@@ -365,48 +313,16 @@ impl Node {
         self.propose_write(Some(key), records).await
     }
 
-    /// A leader's table is complete once it has applied an entry of its own term: every entry
-    /// of earlier terms is then applied too.
-    async fn wait_own_term_applied(&self) -> Result<(), NodeError> {
-        let mut rx = self.raft.metrics();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            {
-                let m = rx.borrow_and_update();
-                if m.current_leader != Some(self.id) {
-                    return Err(NodeError::NotLeader {
-                        leader: self.leader(),
-                    });
-                }
-                if m.last_applied
-                    .is_some_and(|a| a.leader_id.term == m.current_term)
-                {
-                    return Ok(());
-                }
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(NodeError::ShuttingDown),
-                Err(_) => {
-                    return Err(NodeError::Timeout(
-                        "the new leader has not applied its first entry".to_owned(),
-                    ));
-                }
-            }
-        }
-    }
-
     async fn propose_write(
         &self,
         producer: Option<ProducerKey>,
         records: Vec<WriteRecord>,
     ) -> Result<Written, NodeError> {
-        let resp = self
+        match self
             .raft
-            .client_write(Request::Write { producer, records })
-            .await
-            .map_err(NodeError::from_write)?;
-        match resp.data {
+            .propose(Request::Write { producer, records })
+            .await?
+        {
             Response::Written {
                 first_seq,
                 last_seq,
@@ -418,68 +334,25 @@ impl Node {
                 timestamp,
                 duplicate,
             }),
-            other => Err(NodeError::Raft(format!(
-                "unexpected reply to a write: {other:?}"
-            ))),
+            other => {
+                Err(RaftOpError::Rejected(format!("unexpected reply to a write: {other:?}")).into())
+            }
         }
     }
 
     /// Proposes a replicated command (checkpoint, truncation) and returns its result.
     pub async fn command(&self, req: Request) -> Result<Response, NodeError> {
-        let resp = self
-            .raft
-            .client_write(req)
-            .await
-            .map_err(NodeError::from_write)?;
-        match resp.data {
-            Response::Rejected { reason } => Err(NodeError::Rejected(reason)),
-            other => Ok(other),
-        }
+        Ok(self.raft.propose(req).await?)
     }
 
     /// Adds a node as a learner (it catches up), then makes it a voter.
     pub async fn add_node(&self, id: NodeId, addr: &str) -> Result<(), NodeError> {
-        self.raft
-            .add_learner(id, BasicNode::new(addr), true)
-            .await
-            .map_err(NodeError::from_write)?;
-        let mut voters: std::collections::BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        voters.insert(id);
-        self.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(NodeError::from_write)?;
-        Ok(())
+        Ok(self.raft.add_node(id, addr).await?)
     }
 
     /// Removes a node from the cluster (voter or learner).
     pub async fn remove_node(&self, id: NodeId) -> Result<(), NodeError> {
-        let mut voters: std::collections::BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        voters.remove(&id);
-        if voters.is_empty() {
-            return Err(NodeError::InvalidArgument(
-                "cannot remove the last voter".to_owned(),
-            ));
-        }
-        self.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(NodeError::from_write)?;
-        Ok(())
+        Ok(self.raft.remove_node(id).await?)
     }
 
     /// The committed records from `from` on (at most `limit`), read from this node's WAL.
@@ -490,7 +363,7 @@ impl Node {
     ) -> Result<Vec<Entry>, NodeError> {
         let wal = self.wal.get()?;
         let upto = *self.sm.applied_seq().borrow();
-        let entries = tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             wal.replay(from.max(wal.log_start().seq), |e| {
                 if e.sequence_number >= upto || out.len() >= limit {
@@ -500,10 +373,8 @@ impl Node {
                 std::ops::ControlFlow::Continue(())
             })?;
             Ok::<_, WalError>(out)
-        })
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))??;
-        Ok(entries)
+        });
+        Ok(read.await??)
     }
 
     /// The sequence number of the first retained record.
@@ -514,9 +385,7 @@ impl Node {
     /// Stops the node: tasks, Raft, then the WAL (flushed and fsync'd) and sled.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.stop.send(true);
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
-        }
+        self.raft.shutdown().await;
         for t in self.tasks {
             let _ = t.await;
         }
@@ -526,52 +395,116 @@ impl Node {
             let _ = db.flush();
             wal.take_and_close()
         })
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))??;
+        .await??;
         tracing::info!(id = self.id, "node stopped");
         Ok(())
+    }
+}
+
+/// The node's gRPC server (the internal Raft service), until `stop`.
+fn serve(
+    cfg: &NodeConfig,
+    listener: tokio::net::TcpListener,
+    raft: &RaftNode,
+    switch: &Arc<NetSwitch>,
+    wal: &Arc<WalHandle>,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + use<> {
+    let server = RaftServer::new(
+        cfg.id,
+        raft.raft().clone(),
+        switch.clone(),
+        cfg.data_dir.clone(),
+        wal.clone(),
+    );
+    let svc = RaftServiceServer::new(server)
+        .max_decoding_message_size(cfg.net.max_message_bytes)
+        .max_encoding_message_size(cfg.net.max_message_bytes);
+    // Nagle off on accepted connections too: with delayed ACKs it stalls replies by 40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "the gRPC server stopped");
+        }
     }
 }
 
 /// Moves Raft's purge point (and so the WAL's data start) after each replicated truncation:
 /// snapshot at the applied index, then purge up to it; the log store deletes records only below
 /// the truncation watermark.
-async fn truncator(raft: Raft, sm: Arc<SmShared>, mut stop: watch::Receiver<bool>) {
+async fn truncator(raft: RaftNode, sm: Arc<SmShared>, mut stop: watch::Receiver<bool>) {
     let mut applied = sm.applied_seq();
-    let mut handled = sm.data_watermark.load(std::sync::atomic::Ordering::Acquire);
+    let mut handled = sm.data_watermark.load(Ordering::Acquire);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             r = applied.changed() => if r.is_err() { return },
         }
-        let watermark = sm.data_watermark.load(std::sync::atomic::Ordering::Acquire);
+        let watermark = sm.data_watermark.load(Ordering::Acquire);
         if watermark <= handled {
             continue;
         }
         let Some(at) = sm.read(|i| i.applied) else {
             continue;
         };
-        if let Err(e) = purge_up_to(&raft, at.index).await {
-            tracing::warn!(error = %e, "purging after a truncation failed; retried on the next one");
-            continue;
+        match raft.purge_up_to(at.index).await {
+            Ok(()) => handled = watermark,
+            Err(e) => {
+                tracing::warn!(error = %e, "purging after a truncation failed; retried on the next one")
+            }
         }
-        handled = watermark;
     }
 }
 
-async fn purge_up_to(raft: &Raft, index: u64) -> Result<(), NodeError> {
-    let fatal =
-        |e: openraft::errors::Fatal<crate::raft::TypeConfig>| NodeError::Raft(e.to_string());
-    raft.trigger().snapshot().await.map_err(fatal)?;
-    raft.wait(Some(Duration::from_secs(30)))
-        .metrics(
-            |m| m.snapshot.is_some_and(|s| s.index >= index),
-            "snapshot built",
-        )
-        .await
-        .map_err(|e| NodeError::Timeout(e.to_string()))?;
-    raft.trigger().purge_log(index).await.map_err(fatal)?;
-    Ok(())
+/// On the leader, turns `retention_hours` into a replicated truncation: every `every`, records
+/// in the oldest sealed segments whose newest entry is older than the retention are truncated
+/// on every replica (whole segments, like Kafka's time retention).
+async fn retention(
+    raft: RaftNode,
+    wal: Arc<WalHandle>,
+    hours: u64,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        if !raft.is_leader() {
+            continue;
+        }
+        let Some(before) = wal
+            .get()
+            .ok()
+            .and_then(|w| retention_cut(&w, hours, crate::wal::now_us()))
+        else {
+            continue;
+        };
+        match raft.propose(Request::Truncate { before }).await {
+            Ok(_) => tracing::info!(before, hours, "retention truncated the log"),
+            Err(e) => tracing::warn!(error = %e, "retention truncation failed; retried later"),
+        }
+    }
+}
+
+/// The first sequence number to keep under a retention of `hours`, if anything expired.
+pub fn retention_cut(wal: &crate::wal::Manager, hours: u64, now_us: u64) -> Option<SequenceNumber> {
+    let cutoff = now_us.saturating_sub(hours.saturating_mul(3_600_000_000));
+    let segments = wal.segments();
+    let expired = segments
+        .iter()
+        .take_while(|s| s.status == crate::wal::SegmentStatus::Sealed && s.max_timestamp < cutoff)
+        .count();
+    let keep = segments.get(expired).filter(|_| expired > 0)?;
+    (keep.start_seq > wal.log_start().seq).then_some(keep.start_seq)
 }
 
 /// Runs a node until `shutdown` resolves, then stops it cleanly.

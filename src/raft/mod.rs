@@ -2,7 +2,7 @@
 //! state machine kept in sled, snapshots made of segment files, and the tonic network client.
 //!
 //! openraft (pinned `=0.10.0-alpha.37`) is used nowhere else, so an upgrade touches this folder
-//! (and the thin Raft gRPC service that calls into it).
+//! only: the rest of replog talks to [`RaftNode`].
 //!
 //! Invariants:
 //! - Raft index `i` is WAL frame `i + 1`; one entry is one frame, so a client batch is atomic.
@@ -12,9 +12,11 @@
 //! - The WAL deletes records only below both the replicated truncation watermark and Raft's
 //!   purge point, and Raft purges only up to a snapshot made durable in `SM_SNAPSHOT`.
 
+pub mod handle;
 pub mod log_store;
 pub mod meta;
 pub mod network;
+pub mod service;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
@@ -22,6 +24,7 @@ mod wal_handle;
 
 use std::time::Duration;
 
+pub use handle::{RaftNode, RaftOpError, RaftStatus};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use types::{NodeId, Request, Response, TypeConfig};

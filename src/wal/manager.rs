@@ -609,6 +609,7 @@ fn describe(s: &SegState, start: &LogStart) -> Segment {
         } else {
             SegmentStatus::Active
         },
+        max_timestamp: m.max_timestamp,
     }
 }
 

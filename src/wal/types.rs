@@ -226,6 +226,8 @@ pub struct Segment {
     pub size: u64,
     pub file_path: PathBuf,
     pub status: SegmentStatus,
+    /// Newest record timestamp in it, µs since the Unix epoch (what time retention looks at).
+    pub max_timestamp: u64,
 }
 
 /// The first visible position of the log: entries before it were truncated.

@@ -10,13 +10,13 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::network::NetSwitch;
+use super::snapshot::{Manifest, Staging};
+use super::types::{NodeId, Vote, from_wire, to_wire};
+use super::{Raft, WalHandle};
 use crate::proto::raft::{
     RaftMessage, SnapshotChunk, raft_service_server::RaftService, snapshot_chunk::Kind,
 };
-use crate::raft::network::NetSwitch;
-use crate::raft::snapshot::{Manifest, Staging};
-use crate::raft::types::{NodeId, Vote, from_wire, to_wire};
-use crate::raft::{Raft, WalHandle};
 
 pub struct RaftServer {
     id: NodeId,

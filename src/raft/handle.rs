@@ -1,0 +1,215 @@
+//! [`RaftNode`]: what the rest of the node asks of Raft, in replog's terms (proposals, leader,
+//! membership, purge), so openraft's types stay inside `src/raft/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, Fatal, RaftError};
+
+use super::types::{LogId, Request, Response, TypeConfig};
+use super::{NodeId, Raft};
+
+/// Why a Raft operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftOpError {
+    #[error("this node is not the leader (leader: {})", leader_text(.leader))]
+    NotLeader { leader: Option<(NodeId, String)> },
+    /// Refused by Raft or by the state machine, identically on every replica.
+    #[error("refused: {0}")]
+    Rejected(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Raft stopped (shutdown, or a storage error such as a failed fsync).
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+}
+
+fn leader_text(l: &Option<(NodeId, String)>) -> String {
+    match l {
+        Some((id, addr)) => format!("node {id} at {addr}"),
+        None => "unknown".to_owned(),
+    }
+}
+
+impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for RaftOpError {
+    fn from(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RaftOpError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            },
+            RaftError::APIError(other) => RaftOpError::Rejected(other.to_string()),
+            RaftError::Fatal(f) => RaftOpError::Stopped(f.to_string()),
+        }
+    }
+}
+
+fn stopped(f: Fatal<TypeConfig>) -> RaftOpError {
+    RaftOpError::Stopped(f.to_string())
+}
+
+/// A Raft node as the rest of replog sees it. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    id: NodeId,
+    raft: Raft,
+}
+
+/// A point-in-time view of Raft's state on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: NodeId,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<LogId>,
+    pub applied: Option<LogId>,
+    pub voters: Vec<NodeId>,
+    pub members: BTreeMap<NodeId, String>,
+}
+
+impl RaftNode {
+    pub fn new(id: NodeId, raft: Raft) -> RaftNode {
+        RaftNode { id, raft }
+    }
+
+    /// The openraft handle (for the Raft gRPC service).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        let membership = m.membership_config.membership();
+        RaftStatus {
+            id: self.id,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed: m.local_committed,
+            applied: m.last_applied,
+            voters: membership.voter_ids().collect(),
+            members: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// The leader as this node knows it, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let s = self.status();
+        let id = s.leader?;
+        Some((id, s.members.get(&id)?.clone()))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.status().leader == Some(self.id)
+    }
+
+    /// Initializes a new cluster with these voters; a no-op once initialized (by this node or
+    /// another member with the same list).
+    pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<(), RaftOpError> {
+        if self.raft.is_initialized().await.map_err(stopped)? {
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(id, a)| (*id, BasicNode::new(a)))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(error = %e, "cluster already initialized");
+                Ok(())
+            }
+            Err(RaftError::Fatal(f)) => Err(stopped(f)),
+        }
+    }
+
+    /// Replicates a request and returns what applying it answered.
+    pub async fn propose(&self, req: Request) -> Result<Response, RaftOpError> {
+        let resp = self.raft.client_write(req).await?;
+        match resp.data {
+            Response::Rejected { reason } => Err(RaftOpError::Rejected(reason)),
+            other => Ok(other),
+        }
+    }
+
+    /// Waits until this leader has applied an entry of its own term, so every entry of earlier
+    /// terms is applied too (its state machine is current).
+    pub async fn wait_own_term_applied(&self, timeout: Duration) -> Result<(), RaftOpError> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if m.current_leader != Some(self.id) {
+                    return Err(RaftOpError::NotLeader {
+                        leader: self.leader(),
+                    });
+                }
+                if m.last_applied
+                    .is_some_and(|a| a.leader_id.term == m.current_term)
+                {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(RaftOpError::Stopped("metrics closed".to_owned())),
+                Err(_) => {
+                    return Err(RaftOpError::Timeout(
+                        "the new leader has not applied its first entry".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Adds a node as a learner (returns once it has caught up), then makes it a voter.
+    pub async fn add_node(&self, id: NodeId, addr: &str) -> Result<(), RaftOpError> {
+        self.raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await?;
+        let mut voters: BTreeSet<NodeId> = self.status().voters.into_iter().collect();
+        voters.insert(id);
+        self.raft.change_membership(voters, false).await?;
+        Ok(())
+    }
+
+    /// Removes a node (voter or learner) from the cluster.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), RaftOpError> {
+        let mut voters: BTreeSet<NodeId> = self.status().voters.into_iter().collect();
+        voters.remove(&id);
+        if voters.is_empty() {
+            return Err(RaftOpError::Rejected(
+                "cannot remove the last voter".to_owned(),
+            ));
+        }
+        self.raft.change_membership(voters, false).await?;
+        Ok(())
+    }
+
+    /// Snapshots at the applied index, then lets Raft purge its log up to `index`.
+    pub async fn purge_up_to(&self, index: u64) -> Result<(), RaftOpError> {
+        self.raft.trigger().snapshot().await.map_err(stopped)?;
+        self.raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= index),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| RaftOpError::Timeout(e.to_string()))?;
+        self.raft.trigger().purge_log(index).await.map_err(stopped)
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
