@@ -299,3 +299,56 @@ async fn a_retried_write_is_applied_once_even_across_a_leader_change() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_truncates_the_same_expired_prefix_on_every_replica() {
+    let c = TestCluster::start_tweaked(3, bytesize::ByteSize::kib(16), |cfg| {
+        cfg.wal.retention_hours = Some(1);
+        cfg.retention_check_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let two_hours_ago = replog::wal::now_us() - 2 * 3_600_000_000;
+    for i in 0..100 {
+        let mut r = record("t", vec![b'o'; 500]);
+        r.timestamp = two_hours_ago + i;
+        c.write(None, vec![r]).await;
+    }
+    let mut first_fresh = None;
+    for i in 0..100 {
+        let w = c.write(None, vec![record("t", format!("fresh-{i}"))]).await;
+        first_fresh.get_or_insert(w.first_seq);
+    }
+    let first_fresh = first_fresh.unwrap();
+    for n in c.nodes.values() {
+        eventually("every replica drops the expired segments", || {
+            let start = n.log_start().unwrap();
+            async move { start > 1 }
+        })
+        .await;
+    }
+    let starts: Vec<u64> = c.nodes.values().map(|n| n.state().read(|i| i.log_start)).collect();
+    assert!(starts.iter().all(|s| *s == starts[0] && *s > 1 && *s <= first_fresh), "replicated cut {starts:?}");
+    for id in c.nodes.keys() {
+        let e = c.entries(*id).await;
+        assert!(e.iter().any(|e| e.data == b"fresh-0"), "node {id} lost a record inside the retention");
+        assert!(e.first().unwrap().sequence_number >= starts[0]);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_run_stops_cleanly_on_the_signal() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut cfg = replog::node::NodeConfig::new(1, "127.0.0.1:0".parse().unwrap(), dir.path());
+    cfg.initial_members = Some([(1, "127.0.0.1:1".to_owned())].into());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(replog::node::run(cfg.clone(), async move {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tx.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, node).await.expect("run returned").unwrap().unwrap();
+    // Everything was closed: the same data directory opens again at once.
+    let again = replog::node::Node::start(cfg).await.unwrap();
+    again.shutdown().await.unwrap();
+}

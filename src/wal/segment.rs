@@ -148,7 +148,11 @@ impl SegmentMeta {
         self.next_index = h.index + 1;
         self.next_seq = h.next_seq();
         self.last_term = h.term;
-        self.max_timestamp = self.max_timestamp.max(h.timestamp);
+        // Only records age: a control frame (e.g. a Raft membership change) must not keep a
+        // segment of expired records alive.
+        if !h.is_control() {
+            self.max_timestamp = self.max_timestamp.max(h.timestamp);
+        }
         self.data_len = offset + h.frame_len();
     }
 }

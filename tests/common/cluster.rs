@@ -28,6 +28,8 @@ pub struct TestCluster {
     pub addrs: BTreeMap<NodeId, SocketAddr>,
     pub nodes: BTreeMap<NodeId, Node>,
     pub segment_size: ByteSize,
+    /// Applied to every node's config (e.g. retention).
+    pub tweak: fn(&mut NodeConfig),
 }
 
 pub fn record(tenant: &str, data: impl Into<Vec<u8>>) -> WriteRecord {
@@ -72,6 +74,10 @@ impl TestCluster {
     }
 
     pub async fn start_with(n: u64, segment_size: ByteSize) -> TestCluster {
+        Self::start_tweaked(n, segment_size, |_| {}).await
+    }
+
+    pub async fn start_tweaked(n: u64, segment_size: ByteSize, tweak: fn(&mut NodeConfig)) -> TestCluster {
         init_tracing();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -89,6 +95,7 @@ impl TestCluster {
             addrs,
             nodes: BTreeMap::new(),
             segment_size,
+            tweak,
         };
         for (id, l) in listeners {
             let dir = TempDir::new().unwrap();
@@ -114,6 +121,7 @@ impl TestCluster {
             min_free_bytes: ByteSize::b(0),
             ..WalConfig::new(dir.join("wal"))
         };
+        (self.tweak)(&mut cfg);
         cfg
     }
 
