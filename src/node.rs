@@ -28,6 +28,9 @@ use crate::raft::{
 };
 use crate::wal::{Entry, ProducerKey, SequenceNumber, WalConfig, WalError};
 
+/// How long a stopping node lets in-flight RPCs finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+
 /// How long a new leader may take to apply its first entry before a keyed write gives up.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -386,8 +389,13 @@ impl Node {
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.stop.send(true);
         self.raft.shutdown().await;
-        for t in self.tasks {
-            let _ = t.await;
+        for mut t in self.tasks {
+            // A peer's replication stream can keep the server's graceful shutdown waiting:
+            // after a short drain, connections are dropped (peers reconnect elsewhere).
+            if tokio::time::timeout(SHUTDOWN_DRAIN, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
         drop(self.raft);
         let (wal, db) = (self.wal, self.db);
@@ -416,6 +424,7 @@ fn serve(
         switch.clone(),
         cfg.data_dir.clone(),
         wal.clone(),
+        stop.clone(),
     );
     let svc = RaftServiceServer::new(server)
         .max_decoding_message_size(cfg.net.max_message_bytes)

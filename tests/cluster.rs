@@ -224,7 +224,11 @@ async fn a_follower_behind_a_truncation_receives_the_retained_segments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_added_later_gets_everything_and_a_removed_one_stops_receiving() {
-    let mut c = TestCluster::start(3).await;
+    // Small AppendEntries: catching up takes many split, pipelined requests.
+    let mut c = TestCluster::start_tweaked(3, bytesize::ByteSize::mib(1), |cfg| {
+        cfg.net.append_max_bytes = 2048
+    })
+    .await;
     for i in 0..300 {
         c.write(None, vec![record("t", format!("{i}"))]).await;
     }
@@ -326,11 +330,23 @@ async fn retention_truncates_the_same_expired_prefix_on_every_replica() {
         })
         .await;
     }
-    let starts: Vec<u64> = c.nodes.values().map(|n| n.state().read(|i| i.log_start)).collect();
-    assert!(starts.iter().all(|s| *s == starts[0] && *s > 1 && *s <= first_fresh), "replicated cut {starts:?}");
+    let starts: Vec<u64> = c
+        .nodes
+        .values()
+        .map(|n| n.state().read(|i| i.log_start))
+        .collect();
+    assert!(
+        starts
+            .iter()
+            .all(|s| *s == starts[0] && *s > 1 && *s <= first_fresh),
+        "replicated cut {starts:?}"
+    );
     for id in c.nodes.keys() {
         let e = c.entries(*id).await;
-        assert!(e.iter().any(|e| e.data == b"fresh-0"), "node {id} lost a record inside the retention");
+        assert!(
+            e.iter().any(|e| e.data == b"fresh-0"),
+            "node {id} lost a record inside the retention"
+        );
         assert!(e.first().unwrap().sequence_number >= starts[0]);
     }
     c.shutdown().await;
@@ -347,7 +363,11 @@ async fn node_run_stops_cleanly_on_the_signal() {
     }));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     tx.send(()).unwrap();
-    tokio::time::timeout(DEADLINE, node).await.expect("run returned").unwrap().unwrap();
+    tokio::time::timeout(DEADLINE, node)
+        .await
+        .expect("run returned")
+        .unwrap()
+        .unwrap();
     // Everything was closed: the same data directory opens again at once.
     let again = replog::node::Node::start(cfg).await.unwrap();
     again.shutdown().await.unwrap();

@@ -9,7 +9,7 @@
 //! - [`NetSwitch`] lets tests cut a node off (both directions are checked, here and in the
 //!   server).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +17,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use openraft::AnyError;
 use openraft::RaftNetworkFactory;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use parking_lot::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
@@ -248,8 +249,92 @@ fn entries_that_fit(entries: &[super::types::Entry], max_bytes: usize) -> usize 
     entries.len()
 }
 
+/// Splits a request whose entries exceed `max_bytes` into a chain of requests (each one's
+/// `prev_log_id` is the previous one's last entry).
+fn split_request(
+    mut req: AppendEntriesRequest<TypeConfig>,
+    max_bytes: usize,
+) -> Vec<AppendEntriesRequest<TypeConfig>> {
+    let mut out = Vec::new();
+    loop {
+        let fit = entries_that_fit(&req.entries, max_bytes);
+        if fit >= req.entries.len() {
+            out.push(req);
+            return out;
+        }
+        let rest = req.entries.split_off(fit);
+        let next = AppendEntriesRequest {
+            vote: req.vote,
+            prev_log_id: req.entries.last().map(|e| e.log_id),
+            entries: rest,
+            leader_commit: req.leader_commit,
+        };
+        out.push(req);
+        req = next;
+    }
+}
+
+fn decode_stream_reply(
+    r: Result<RaftMessage, tonic::Status>,
+) -> Result<StreamAppendResult<TypeConfig>, RpcErr> {
+    let m = r.map_err(status_err)?;
+    let decoded: Result<StreamAppendResult<TypeConfig>, String> =
+        from_wire(&m.body).map_err(network)?;
+    decoded.map_err(network)
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
+
+    /// Pipelined: requests are sent as openraft produces them, without waiting for replies.
+    /// A request over `append_max_bytes` goes as several chained ones, and their replies are
+    /// folded back into one (the first error, else the last match).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcErr>>, RpcErr>>
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.channel(false)?;
+            let (from, max) = (self.from, self.cfg.append_max_bytes);
+            let parts = Arc::new(Mutex::new(VecDeque::new()));
+            let sent = parts.clone();
+            let outgoing = input.flat_map(move |req| {
+                let chunks = split_request(req, max);
+                sent.lock().push_back(chunks.len());
+                futures::stream::iter(chunks.into_iter().map(move |r| RaftMessage {
+                    from,
+                    body: to_wire(&r).unwrap_or_default(),
+                }))
+            });
+            let replies = client
+                .stream_append(outgoing)
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let folded =
+                futures::stream::unfold((replies, parts), |(mut replies, parts)| async move {
+                    let first = replies.next().await?;
+                    // The reply came after its request was sent, so its part count is queued.
+                    let n = parts.lock().pop_front().unwrap_or(1);
+                    let mut result = decode_stream_reply(first);
+                    for _ in 1..n {
+                        let next = match replies.next().await {
+                            Some(r) => decode_stream_reply(r),
+                            None => Err(network("the append stream ended inside a split request")),
+                        };
+                        if matches!(result, Ok(Ok(_))) {
+                            result = next;
+                        }
+                    }
+                    Some((result, (replies, parts)))
+                });
+            Ok(Box::pin(folded) as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -390,5 +475,60 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let decoded: Result<SnapshotResponse<TypeConfig>, String> =
             from_wire(&reply.body).map_err(|e| to_streaming(network(e)))?;
         decoded.map_err(|e| to_streaming(network(format!("node {}: {e}", self.target))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{Entry, LogId, Request, WriteRecord};
+    use openraft::entry::RaftEntry;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        let records = vec![WriteRecord {
+            tenant_id: "t".into(),
+            operation: crate::wal::Operation::Insert,
+            data: vec![0; bytes],
+            timestamp: 1,
+        }];
+        Entry::new(
+            LogId::new_term_index(1, index),
+            openraft::EntryPayload::Normal(Request::Write {
+                producer: None,
+                records,
+            }),
+        )
+    }
+
+    #[test]
+    fn oversized_requests_split_into_a_chain() {
+        let req = AppendEntriesRequest {
+            vote: openraft::impls::Vote::new_committed(1, 1),
+            prev_log_id: Some(LogId::new_term_index(1, 9)),
+            entries: (10..20).map(|i| entry(i, 1000)).collect(),
+            leader_commit: Some(LogId::new_term_index(1, 8)),
+        };
+        let parts = split_request(req, 3000);
+        assert!(parts.len() > 3, "{} parts", parts.len());
+        let mut prev = Some(LogId::new_term_index(1, 9));
+        let mut next_index = 10;
+        for p in &parts {
+            assert_eq!(p.prev_log_id, prev);
+            assert!(!p.entries.is_empty());
+            for e in &p.entries {
+                assert_eq!(e.log_id.index, next_index);
+                next_index += 1;
+            }
+            prev = p.entries.last().map(|e| e.log_id);
+        }
+        assert_eq!(next_index, 20);
+        // An entry larger than the cap still goes, alone.
+        let big = AppendEntriesRequest {
+            vote: parts[0].vote,
+            prev_log_id: None,
+            entries: vec![entry(0, 10_000)],
+            leader_commit: None,
+        };
+        assert_eq!(split_request(big, 3000).len(), 1);
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::network::NetSwitch;
@@ -25,6 +25,8 @@ pub struct RaftServer {
     data_dir: PathBuf,
     wal: Arc<WalHandle>,
     snapshot_slot: Semaphore,
+    /// Ends long-lived streams when the node stops (a graceful server shutdown waits for them).
+    stop: watch::Receiver<bool>,
 }
 
 impl RaftServer {
@@ -34,14 +36,24 @@ impl RaftServer {
         switch: Arc<NetSwitch>,
         data_dir: PathBuf,
         wal: Arc<WalHandle>,
+        stop: watch::Receiver<bool>,
     ) -> RaftServer {
+        let snapshot_slot = Semaphore::new(1);
         RaftServer {
             id,
             raft,
             switch,
             data_dir,
             wal,
-            snapshot_slot: Semaphore::new(1),
+            snapshot_slot,
+            stop,
+        }
+    }
+
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
         }
     }
 
@@ -72,8 +84,41 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
     Ok(Response::new(RaftMessage { from: id, body }))
 }
 
+type ReplyStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftService for RaftServer {
+    type StreamAppendStream = ReplyStream;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let (id, switch) = (self.id, self.switch.clone());
+        // The stream ends at the first undecodable or cut-off message (a skipped request would
+        // shift every later reply); the leader then reconnects.
+        let input = req
+            .into_inner()
+            .map(move |m| {
+                m.ok()
+                    .filter(|m| !switch.is_blocked(m.from))
+                    .and_then(|m| from_wire(&m.body).ok())
+            })
+            .take_while(|r| futures::future::ready(r.is_some()))
+            .filter_map(futures::future::ready);
+        let output = self.raft.stream_append(input).map(move |r| match r {
+            Ok(result) => {
+                let body = to_wire(&Ok::<_, String>(result))
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                Ok(RaftMessage { from: id, body })
+            }
+            Err(fatal) => Err(Status::unavailable(format!("raft stopped: {fatal}"))),
+        });
+        let output = output.take_until(self.stopped());
+        Ok(Response::new(Box::pin(output)))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
@@ -108,7 +153,7 @@ impl RaftService for RaftServer {
             .snapshot_slot
             .try_acquire()
             .map_err(|_| Status::resource_exhausted("a snapshot is already being received"))?;
-        let mut stream = req.into_inner();
+        let mut stream = Box::pin(req.into_inner().take_until(self.stopped()));
         let first = stream
             .next()
             .await

@@ -77,7 +77,11 @@ impl TestCluster {
         Self::start_tweaked(n, segment_size, |_| {}).await
     }
 
-    pub async fn start_tweaked(n: u64, segment_size: ByteSize, tweak: fn(&mut NodeConfig)) -> TestCluster {
+    pub async fn start_tweaked(
+        n: u64,
+        segment_size: ByteSize,
+        tweak: fn(&mut NodeConfig),
+    ) -> TestCluster {
         init_tracing();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
