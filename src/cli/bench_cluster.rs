@@ -50,6 +50,8 @@ struct Report {
     entry_size: usize,
     sync_policy: String,
     acked_writes: u64,
+    /// Writes refused (e.g. during a leader change) and retried.
+    failed_attempts: u64,
     seconds: f64,
     writes_per_sec: f64,
     latency_us_p50: u64,
@@ -106,42 +108,46 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let nodes: Vec<Arc<Node>> = nodes.into_iter().map(Arc::new).collect();
-    let leader_node = nodes[leader].clone();
+    let nodes: Arc<Vec<Node>> = Arc::new(nodes);
     // Warm up (connections, first segment) before measuring.
-    leader_node
-        .write(None, vec![record(args.entry_size)])
-        .await
-        .map_err(fail)?;
+    nodes[leader].write(None, vec![record(args.entry_size)]).await.map_err(fail)?;
     let started = Instant::now();
     let until = started + args.duration;
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let node = leader_node.clone();
+        let nodes = nodes.clone();
         let size = args.entry_size;
         tasks.push(tokio::spawn(async move {
-            let mut h =
-                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+            let (mut at, mut errors) = (leader, 0u64);
             while Instant::now() < until {
                 let t = Instant::now();
-                if node.write(None, vec![record(size)]).await.is_err() {
-                    break;
+                match nodes[at].write(None, vec![record(size)]).await {
+                    Ok(_) => drop(h.record(t.elapsed().as_micros() as u64)),
+                    Err(_) => {
+                        // Follow a leader change; the failed attempt is not counted.
+                        errors += 1;
+                        at = nodes.iter().position(|n| n.is_leader()).unwrap_or(at);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
-                let _ = h.record(t.elapsed().as_micros() as u64);
             }
-            h
+            (h, errors)
         }));
     }
     let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+    let mut errors = 0;
     for t in tasks {
-        let part = t.await.map_err(|e| CliError::failure(e.to_string()))?;
+        let (part, e) = t.await.map_err(|e| CliError::failure(e.to_string()))?;
         h.add(&part).map_err(|e| CliError::failure(e.to_string()))?;
+        errors += e;
     }
     let seconds = started.elapsed().as_secs_f64();
-    drop(leader_node);
-    for n in nodes {
-        if let Some(n) = Arc::into_inner(n) {
-            n.shutdown().await.map_err(fail)?;
+    if let Some(nodes) = Arc::into_inner(nodes) {
+        for n in nodes {
+            if let Err(e) = n.shutdown().await {
+                tracing::warn!(error = %e, "stopping a bench node");
+            }
         }
     }
     Ok(Report {
@@ -150,6 +156,7 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
         entry_size: args.entry_size,
         sync_policy: format!("{:?}", args.sync_policy).to_lowercase(),
         acked_writes: h.len(),
+        failed_attempts: errors,
         seconds,
         writes_per_sec: h.len() as f64 / seconds,
         latency_us_p50: h.value_at_quantile(0.5),
