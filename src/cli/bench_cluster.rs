@@ -110,7 +110,10 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
     };
     let nodes: Arc<Vec<Node>> = Arc::new(nodes);
     // Warm up (connections, first segment) before measuring.
-    nodes[leader].write(None, vec![record(args.entry_size)]).await.map_err(fail)?;
+    nodes[leader]
+        .write(None, vec![record(args.entry_size)])
+        .await
+        .map_err(fail)?;
     let started = Instant::now();
     let until = started + args.duration;
     let mut tasks = Vec::new();
@@ -118,7 +121,8 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
         let nodes = nodes.clone();
         let size = args.entry_size;
         tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+            let mut h =
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
             let (mut at, mut errors) = (leader, 0u64);
             while Instant::now() < until {
                 let t = Instant::now();

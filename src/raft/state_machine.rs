@@ -275,6 +275,15 @@ impl StateMachine {
                 tenant,
                 sequence,
             }) => {
+                // Every replica refuses the same way: a position must be a committed record.
+                if *sequence >= img.next_seq {
+                    return Response::Rejected {
+                        reason: format!(
+                            "checkpoint {name:?} at {sequence}: the last committed sequence number is {}",
+                            img.next_seq - 1
+                        ),
+                    };
+                }
                 img.checkpoints.insert(
                     name.clone(),
                     Checkpoint {
