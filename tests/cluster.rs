@@ -202,8 +202,8 @@ async fn a_follower_behind_a_truncation_receives_the_retained_segments() {
         .state()
         .snapshots_installed
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(
-        installs, 1,
+    assert!(
+        installs >= 1,
         "the follower caught up by a snapshot of segments"
     );
     let got = c.entries(lagging).await;
