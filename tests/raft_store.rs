@@ -216,3 +216,32 @@ fn raft_meta_is_old_or_new_after_a_power_loss_at_every_step() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_reported_to_raft_and_is_fatal() {
+    let mem = MemFs::new();
+    let mut store = open_store(Arc::new(mem.clone())).unwrap();
+    let mut acked = Acked::default();
+    append(&mut store, vec![entry(1, 0), entry(1, 1)], &mut acked)
+        .await
+        .unwrap();
+    mem.faults()
+        .fail_sync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = append(&mut store, vec![entry(1, 2)], &mut acked).await;
+    assert!(
+        failed.is_err(),
+        "an entry whose fsync failed was reported flushed"
+    );
+    // Never retried silently: the store refuses every later write, even once fsync works again.
+    mem.faults()
+        .fail_sync
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        append(&mut store, vec![entry(1, 3)], &mut acked)
+            .await
+            .is_err()
+    );
+    assert!(store.save_vote(&Vote::new(2, 2)).await.is_err());
+    assert_eq!(acked.entries.len(), 2);
+}
