@@ -180,7 +180,12 @@ pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
 }
 
 /// A Raft entry as the WAL frame that stores it.
-pub fn entry_to_frame(e: Entry) -> FrameSpec {
+pub fn entry_to_frame(e: Entry) -> io::Result<FrameSpec> {
+    let control = |c: Control| {
+        c.encode()
+            .map(Payload::Control)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
     let index = e.log_id.index + 1;
     let term = e.log_id.leader_id.term;
     let (producer, payload) = match e.payload {
@@ -198,17 +203,17 @@ pub fn entry_to_frame(e: Entry) -> FrameSpec {
                     .collect(),
             ),
         ),
-        EntryPayload::Normal(cmd) => (None, Payload::Control(Control::Command(cmd).encode())),
-        EntryPayload::Blank => (None, Payload::Control(Control::Blank.encode())),
-        EntryPayload::Membership(m) => (None, Payload::Control(Control::Membership(m).encode())),
+        EntryPayload::Normal(cmd) => (None, control(Control::Command(cmd))?),
+        EntryPayload::Blank => (None, control(Control::Blank)?),
+        EntryPayload::Membership(m) => (None, control(Control::Membership(m))?),
     };
-    FrameSpec {
+    Ok(FrameSpec {
         index: Some(index),
         term,
         first_seq: None,
         producer,
         payload,
-    }
+    })
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -289,7 +294,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let frames: Vec<FrameSpec> = entries.into_iter().map(entry_to_frame).collect();
+        let frames: Vec<FrameSpec> = entries
+            .into_iter()
+            .map(entry_to_frame)
+            .collect::<io::Result<_>>()?;
         let Some(first_index) = frames.first().and_then(|f| f.index) else {
             callback.io_completed(Ok(()));
             return Ok(());

@@ -60,11 +60,11 @@ impl MetaStore {
 
     /// Durable before it returns (blocking I/O: call it off the async executor).
     pub fn store(&self, meta: &RaftMeta) -> io::Result<()> {
-        fs::write_file_atomic(&*self.fs, &self.path, &encode(meta))
+        fs::write_file_atomic(&*self.fs, &self.path, &encode(meta)?)
     }
 }
 
-pub fn encode(meta: &RaftMeta) -> Vec<u8> {
+pub fn encode(meta: &RaftMeta) -> io::Result<Vec<u8>> {
     seal(META_MAGIC, meta)
 }
 
@@ -73,15 +73,16 @@ pub fn decode(b: &[u8]) -> io::Result<RaftMeta> {
 }
 
 /// Frames a value as `magic | version | len | crc | postcard body` (see the module doc).
-pub fn seal<T: Serialize>(magic: u32, value: &T) -> Vec<u8> {
-    let body = postcard::to_stdvec(value).unwrap_or_default();
+pub fn seal<T: Serialize>(magic: u32, value: &T) -> io::Result<Vec<u8>> {
+    let body =
+        postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut out = Vec::with_capacity(META_HEADER_LEN + body.len());
     out.extend_from_slice(&magic.to_le_bytes());
     out.push(META_VERSION);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     out.extend_from_slice(&body);
-    out
+    Ok(out)
 }
 
 /// Checks and decodes what [`seal`] made; `what` names the file in errors.
@@ -115,16 +116,16 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        assert_eq!(decode(&encode(&sample())).unwrap(), sample());
+        assert_eq!(decode(&encode(&sample()).unwrap()).unwrap(), sample());
         assert_eq!(
-            decode(&encode(&RaftMeta::default())).unwrap(),
+            decode(&encode(&RaftMeta::default()).unwrap()).unwrap(),
             RaftMeta::default()
         );
     }
 
     #[test]
     fn every_flipped_byte_or_cut_is_detected() {
-        let good = encode(&sample());
+        let good = encode(&sample()).unwrap();
         for i in 0..good.len() {
             let mut b = good.clone();
             b[i] ^= 0x40;

@@ -302,14 +302,25 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let (from, max) = (self.from, self.cfg.append_max_bytes);
             let parts = Arc::new(Mutex::new(VecDeque::new()));
             let sent = parts.clone();
-            let outgoing = input.flat_map(move |req| {
-                let chunks = split_request(req, max);
-                sent.lock().push_back(chunks.len());
-                futures::stream::iter(chunks.into_iter().map(move |r| RaftMessage {
-                    from,
-                    body: to_wire(&r).unwrap_or_default(),
-                }))
-            });
+            let outgoing = input
+                .flat_map(move |req| {
+                    let chunks = split_request(req, max);
+                    sent.lock().push_back(chunks.len());
+                    futures::stream::iter(
+                        chunks
+                            .into_iter()
+                            .map(move |r| to_wire(&r).map(|body| RaftMessage { from, body })),
+                    )
+                })
+                // An unencodable request ends the stream (openraft sees it end and retries)
+                // rather than sending a message the follower cannot decode.
+                .take_while(|m| {
+                    if let Err(e) = m {
+                        tracing::error!(error = %e, "encoding an AppendEntries request failed");
+                    }
+                    futures::future::ready(m.is_ok())
+                })
+                .filter_map(|m| futures::future::ready(m.ok()));
             let replies = client
                 .stream_append(outgoing)
                 .await

@@ -64,7 +64,7 @@ impl SnapshotFile {
 
     /// Durable before it returns.
     pub async fn store(&self, meta: &SnapshotMeta, image: &Image) -> io::Result<()> {
-        let bytes = seal(SNAPSHOT_MAGIC, &(meta, image));
+        let bytes = seal(SNAPSHOT_MAGIC, &(meta, image))?;
         let (fs, path) = (self.fs.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || write_file_atomic(&*fs, &path, &bytes))
             .await
@@ -288,7 +288,7 @@ impl Staging {
             ));
         }
         staged.close().map_err(to_io)?;
-        let image_bytes = seal(SNAPSHOT_MAGIC, &(&self.manifest.meta, &self.manifest.image));
+        let image_bytes = seal(SNAPSHOT_MAGIC, &(&self.manifest.meta, &self.manifest.image))?;
         write_file_atomic(
             &crate::wal::fs::StdFs,
             &self.dir.join(SNAPSHOT_FILE),

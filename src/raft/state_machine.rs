@@ -146,8 +146,8 @@ fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_stdvec(v).unwrap_or_default()
+fn enc<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> io::Result<T> {
@@ -319,12 +319,12 @@ impl StateMachine {
         let mut b = sled::Batch::default();
         for t in &dirty.tenants {
             if let Some(s) = img.tenants.get(t) {
-                b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s));
+                b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s)?);
             }
         }
         for id in &dirty.producers {
             if let Some(p) = img.producers.get(id) {
-                b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p));
+                b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p)?);
             }
         }
         for id in &dirty.evicted {
@@ -332,15 +332,15 @@ impl StateMachine {
         }
         for c in &dirty.checkpoints {
             if let Some(cp) = img.checkpoints.get(c) {
-                b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp));
+                b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp)?);
             }
         }
         if dirty.membership {
-            b.insert(KEY_MEMBERSHIP, enc(&img.membership));
+            b.insert(KEY_MEMBERSHIP, enc(&img.membership)?);
         }
         b.insert(KEY_NEXT_SEQ, &img.next_seq.to_be_bytes());
         b.insert(KEY_LOG_START, &img.log_start.to_be_bytes());
-        b.insert(KEY_APPLIED, enc(&img.applied));
+        b.insert(KEY_APPLIED, enc(&img.applied)?);
         self.tree.apply_batch(b).map_err(io_err)
     }
 
@@ -413,18 +413,18 @@ fn store_image(tree: &sled::Tree, img: &Image) -> io::Result<()> {
         b.remove(k.map_err(io_err)?);
     }
     for (t, s) in &img.tenants {
-        b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s));
+        b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s)?);
     }
     for (id, p) in &img.producers {
-        b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p));
+        b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p)?);
     }
     for (c, cp) in &img.checkpoints {
-        b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp));
+        b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp)?);
     }
-    b.insert(KEY_MEMBERSHIP, enc(&img.membership));
+    b.insert(KEY_MEMBERSHIP, enc(&img.membership)?);
     b.insert(KEY_NEXT_SEQ, &img.next_seq.to_be_bytes());
     b.insert(KEY_LOG_START, &img.log_start.to_be_bytes());
-    b.insert(KEY_APPLIED, enc(&img.applied));
+    b.insert(KEY_APPLIED, enc(&img.applied)?);
     tree.apply_batch(b).map_err(io_err)
 }
 

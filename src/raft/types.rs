@@ -120,9 +120,8 @@ pub enum Control {
 }
 
 impl Control {
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain data into a Vec cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Control, postcard::Error> {
