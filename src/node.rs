@@ -31,9 +31,6 @@ use crate::wal::{Entry, ProducerKey, SequenceNumber, WalConfig, WalError};
 /// How long a stopping node lets in-flight RPCs finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 
-/// How long a read waits for the local WAL to acknowledge entries already applied.
-const LOCAL_DURABLE_WAIT: Duration = Duration::from_secs(10);
-
 /// How long a new leader may take to apply its first entry before a keyed write gives up.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -367,20 +364,9 @@ impl Node {
         from: SequenceNumber,
         limit: usize,
     ) -> Result<Vec<Entry>, NodeError> {
-        let (upto, applied) = self.sm.read(|i| (i.next_seq, i.applied));
-        // A follower may apply what the cluster committed before its own fsync of those
-        // entries returns: wait (bounded) until its copy is acknowledged by its WAL.
-        let wal_index = applied.map_or(0, |a| a.index + 1);
-        let deadline = tokio::time::Instant::now() + LOCAL_DURABLE_WAIT;
-        while self.wal.get()?.acked_index() <= wal_index {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(RaftOpError::Timeout(format!(
-                    "the local WAL has not acknowledged frame {wal_index}"
-                ))
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        // The state machine never applies past the local WAL's durable (acknowledged) copy,
+        // so everything below `upto` is visible to replay.
+        let upto = self.sm.read(|i| i.next_seq);
         let wal = self.wal.get()?;
         let read = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();

@@ -44,6 +44,7 @@ use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 use replog::raft::WalHandle;
+use replog::raft::durable::LocalDurable;
 use replog::raft::meta::{MetaStore, RaftMeta};
 use replog::raft::types::{Entry, LogId, Request, Vote, WriteRecord};
 use replog::wal::fs::{FileSystem, MemFs};
@@ -73,11 +74,13 @@ fn entry(term: u64, index: u64) -> Entry {
 fn open_store(fs: Arc<dyn FileSystem>) -> std::io::Result<LogStore> {
     let wal = Manager::open_with(common::small_config(common::mem_dir()), fs.clone(), None)
         .map_err(std::io::Error::other)?;
+    let next = wal.acked_index() - 1;
     LogStore::open(
         WalHandle::new(wal),
         MetaStore::new(fs, Path::new("/meta")),
         Arc::new(AtomicU64::new(0)),
         None,
+        LocalDurable::new(next),
     )
 }
 

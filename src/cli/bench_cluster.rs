@@ -109,11 +109,20 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let nodes: Arc<Vec<Node>> = Arc::new(nodes);
-    // Warm up (connections, first segment) before measuring.
-    nodes[leader]
+    // Warm up (connections, first segment) before measuring, following an early re-election.
+    let mut leader = leader;
+    let mut tries = 0;
+    while let Err(e) = nodes[leader]
         .write(None, vec![record(args.entry_size)])
         .await
-        .map_err(fail)?;
+    {
+        tries += 1;
+        if tries > 100 {
+            return Err(fail(e));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader = nodes.iter().position(|n| n.is_leader()).unwrap_or(leader);
+    }
     let started = Instant::now();
     let until = started + args.duration;
     let mut tasks = Vec::new();

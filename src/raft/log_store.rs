@@ -26,6 +26,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use parking_lot::Mutex;
 
+use super::durable::LocalDurable;
 use super::meta::{MetaStore, RaftMeta};
 use super::types::{Control, Entry, LogId, Request, TypeConfig, Vote, WriteRecord};
 use super::wal_handle::WalHandle;
@@ -43,12 +44,17 @@ pub struct LogStore {
     /// Sequence number below which records may be deleted (replicated truncation/retention,
     /// published by the state machine).
     data_watermark: Arc<AtomicU64>,
+    durable: Arc<LocalDurable>,
 }
 
 struct SharedMeta {
     store: MetaStore,
     current: Mutex<RaftMeta>,
     committed_persisted_at: Mutex<Option<Instant>>,
+    /// Serializes read-modify-write of `RAFT_META`: openraft may save the vote and the committed
+    /// id from different tasks, and two writers would share the temporary file and could each
+    /// write back a stale copy of the other's field. Held only on a blocking thread.
+    write: std::sync::Mutex<()>,
 }
 
 pub fn to_io(e: WalError) -> io::Error {
@@ -66,6 +72,7 @@ impl LogStore {
         meta: MetaStore,
         data_watermark: Arc<AtomicU64>,
         snapshot_last: Option<LogId>,
+        durable: Arc<LocalDurable>,
     ) -> io::Result<LogStore> {
         let mut current = meta.load()?;
         // After a snapshot install the WAL may start above the old purge point: everything up
@@ -77,10 +84,12 @@ impl LogStore {
         Ok(LogStore {
             wal,
             data_watermark,
+            durable,
             meta: Arc::new(SharedMeta {
                 store: meta,
                 current: Mutex::new(current),
                 committed_persisted_at: Mutex::new(None),
+                write: std::sync::Mutex::new(()),
             }),
         })
     }
@@ -101,10 +110,17 @@ impl LogStore {
             .map(|(index, term)| LogId::new_term_index(term, index - 1)))
     }
 
-    /// Persists `meta` (blocking, off the executor) and publishes it once durable.
-    async fn persist(&self, meta: RaftMeta) -> io::Result<()> {
+    /// Applies `change` to the current metadata, persists it (blocking, off the executor) and
+    /// publishes it once durable.
+    async fn persist(&self, change: impl FnOnce(&mut RaftMeta) + Send + 'static) -> io::Result<()> {
         let shared = self.meta.clone();
         tokio::task::spawn_blocking(move || {
+            let _writing = shared
+                .write
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut meta = shared.current.lock().clone();
+            change(&mut meta);
             shared.store.store(&meta)?;
             *shared.current.lock() = meta;
             Ok(())
@@ -256,9 +272,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(join_err)?
             .map_err(to_io)?;
-        let mut meta = self.meta();
-        meta.vote = Some(*vote);
-        self.persist(meta).await?;
+        let vote = *vote;
+        self.persist(move |m| m.vote = Some(vote)).await?;
         *self.meta.committed_persisted_at.lock() = Some(Instant::now());
         Ok(())
     }
@@ -269,14 +284,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .committed_persisted_at
             .lock()
             .is_none_or(|at| at.elapsed() >= COMMITTED_PERSIST_INTERVAL);
-        let mut meta = self.meta();
-        meta.committed = committed;
         if due {
             *self.meta.committed_persisted_at.lock() = Some(Instant::now());
-            self.persist(meta).await
+            self.persist(move |m| m.committed = committed).await
         } else {
-            // Kept in memory; persisted with the next vote or the next due save.
-            self.meta.current.lock().committed = committed;
+            // Kept in memory; persisted with the next vote, purge or due save. If a write is
+            // under way it would overwrite this: then the next save keeps it.
+            if let Ok(_writing) = self.meta.write.try_lock() {
+                self.meta.current.lock().committed = committed;
+            }
             Ok(())
         }
     }
@@ -314,12 +330,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let on_written: crate::wal::Completion = Box::new(move |r| {
             let _ = written_tx.send(r.map(|_| ()));
         });
-        let on_durable: crate::wal::Completion =
-            Box::new(move |r| callback.io_completed(r.map(|_| ()).map_err(to_io)));
+        let durable = self.durable.clone();
+        let on_durable: crate::wal::Completion = Box::new(move |r| {
+            match &r {
+                Ok(a) => durable.advance(a.last_index),
+                Err(_) => durable.fail(),
+            }
+            callback.io_completed(r.map(|_| ()).map_err(to_io))
+        });
+        // Raft index of the first entry is `first_index - 1`.
+        let next = first_index - 1 + frames.len() as u64;
         // Blocks only while `queue_depth` commands wait: the WAL's back-pressure.
         self.wal()?
             .append_with(frames, Some(on_written), on_durable)
             .map_err(to_io)?;
+        self.durable.written(next);
         // Readable once written; durability is reported through the callback.
         written_rx
             .await
@@ -329,6 +354,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |l| l.index + 1) + 1;
+        self.durable.cut(from - 1);
         let wal = self.wal()?;
         tokio::task::spawn_blocking(move || wal.truncate_from_index(from))
             .await
@@ -339,12 +365,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         // The purge point is persisted first; data below it is deleted by replicated
         // truncation and retention, not here (the log is the data).
-        let mut meta = self.meta();
-        if meta.purged.is_some_and(|p| p >= log_id) {
+        if self.meta().purged.is_some_and(|p| p >= log_id) {
             return Ok(());
         }
-        meta.purged = Some(log_id);
-        self.persist(meta).await?;
+        self.persist(move |m| m.purged = m.purged.max(Some(log_id)))
+            .await?;
         let watermark = self.data_watermark.load(Ordering::Acquire);
         let wal = self.wal()?;
         tokio::task::spawn_blocking(move || delete_below(&wal, watermark, log_id.index))

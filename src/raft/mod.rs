@@ -12,6 +12,7 @@
 //! - The WAL deletes records only below both the replicated truncation watermark and Raft's
 //!   purge point, and Raft purges only up to a snapshot made durable in `SM_SNAPSHOT`.
 
+pub mod durable;
 pub mod handle;
 pub mod log_store;
 pub mod meta;
@@ -108,12 +109,16 @@ impl Storage {
             .map_err(std::io::Error::other)?;
         let snapshots = Arc::new(snapshot::SnapshotFile::new(fs.clone(), data_dir));
         let snapshot_last = snapshots.load()?.and_then(|(m, _)| m.last_log_id);
+        // Everything recovered is durable: the first index not in the log is the WAL's next.
+        let next_raft_index = wal.get().map_err(io)?.acked_index().saturating_sub(1);
+        let durable = durable::LocalDurable::new(next_raft_index);
         let state_machine = StateMachine::open(
             &db,
             snapshots,
             wal.clone(),
             data_dir.to_path_buf(),
             max_producers,
+            durable.clone(),
         )?;
         let sm = state_machine.shared();
         let log_store = LogStore::open(
@@ -121,6 +126,7 @@ impl Storage {
             meta::MetaStore::new(fs, data_dir),
             sm.data_watermark.clone(),
             snapshot_last,
+            durable,
         )?;
         Ok(Storage {
             log_store,

@@ -32,6 +32,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::durable::LocalDurable;
 use super::snapshot::{self, SnapshotData, SnapshotFile};
 use super::types::{LogId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig};
 use super::wal_handle::WalHandle;
@@ -132,6 +133,7 @@ pub struct StateMachine {
     wal: Arc<WalHandle>,
     data_dir: PathBuf,
     max_producers: usize,
+    durable: Arc<LocalDurable>,
 }
 
 const KEY_APPLIED: &[u8] = b"m/applied";
@@ -179,6 +181,7 @@ impl StateMachine {
         wal: Arc<WalHandle>,
         data_dir: PathBuf,
         max_producers: usize,
+        durable: Arc<LocalDurable>,
     ) -> io::Result<StateMachine> {
         let tree = db.open_tree("state").map_err(io_err)?;
         let mut image = load_image(&tree)?;
@@ -202,6 +205,7 @@ impl StateMachine {
             wal,
             data_dir,
             max_producers,
+            durable,
         })
     }
 
@@ -443,6 +447,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut dirty = Dirty::default();
         let mut replies = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
+            // Never ahead of the local log's durable copy (see `durable`).
+            self.durable.wait_for(entry.log_id.index).await?;
             self.shared
                 .applied_since_open
                 .fetch_add(1, Ordering::Relaxed);
@@ -488,6 +494,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(last) = meta.last_log_id {
+            // The installed segments are durable up to the snapshot's last entry.
+            self.durable.advance(last.index + 1);
+        }
         self.replace(image)
     }
 
