@@ -248,3 +248,36 @@ async fn a_failed_fsync_is_reported_to_raft_and_is_fatal() {
     assert!(store.save_vote(&Vote::new(2, 2)).await.is_err());
     assert_eq!(acked.entries.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_vote_and_committed_saves_never_lose_each_other() {
+    let mem = MemFs::new();
+    let store = open_store(Arc::new(mem.clone())).unwrap();
+    let mut tasks = Vec::new();
+    for i in 1..=20u64 {
+        let mut votes = store.clone();
+        tasks.push(tokio::spawn(async move {
+            votes.save_vote(&Vote::new(i, 1)).await
+        }));
+        let mut commits = store.clone();
+        // Spaced past the once-a-second limit would take too long; the first save is always due.
+        tasks.push(tokio::spawn(async move {
+            commits.save_committed(Some(log_id(1, i))).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let on_disk = MetaStore::new(Arc::new(mem), Path::new("/meta"))
+        .load()
+        .unwrap();
+    assert_eq!(
+        on_disk,
+        store.meta(),
+        "what was published is what is on disk"
+    );
+    assert!(
+        on_disk.vote.is_some() && on_disk.committed.is_some(),
+        "{on_disk:?}"
+    );
+}
