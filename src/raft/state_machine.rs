@@ -319,32 +319,8 @@ impl StateMachine {
 
     /// Writes the keys one `apply` call changed, and the applied id, as one atomic batch.
     fn persist(&self, dirty: &Dirty) -> io::Result<()> {
-        let img = self.shared.image.read();
         let mut b = sled::Batch::default();
-        for t in &dirty.tenants {
-            if let Some(s) = img.tenants.get(t) {
-                b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s)?);
-            }
-        }
-        for id in &dirty.producers {
-            if let Some(p) = img.producers.get(id) {
-                b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p)?);
-            }
-        }
-        for id in &dirty.evicted {
-            b.remove(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()));
-        }
-        for c in &dirty.checkpoints {
-            if let Some(cp) = img.checkpoints.get(c) {
-                b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp)?);
-            }
-        }
-        if dirty.membership {
-            b.insert(KEY_MEMBERSHIP, enc(&img.membership)?);
-        }
-        b.insert(KEY_NEXT_SEQ, &img.next_seq.to_be_bytes());
-        b.insert(KEY_LOG_START, &img.log_start.to_be_bytes());
-        b.insert(KEY_APPLIED, enc(&img.applied)?);
+        put_changes(&mut b, &self.shared.image.read(), dirty)?;
         self.tree.apply_batch(b).map_err(io_err)
     }
 
@@ -410,25 +386,50 @@ fn load_image(tree: &sled::Tree) -> io::Result<Image> {
     Ok(img)
 }
 
+/// Adds to `b` the keys `dirty` names, with their values in `img`, and the applied id.
+fn put_changes(b: &mut sled::Batch, img: &Image, dirty: &Dirty) -> io::Result<()> {
+    for t in &dirty.tenants {
+        if let Some(s) = img.tenants.get(t) {
+            b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s)?);
+        }
+    }
+    for id in &dirty.producers {
+        if let Some(p) = img.producers.get(id) {
+            b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p)?);
+        }
+    }
+    for id in &dirty.evicted {
+        b.remove(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()));
+    }
+    for c in &dirty.checkpoints {
+        if let Some(cp) = img.checkpoints.get(c) {
+            b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp)?);
+        }
+    }
+    if dirty.membership {
+        b.insert(KEY_MEMBERSHIP, enc(&img.membership)?);
+    }
+    b.insert(KEY_NEXT_SEQ, &img.next_seq.to_be_bytes());
+    b.insert(KEY_LOG_START, &img.log_start.to_be_bytes());
+    b.insert(KEY_APPLIED, enc(&img.applied)?);
+    Ok(())
+}
+
 /// Replaces the tree's content with `img` in one batch.
 fn store_image(tree: &sled::Tree, img: &Image) -> io::Result<()> {
     let mut b = sled::Batch::default();
     for k in tree.iter().keys() {
         b.remove(k.map_err(io_err)?);
     }
-    for (t, s) in &img.tenants {
-        b.insert(prefixed(PREFIX_TENANT, t.as_bytes()), enc(s)?);
-    }
-    for (id, p) in &img.producers {
-        b.insert(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()), enc(p)?);
-    }
-    for (c, cp) in &img.checkpoints {
-        b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp)?);
-    }
-    b.insert(KEY_MEMBERSHIP, enc(&img.membership)?);
-    b.insert(KEY_NEXT_SEQ, &img.next_seq.to_be_bytes());
-    b.insert(KEY_LOG_START, &img.log_start.to_be_bytes());
-    b.insert(KEY_APPLIED, enc(&img.applied)?);
+    let everything = Dirty {
+        tenants: img.tenants.keys().cloned().collect(),
+        producers: img.producers.keys().copied().collect(),
+        evicted: Vec::new(),
+        checkpoints: img.checkpoints.keys().cloned().collect(),
+        membership: true,
+    };
+    // A later insert of a key overrides its removal above within the batch.
+    put_changes(&mut b, img, &everything)?;
     tree.apply_batch(b).map_err(io_err)
 }
 
