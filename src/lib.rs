@@ -7,11 +7,21 @@
 //!   sled, snapshots made of segment files, the Raft gRPC network (client and service).
 //! - [`node`]: one node wired together (storage, Raft, server, background tasks) and its
 //!   shutdown.
-//! - [`cli`]: the `replog` command line (`replog wal ...`, `replog bench-cluster`).
+//! - [`api`]: the public gRPC services (`LogService`, `AdminService`, health, reflection),
+//!   forwarding to the leader, and the one mapping of errors to status codes.
+//! - [`client`]: the Rust client (leader following, retries with idempotency keys, replay
+//!   streams with checksum verification).
+//! - [`config`]: the node's YAML config with env and flag overrides; [`metrics`]: the
+//!   Prometheus registry and `/metrics`.
+//! - [`cli`]: the `replog` command line (`serve`, `dev`, client commands, `wal ...`, benches).
 //! - `proto/` (compiled by `build.rs` with protox, no system `protoc`): the `replog.v1` types,
 //!   included below, and the internal `replog.raft.v1` service.
 
+pub mod api;
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod wal;

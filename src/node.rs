@@ -17,9 +17,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::Limits;
+use crate::metrics::NodeMetrics;
 use crate::proto::raft::raft_service_server::RaftServiceServer;
 use crate::raft::network::{NetConfig, NetSwitch, Network};
-use crate::raft::service::RaftServer;
+use crate::raft::service::{LeaderContact, RaftServer};
 use crate::raft::state_machine::{DEFAULT_MAX_PRODUCERS, SmShared};
 use crate::raft::types::WriteRecord;
 use crate::raft::{
@@ -60,6 +62,15 @@ pub struct NodeConfig {
     /// How often the leader checks retention (default 60 s).
     pub retention_check_interval: Duration,
     pub cluster_name: String,
+    /// Where `/metrics` is served over HTTP (`None`: not served).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Limits of the public API.
+    pub limits: Limits,
+    /// Endpoints of a cluster to ask, once started, to add this (uninitialized) node.
+    pub join: Vec<String>,
+    /// Without `initial_members`: initialize a single-node cluster of this node (at its
+    /// advertised address) if it was never initialized.
+    pub init: bool,
 }
 
 impl NodeConfig {
@@ -78,6 +89,10 @@ impl NodeConfig {
             max_payload_entries: 4096,
             retention_check_interval: Duration::from_secs(60),
             cluster_name: "replog".to_owned(),
+            metrics_listen: None,
+            limits: Limits::default(),
+            join: Vec::new(),
+            init: false,
         }
     }
 }
@@ -111,19 +126,45 @@ pub struct Written {
 /// Producers whose writes are in flight on this leader: a retry waits for the first attempt.
 type InFlight = parking_lot::Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<()>>>>;
 
-/// A running node.
-pub struct Node {
+/// What the node's services share: Raft, the storage readers, limits and metrics. The public
+/// API ([`crate::api`]) holds it; [`Node`] derefs to it.
+pub struct Core {
     id: NodeId,
-    addr: SocketAddr,
     advertise: String,
     raft: RaftNode,
     wal: Arc<WalHandle>,
     sm: Arc<SmShared>,
-    db: sled::Db,
     switch: Arc<NetSwitch>,
     in_flight: InFlight,
+    contact: Arc<LeaderContact>,
+    pub limits: Limits,
+    pub metrics: NodeMetrics,
+    /// Resolves when the node stops (ends long-lived streams).
+    stop: watch::Receiver<bool>,
+}
+
+/// A running node.
+pub struct Node {
+    core: Arc<Core>,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    db: sled::Db,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// Whether this replica serves reads, and if not why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaState {
+    InSync,
+    Behind(String),
 }
 
 impl Node {
@@ -140,14 +181,22 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let raft_cfg = openraft_config(&cfg.cluster_name, &cfg.raft, cfg.max_payload_entries)
             .map_err(NodeError::Config)?;
+        let metrics = NodeMetrics::new().map_err(|e| NodeError::Config(e.to_string()))?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(a) => Some(crate::metrics::bind(a).await.map_err(|e| {
+                NodeError::Config(format!("cannot listen for metrics on {a}: {e}"))
+            })?),
+            None => None,
+        };
         let retention_hours = cfg.wal.retention_hours;
         let wal_cfg = WalConfig {
             retention_hours: None,
             ..cfg.wal.clone()
         };
         let (data_dir, max_producers) = (cfg.data_dir.clone(), cfg.max_producers);
+        let registry = metrics.registry.clone();
         let storage = tokio::task::spawn_blocking(move || {
-            Storage::open(&data_dir, wal_cfg, None, max_producers)
+            Storage::open(&data_dir, wal_cfg, Some(&registry), max_producers)
         })
         .await??;
         let addr = listener.local_addr()?;
@@ -172,39 +221,29 @@ impl Node {
         .map_err(|e| RaftOpError::Stopped(e.to_string()))?;
         let raft = RaftNode::new(cfg.id, raft);
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(serve(
-            &cfg,
-            listener,
-            &raft,
-            &switch,
-            &wal,
-            stop_rx.clone(),
-        ))];
-        tasks.push(tokio::spawn(truncator(
-            raft.clone(),
-            sm.clone(),
-            stop_rx.clone(),
-        )));
-        if let Some(hours) = retention_hours {
-            let every = cfg.retention_check_interval;
-            tasks.push(tokio::spawn(retention(
-                raft.clone(),
-                wal.clone(),
-                hours,
-                every,
-                stop_rx,
-            )));
-        }
-        let node = Node {
+        let core = Arc::new(Core {
             id: cfg.id,
-            addr,
             advertise,
             raft,
             wal,
             sm,
-            db,
             switch,
             in_flight: InFlight::default(),
+            contact: Arc::default(),
+            limits: cfg.limits.clone(),
+            metrics,
+            stop: stop_rx.clone(),
+        });
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let tasks = spawn_tasks(&cfg, &core, listener, metrics_listener, retention_hours);
+        let node = Node {
+            core,
+            addr,
+            metrics_addr,
+            db,
             stop,
             tasks,
         };
@@ -218,18 +257,101 @@ impl Node {
                 return Err(NodeError::Config(msg));
             }
             node.raft.bootstrap(members).await?;
+        } else if cfg.init {
+            let me = BTreeMap::from([(cfg.id, node.advertise().to_owned())]);
+            node.raft.bootstrap(&me).await?;
         }
-        tracing::info!(id = cfg.id, %addr, "node started");
+        tracing::info!(id = cfg.id, %addr, ?metrics_addr, "node started");
         Ok(node)
-    }
-
-    pub fn id(&self) -> NodeId {
-        self.id
     }
 
     /// The address the gRPC server is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `/metrics` is served on, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// What the services share.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Stops the node: tasks, Raft, then the WAL (flushed and fsync'd) and sled.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.stop.send(true);
+        self.core.raft.shutdown().await;
+        for mut t in self.tasks {
+            // A peer's replication stream can keep the server's graceful shutdown waiting:
+            // after a short drain, connections are dropped (peers reconnect elsewhere).
+            if tokio::time::timeout(SHUTDOWN_DRAIN, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        let (wal, db, id) = (self.core.wal.clone(), self.db, self.core.id);
+        drop(self.core);
+        tokio::task::spawn_blocking(move || {
+            let _ = db.flush();
+            wal.take_and_close()
+        })
+        .await??;
+        tracing::info!(id, "node stopped");
+        Ok(())
+    }
+}
+
+/// Starts the node's tasks: the gRPC server, the truncator, retention (on a leader), metrics
+/// (refresh and HTTP) and joining a cluster. Each ends when the node stops.
+fn spawn_tasks(
+    cfg: &NodeConfig,
+    core: &Arc<Core>,
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    retention_hours: Option<u64>,
+) -> Vec<JoinHandle<()>> {
+    let stop = core.stop.clone();
+    let mut tasks = vec![
+        tokio::spawn(serve(cfg, listener, core)),
+        tokio::spawn(truncator(core.raft.clone(), core.sm.clone(), stop.clone())),
+        tokio::spawn(crate::api::watch_metrics(core.clone())),
+    ];
+    if let Some(hours) = retention_hours {
+        let every = cfg.retention_check_interval;
+        tasks.push(tokio::spawn(retention(
+            core.raft.clone(),
+            core.wal.clone(),
+            hours,
+            every,
+            stop.clone(),
+        )));
+    }
+    if let Some(l) = metrics_listener {
+        let mut stop = stop.clone();
+        let done = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            l,
+            core.metrics.clone(),
+            done,
+        )));
+    }
+    if !cfg.join.is_empty() && cfg.initial_members.is_none() {
+        tasks.push(tokio::spawn(crate::api::join(
+            core.clone(),
+            cfg.join.clone(),
+        )));
+    }
+    tasks
+}
+
+impl Core {
+    pub fn id(&self) -> NodeId {
+        self.id
     }
 
     pub fn advertise(&self) -> &str {
@@ -387,57 +509,102 @@ impl Node {
         Ok(self.wal.get()?.log_start().seq)
     }
 
-    /// Stops the node: tasks, Raft, then the WAL (flushed and fsync'd) and sled.
-    pub async fn shutdown(self) -> Result<(), NodeError> {
-        let _ = self.stop.send(true);
-        self.raft.shutdown().await;
-        for mut t in self.tasks {
-            // A peer's replication stream can keep the server's graceful shutdown waiting:
-            // after a short drain, connections are dropped (peers reconnect elsewhere).
-            if tokio::time::timeout(SHUTDOWN_DRAIN, &mut t).await.is_err() {
-                t.abort();
-                let _ = t.await;
+    /// Whether this replica may serve reads: it hears from a leader (or, as the leader, from a
+    /// quorum) within `limits.max_leader_silence`, and has applied within
+    /// `limits.max_lag_entries` of the commit index it knows.
+    pub fn replica_state(&self) -> ReplicaState {
+        let s = self.raft.status();
+        let silence = self.limits.max_leader_silence;
+        let Some(leader) = s.leader else {
+            return ReplicaState::Behind(format!("node {} knows no leader", self.id));
+        };
+        let heard = if leader == self.id {
+            // A single voter is its own quorum.
+            if s.voters == [self.id] {
+                Some(Duration::ZERO)
+            } else {
+                s.quorum_acked_ago
+            }
+        } else {
+            self.contact.since()
+        };
+        match heard {
+            Some(ago) if ago <= silence => {}
+            Some(ago) => {
+                return ReplicaState::Behind(format!(
+                    "node {} has not heard from {} for {} ms (limits.max_leader_silence {} ms)",
+                    self.id,
+                    if leader == self.id {
+                        "a quorum"
+                    } else {
+                        "the leader"
+                    },
+                    ago.as_millis(),
+                    silence.as_millis()
+                ));
+            }
+            None => {
+                return ReplicaState::Behind(format!(
+                    "node {} has not heard from the leader yet",
+                    self.id
+                ));
             }
         }
-        drop(self.raft);
-        let (wal, db) = (self.wal, self.db);
-        tokio::task::spawn_blocking(move || {
-            let _ = db.flush();
-            wal.take_and_close()
-        })
-        .await??;
-        tracing::info!(id = self.id, "node stopped");
-        Ok(())
+        let applied = s.applied.map_or(0, |l| l.index);
+        let known = s.cluster_committed.unwrap_or(0).max(applied);
+        let lag = known - applied;
+        if lag > self.limits.max_lag_entries {
+            return ReplicaState::Behind(format!(
+                "node {} is {lag} entries behind the commit (limits.max_lag_entries {})",
+                self.id, self.limits.max_lag_entries
+            ));
+        }
+        ReplicaState::InSync
+    }
+
+    /// The sequence number after the last applied (committed) record.
+    pub fn next_seq(&self) -> SequenceNumber {
+        self.sm.read(|i| i.next_seq)
+    }
+
+    /// The node's WAL (for reads).
+    pub fn wal(&self) -> Result<Arc<crate::wal::Manager>, NodeError> {
+        Ok(self.wal.get()?)
+    }
+
+    /// Resolves when the node stops.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let mut stop = self.stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
     }
 }
 
-/// The node's gRPC server (the internal Raft service), until `stop`.
+/// The node's gRPC server: the internal Raft service and the public API, until the node stops.
 fn serve(
     cfg: &NodeConfig,
     listener: tokio::net::TcpListener,
-    raft: &RaftNode,
-    switch: &Arc<NetSwitch>,
-    wal: &Arc<WalHandle>,
-    mut stop: watch::Receiver<bool>,
+    core: &Arc<Core>,
 ) -> impl Future<Output = ()> + use<> {
-    let server = RaftServer::new(
+    let raft_server = RaftServer::new(
         cfg.id,
-        raft.raft().clone(),
-        switch.clone(),
+        core.raft.raft().clone(),
+        core.switch.clone(),
         cfg.data_dir.clone(),
-        wal.clone(),
-        stop.clone(),
+        core.wal.clone(),
+        core.stop.clone(),
+        core.contact.clone(),
     );
-    let svc = RaftServiceServer::new(server)
-        .max_decoding_message_size(cfg.net.max_message_bytes)
-        .max_encoding_message_size(cfg.net.max_message_bytes);
+    let max = cfg.net.max_message_bytes;
+    let raft_svc = RaftServiceServer::new(raft_server)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     // Nagle off on accepted connections too: with delayed ACKs it stalls replies by 40 ms.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
+    let router = crate::api::routes(core.clone(), max, tonic::transport::Server::builder())
+        .add_service(raft_svc);
+    let serve = router.serve_with_incoming_shutdown(incoming, core.stopped());
     async move {
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "the gRPC server stopped");

@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod bench_cluster;
+pub mod client;
 pub mod output;
+pub mod serve;
 pub mod wal;
 
 use std::process::ExitCode;
@@ -38,6 +40,23 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a node. With no flags: a single-node cluster, data in ./replog-data, gRPC on
+    /// 127.0.0.1:7400, metrics on 127.0.0.1:9400.
+    Serve(serve::ServeArgs),
+    /// Run a local N-node cluster as child processes (Ctrl-C stops them all).
+    Dev(serve::DevArgs),
+    /// Write entries: --data, or one entry per line of stdin. Prints each sequence number.
+    Write(client::WriteArgs),
+    /// Stream committed entries as JSON lines.
+    Replay(client::ReplayArgs),
+    /// Create, get or list named checkpoints.
+    Checkpoint(client::CheckpointArgs),
+    /// Drop every entry before a sequence number, on every replica.
+    Truncate(client::TruncateArgs),
+    /// List the segment files of a node.
+    Segments(client::SegmentsArgs),
+    /// Cluster status, health and membership.
+    Cluster(client::ClusterArgs),
     /// Work on a local write-ahead log directory (offline tools, like kafka-dump-log).
     Wal(wal::WalCommand),
     /// Measure acknowledged writes/s and latency of an in-process cluster (Raft over loopback).
@@ -99,6 +118,14 @@ pub fn init_tracing(format: LogFormat) {
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
+        Command::Serve(args) => serve::serve(&args),
+        Command::Dev(args) => serve::dev(&args),
+        Command::Write(args) => client::run_async(client::write(&args)),
+        Command::Replay(args) => client::run_async(client::replay(&args)),
+        Command::Checkpoint(args) => client::run_async(client::checkpoint(&args)),
+        Command::Truncate(args) => client::run_async(client::truncate(&args)),
+        Command::Segments(args) => client::run_async(client::segments(&args)),
+        Command::Cluster(args) => client::run_async(client::cluster(&args)),
         Command::Wal(cmd) => wal::run(cmd),
         Command::BenchCluster(args) => bench_cluster::run(&args),
     };

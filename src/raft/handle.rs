@@ -67,6 +67,26 @@ pub struct RaftStatus {
     pub applied: Option<LogId>,
     pub voters: Vec<NodeId>,
     pub members: BTreeMap<NodeId, String>,
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub role: &'static str,
+    /// The commit index the leader last told this node of (may be ahead of `committed`).
+    pub cluster_committed: Option<u64>,
+    /// On the leader: how long ago a quorum last acknowledged it.
+    pub quorum_acked_ago: Option<Duration>,
+    /// On the leader: each peer's last replicated index (`None`: nothing yet).
+    pub replication: BTreeMap<NodeId, Option<u64>>,
+}
+
+/// Wakes on changes of Raft's state (see [`RaftNode::watch`]).
+pub struct StatusWatch(
+    openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+);
+
+impl StatusWatch {
+    /// Waits for the next change; false once Raft has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
 }
 
 impl RaftNode {
@@ -83,6 +103,13 @@ impl RaftNode {
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
         let membership = m.membership_config.membership();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
         RaftStatus {
             id: self.id,
             term: m.current_term,
@@ -95,7 +122,31 @@ impl RaftNode {
                 .nodes()
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect(),
+            role,
+            cluster_committed: m.cluster_committed.map(|l| l.index),
+            quorum_acked_ago: m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| openraft::Instant::elapsed(&**t)),
+            replication: m
+                .replication
+                .iter()
+                .flatten()
+                .map(|(id, l)| (*id, l.map(|l| l.index)))
+                .collect(),
         }
+    }
+
+    /// A receiver that wakes when Raft's state on this node changes.
+    pub fn watch(&self) -> StatusWatch {
+        StatusWatch(self.raft.metrics())
+    }
+
+    /// Why Raft stopped on its own (a storage error such as a failed fsync), if it did.
+    pub fn fatal(&self) -> Option<String> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        m.running_state.as_ref().err().map(|e| e.to_string())
     }
 
     /// The leader as this node knows it, with its address.
@@ -180,9 +231,43 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Adds a node as a learner only; returns once it has caught up.
+    pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), RaftOpError> {
+        self.raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await?;
+        Ok(())
+    }
+
+    /// Asks the leader to hand leadership to `to` and waits (bounded) until it has.
+    pub async fn transfer_leader(&self, to: NodeId, timeout: Duration) -> Result<(), RaftOpError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(stopped)?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader == Some(to), "leadership transferred")
+            .await
+            .map_err(|e| RaftOpError::Timeout(e.to_string()))?;
+        Ok(())
+    }
+
     /// Removes a node (voter or learner) from the cluster.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), RaftOpError> {
-        let mut voters: BTreeSet<NodeId> = self.status().voters.into_iter().collect();
+        let status = self.status();
+        if !status.members.contains_key(&id) {
+            return Err(RaftOpError::Rejected(format!(
+                "node {id} is not a member of the cluster"
+            )));
+        }
+        if !status.voters.contains(&id) {
+            let remove = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+            self.raft.change_membership(remove, false).await?;
+            return Ok(());
+        }
+        let mut voters: BTreeSet<NodeId> = status.voters.into_iter().collect();
         voters.remove(&id);
         if voters.is_empty() {
             return Err(RaftOpError::Rejected(

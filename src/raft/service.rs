@@ -18,8 +18,41 @@ use crate::proto::raft::{
     RaftMessage, SnapshotChunk, raft_service_server::RaftService, snapshot_chunk::Kind,
 };
 
+/// When this node last received an append (or heartbeat) from a leader: a replica that has not
+/// heard from one for long may be behind and must not serve replay.
+pub struct LeaderContact {
+    base: std::time::Instant,
+    /// Milliseconds after `base`, plus one (0: never).
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            base: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64 + 1;
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last append, if there was one.
+    pub fn since(&self) -> Option<std::time::Duration> {
+        let ms = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = self.base.elapsed().as_millis() as u64 + 1;
+        (ms > 0).then(|| std::time::Duration::from_millis(now.saturating_sub(ms)))
+    }
+}
+
 pub struct RaftServer {
     id: NodeId,
+    contact: Arc<LeaderContact>,
     raft: Raft,
     switch: Arc<NetSwitch>,
     data_dir: PathBuf,
@@ -37,10 +70,12 @@ impl RaftServer {
         data_dir: PathBuf,
         wal: Arc<WalHandle>,
         stop: watch::Receiver<bool>,
+        contact: Arc<LeaderContact>,
     ) -> RaftServer {
         let snapshot_slot = Semaphore::new(1);
         RaftServer {
             id,
+            contact,
             raft,
             switch,
             data_dir,
@@ -95,15 +130,20 @@ impl RaftService for RaftServer {
         &self,
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<ReplyStream>, Status> {
-        let (id, switch) = (self.id, self.switch.clone());
+        let (id, switch, contact) = (self.id, self.switch.clone(), self.contact.clone());
         // The stream ends at the first undecodable or cut-off message (a skipped request would
         // shift every later reply); the leader then reconnects.
         let input = req
             .into_inner()
             .map(move |m| {
-                m.ok()
+                let rpc = m
+                    .ok()
                     .filter(|m| !switch.is_blocked(m.from))
-                    .and_then(|m| from_wire(&m.body).ok())
+                    .and_then(|m| from_wire(&m.body).ok());
+                if rpc.is_some() {
+                    contact.touch();
+                }
+                rpc
             })
             .take_while(|r| futures::future::ready(r.is_some()))
             .filter_map(futures::future::ready);
@@ -124,6 +164,7 @@ impl RaftService for RaftServer {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.decode(req.get_ref())?;
+        self.contact.touch();
         reply(self.id, self.raft.append_entries(rpc).await)
     }
 

@@ -52,3 +52,4 @@ pub fn summary(wal: &Manager) -> Vec<(u64, String, Vec<u8>)> {
 }
 pub mod cluster;
 pub mod crash_fs;
+pub mod process;

@@ -1,0 +1,120 @@
+//! Forwarding a follower's write or admin call to the leader, once.
+//!
+//! A forwarded request carries the `replog-forwarded-by` header; a node that receives one and is
+//! not the leader answers UNAVAILABLE with its leader hint instead of forwarding again, so a
+//! request never loops during an election. Channels to leaders are made once and reused.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use super::error::{ApiError, to_status};
+use crate::node::Core;
+use crate::raft::NodeId;
+
+/// Header naming the node that forwarded a request.
+pub const FORWARDED_BY: &str = "replog-forwarded-by";
+
+/// Channels kept at most (one per leader address seen; a cluster has a handful).
+const MAX_CHANNELS: usize = 64;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Forwarder {
+    channels: parking_lot::Mutex<HashMap<String, Channel>>,
+    max_message_bytes: usize,
+}
+
+/// Where a call that must run on the leader goes.
+pub enum Route {
+    Local,
+    Leader {
+        id: NodeId,
+        addr: String,
+        channel: Channel,
+    },
+}
+
+impl Forwarder {
+    pub fn new(max_message_bytes: usize) -> Forwarder {
+        Forwarder {
+            channels: parking_lot::Mutex::new(HashMap::new()),
+            max_message_bytes,
+        }
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// The (reused) channel to a node.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        let mut map = self.channels.lock();
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+            ApiError::Unavailable(format!("the leader's address {addr:?} is not usable: {e}"))
+        })?;
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        if map.len() >= MAX_CHANNELS {
+            map.clear();
+        }
+        map.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Local on the leader; else the leader's channel, unless the request was already forwarded
+    /// or no leader is known (then UNAVAILABLE with the hint).
+    pub fn route<T>(&self, core: &Core, req: &Request<T>) -> Result<Route, Status> {
+        if core.is_leader() {
+            return Ok(Route::Local);
+        }
+        let leader = core.leader().filter(|(id, _)| *id != core.id());
+        let forwarded = req.metadata().contains_key(FORWARDED_BY);
+        match leader {
+            Some((id, addr)) if !forwarded => {
+                let channel = self.channel(&addr).map_err(to_status)?;
+                Ok(Route::Leader { id, addr, channel })
+            }
+            leader => Err(to_status(ApiError::NotLeader {
+                message: format!("node {} is not the leader", core.id()),
+                leader,
+            })),
+        }
+    }
+}
+
+/// The request to send to the leader: the message, the caller's deadline, and the header.
+pub fn forwarded<T>(core: &Core, req: Request<T>) -> Request<T> {
+    let timeout = req.metadata().get("grpc-timeout").cloned();
+    let mut out = Request::new(req.into_inner());
+    if let Some(t) = timeout {
+        out.metadata_mut().insert("grpc-timeout", t);
+    }
+    if let Ok(v) = core.id().to_string().parse() {
+        out.metadata_mut().insert(FORWARDED_BY, v);
+    }
+    out
+}
+
+/// What the caller gets when the leader could not be reached: UNAVAILABLE naming the leader,
+/// so the client goes there itself. The leader's own answers pass through unchanged.
+pub fn leader_failed(status: Status, id: NodeId, addr: &str) -> Status {
+    let from_leader = !status.details().is_empty() || status.code() != Code::Unavailable;
+    if from_leader {
+        return status;
+    }
+    to_status(ApiError::NotLeader {
+        message: format!(
+            "forwarding to the leader (node {id} at {addr}) failed: {}",
+            status.message()
+        ),
+        leader: Some((id, addr.to_owned())),
+    })
+}

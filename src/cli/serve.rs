@@ -1,0 +1,319 @@
+//! `replog serve` (one node, from config, env and flags) and `replog dev` (a local N-node
+//! cluster of `replog serve` child processes).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::CliError;
+use crate::config::{Config, FlagOverrides};
+use crate::node::Node;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// YAML config file (see cluster/local-3/ for examples). Flags override it, and
+    /// REPLOG_<SECTION>__<KEY> environment variables (e.g. REPLOG_WAL__SYNC_POLICY) override it
+    /// too, below flags.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Node id, unique in the cluster (>= 1). [default: 1]
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// gRPC address to bind. [default: 127.0.0.1:7400]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address other nodes and clients use. [default: the listen address]
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Prometheus /metrics address ("" turns it off). [default: 127.0.0.1:9400]
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Data directory (WAL, state machine, Raft metadata). [default: ./replog-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Initialize a new single-node cluster on first start (the default when neither
+    /// --initial-members nor --join is given).
+    #[arg(long)]
+    pub init: bool,
+    /// Start uninitialized and wait to be added (`replog cluster add-node`).
+    #[arg(long, conflicts_with = "init")]
+    pub no_init: bool,
+    /// Static bootstrap, the same on every first member: 1=host:port,2=host:port,...
+    #[arg(long)]
+    pub initial_members: Option<String>,
+    /// Endpoints of an existing cluster to ask to add this node (comma list).
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> FlagOverrides {
+        let mut node = BTreeMap::new();
+        if let Some(id) = self.id {
+            node.insert("id", serde_json::json!(id));
+        }
+        for (k, v) in [
+            ("listen", &self.listen),
+            ("advertise", &self.advertise),
+            ("metrics_listen", &self.metrics_listen),
+        ] {
+            if let Some(v) = v {
+                node.insert(k, serde_json::json!(v));
+            }
+        }
+        if let Some(d) = &self.data_dir {
+            node.insert("data_dir", serde_json::json!(d));
+        }
+        let mut cluster = BTreeMap::new();
+        if self.init {
+            cluster.insert("init", serde_json::Value::Bool(true));
+        }
+        if self.no_init {
+            cluster.insert("init", serde_json::Value::Bool(false));
+        }
+        if let Some(m) = &self.initial_members {
+            cluster.insert("initial_members", serde_json::Value::String(m.clone()));
+        }
+        if !self.join.is_empty() {
+            cluster.insert("join", serde_json::json!(self.join));
+        }
+        FlagOverrides {
+            node: (!node.is_empty()).then_some(node),
+            cluster: (!cluster.is_empty()).then_some(cluster),
+        }
+    }
+}
+
+pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
+    let flags = args.overrides();
+    let cfg = Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::usage(e.0))?;
+    let node_cfg = cfg.node_config().map_err(|e| CliError::usage(e.0))?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let node = Node::start(node_cfg).await.map_err(|e| match e {
+            crate::node::NodeError::Config(m) => CliError::usage(m),
+            other => CliError::failure(format!("the node did not start: {other}")),
+        })?;
+        eprintln!(
+            "replog node {} serving gRPC on {} (advertised as {}){}; data in {}",
+            node.id(),
+            node.addr(),
+            node.advertise(),
+            node.metrics_addr()
+                .map(|a| format!(", metrics on http://{a}/metrics"))
+                .unwrap_or_default(),
+            cfg.node.data_dir.display()
+        );
+        let fatal = wait_for_stop(&node).await;
+        node.shutdown()
+            .await
+            .map_err(|e| CliError::failure(format!("stopping the node: {e}")))?;
+        match fatal {
+            Some(why) => Err(CliError::failure(format!("the node stopped: {why}"))),
+            None => Ok(()),
+        }
+    })
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failure(format!("starting the runtime: {e}")))
+}
+
+/// Waits for SIGINT/SIGTERM (returns `None`) or for Raft to stop on a storage error (returns
+/// why: an fsync failure is fatal for the node).
+async fn wait_for_stop(node: &Node) -> Option<String> {
+    let mut watch = node.raft().watch();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        if let Some(why) = node.raft().fatal() {
+            return Some(why);
+        }
+        tokio::select! {
+            _ = &mut signal => return None,
+            alive = watch.changed() => if !alive {
+                return Some("raft stopped".to_owned());
+            },
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    pub nodes: u64,
+    /// Parent of the nodes' data directories (node-1, node-2, ...) and logs.
+    #[arg(long, default_value = "./replog-data/dev")]
+    pub data_dir: PathBuf,
+    /// gRPC port of node 1; node N listens on base + N - 1, its metrics on base + 2000 + N - 1.
+    #[arg(long, default_value_t = 7401)]
+    pub base_port: u16,
+}
+
+/// The `serve` flags of node `id` in a `replog dev` cluster (what `cluster/local-3/` holds).
+pub fn dev_node_flags(args: &DevArgs, id: u64) -> Vec<String> {
+    let port = |base: u16, id: u64| u64::from(base) + id - 1;
+    let members: Vec<String> = (1..=args.nodes)
+        .map(|i| format!("{i}=127.0.0.1:{}", port(args.base_port, i)))
+        .collect();
+    vec![
+        "serve".into(),
+        "--id".into(),
+        id.to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", port(args.base_port, id)),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{}", port(args.base_port, id) + 2000),
+        "--data-dir".into(),
+        args.data_dir
+            .join(format!("node-{id}"))
+            .display()
+            .to_string(),
+        "--initial-members".into(),
+        members.join(","),
+    ]
+}
+
+pub fn dev(args: &DevArgs) -> Result<(), CliError> {
+    if u64::from(args.base_port) + args.nodes + 2000 > 65535 {
+        return Err(CliError::usage(
+            "--base-port is too high for that many nodes",
+        ));
+    }
+    std::fs::create_dir_all(&args.data_dir)?;
+    let exe = std::env::current_exe()?;
+    let mut children: Vec<(u64, Child)> = Vec::new();
+    for id in 1..=args.nodes {
+        let log_path = args.data_dir.join(format!("node-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = Command::new(&exe)
+            .args(dev_node_flags(args, id))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn();
+        match child {
+            Ok(c) => children.push((id, c)),
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(CliError::failure(format!("starting node {id}: {e}")));
+            }
+        }
+    }
+    let endpoints: Vec<String> = (1..=args.nodes)
+        .map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i - 1))
+        .collect();
+    let rt = runtime()?;
+    let result = rt.block_on(supervise(args, &endpoints, &mut children));
+    stop_all(&mut children);
+    result
+}
+
+async fn supervise(
+    args: &DevArgs,
+    endpoints: &[String],
+    children: &mut [(u64, Child)],
+) -> Result<(), CliError> {
+    let client = crate::client::Client::new(endpoints, Default::default())
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    let started = Instant::now();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut ready = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut signal => {
+                eprintln!("stopping the cluster");
+                return Ok(());
+            }
+            _ = tick.tick() => {}
+        }
+        for (id, c) in children.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(CliError::failure(format!(
+                    "node {id} exited ({status}); see {}",
+                    args.data_dir.join(format!("node-{id}.log")).display()
+                )));
+            }
+        }
+        if ready {
+            continue;
+        }
+        if let Ok(s) = client.cluster_status().await
+            && s.leader_id != 0
+        {
+            ready = true;
+            let list = endpoints.join(",");
+            println!(
+                "cluster of {} nodes ready, leader node {}",
+                args.nodes, s.leader_id
+            );
+            println!("endpoints: {list}");
+            println!("export REPLOG_ENDPOINTS={list}");
+            println!(
+                "logs and data in {}; Ctrl-C stops every node",
+                args.data_dir.display()
+            );
+            let _ = std::io::stdout().flush();
+        } else if started.elapsed() > Duration::from_secs(60) {
+            return Err(CliError::failure(format!(
+                "no leader after 60 s; see the logs in {}",
+                args.data_dir.display()
+            )));
+        }
+    }
+}
+
+/// Sends SIGTERM to every child and waits for it (SIGKILL after 10 s).
+fn stop_all(children: &mut Vec<(u64, Child)>) {
+    for (_, c) in children.iter() {
+        // SAFETY: kill(2) on a pid we spawned; no memory is involved.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (id, c) in children.iter_mut() {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    eprintln!("node {id} did not stop in 10 s: killing it");
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+    children.clear();
+}

@@ -1,0 +1,611 @@
+//! The Rust client of a replog cluster.
+//!
+//! - Takes a list of endpoints; any node answers. A call that fails with UNAVAILABLE (no
+//!   leader, node down, not in sync) is retried, on the leader the error names when it does
+//!   (`google.rpc.ErrorInfo`), else on the next endpoint, with backoff, until
+//!   `ClientOptions::retry_timeout`.
+//! - Every write carries an idempotency key (producer id, producer sequence), so a retried write
+//!   is applied once. A producer id is used by one write at a time (the server treats an older
+//!   key as a retry); concurrent writes take different ids from a small pool.
+//! - Replay is a [`Stream`] of entries whose checksums are verified; it resumes after the last
+//!   entry received when the node serving it goes away.
+//!
+//! It knows nothing of the server's internals: only the `replog.v1` protos.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+
+use crate::api::error::leader_hint;
+use crate::proto::admin_service_client::AdminServiceClient;
+use crate::proto::log_service_client::LogServiceClient;
+use crate::proto::{
+    self as pb, AddNodeRequest, AddNodeResponse, Checkpoint, ClusterStatusRequest,
+    ClusterStatusResponse, CreateCheckpointRequest, GetCheckpointRequest, ListCheckpointsRequest,
+    ListSegmentsRequest, ListSegmentsResponse, Member, NodeStatusRequest, RemoveNodeRequest,
+    RemoveNodeResponse, ReplayRequest, ReplayResponse, TransferLeaderRequest, TruncateRequest,
+    WriteBatchRequest, WriteResponse, replay_request::Start,
+};
+use crate::wal::Operation;
+
+/// Endpoints remembered at most (the given ones plus leaders named by the cluster).
+const MAX_ENDPOINTS: usize = 64;
+/// Producer ids kept for reuse at most (one per concurrent write).
+const MAX_IDLE_PRODUCERS: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Default 2s.
+    pub connect_timeout: Duration,
+    /// Deadline of one attempt. Default 10s.
+    pub request_timeout: Duration,
+    /// How long a call keeps retrying through leader changes and outages. Default 30s.
+    pub retry_timeout: Duration,
+    /// Largest message sent or received. Default 64MiB (the server's default limit).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            retry_timeout: Duration::from_secs(30),
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster's answer (after retries, for retryable codes).
+    #[error("{} ({})", .0.message(), code_text(.0.code()))]
+    Rpc(Status),
+    /// An entry's checksum does not match its fields: it was damaged on the way.
+    #[error("entry {sequence}: checksum mismatch (got {got:#010x}, computed {computed:#010x})")]
+    Checksum {
+        sequence: u64,
+        got: u32,
+        computed: u32,
+    },
+    #[error("invalid endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("the server sent an invalid entry: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC code of the failure (DATA_LOSS for a checksum mismatch).
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Rpc(s) => s.code(),
+            ClientError::Checksum { .. } => Code::DataLoss,
+            ClientError::Endpoint(..) => Code::InvalidArgument,
+            ClientError::Protocol(_) => Code::Internal,
+        }
+    }
+}
+
+fn code_text(c: Code) -> &'static str {
+    crate::api::code_name(c)
+}
+
+/// A write a caller hands to [`Client::write_batch`].
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub tenant: String,
+    pub operation: Operation,
+    pub data: Vec<u8>,
+}
+
+struct Producer {
+    id: u64,
+    next_seq: u64,
+}
+
+struct State {
+    endpoints: Vec<String>,
+    /// Index into `endpoints` of the node to ask first.
+    current: usize,
+    channels: HashMap<String, Channel>,
+    idle_producers: Vec<Producer>,
+}
+
+/// A client of a replog cluster. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Client {
+    state: Arc<parking_lot::Mutex<State>>,
+    opts: ClientOptions,
+}
+
+fn is_retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::DeadlineExceeded
+    )
+}
+
+fn normalize(e: &str) -> String {
+    let e = e.trim();
+    if e.starts_with("http://") || e.starts_with("https://") {
+        e.to_owned()
+    } else {
+        format!("http://{e}")
+    }
+}
+
+impl Client {
+    /// A client of the cluster behind `endpoints` (`host:port`, comma-separated lists allowed).
+    /// Connects lazily.
+    pub fn new(endpoints: &[String], opts: ClientOptions) -> Result<Client, ClientError> {
+        let mut list: Vec<String> = endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .filter(|e| !e.trim().is_empty())
+            .map(normalize)
+            .collect();
+        list.dedup();
+        if list.is_empty() {
+            return Err(ClientError::Endpoint(
+                String::new(),
+                "no endpoint given".into(),
+            ));
+        }
+        for e in &list {
+            Endpoint::from_shared(e.clone())
+                .map_err(|err| ClientError::Endpoint(e.clone(), err.to_string()))?;
+        }
+        Ok(Client {
+            state: Arc::new(parking_lot::Mutex::new(State {
+                endpoints: list,
+                current: 0,
+                channels: HashMap::new(),
+                idle_producers: Vec::new(),
+            })),
+            opts,
+        })
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.state.lock().endpoints.clone()
+    }
+
+    fn channel_to(&self, st: &mut State, endpoint: &str) -> Result<Channel, ClientError> {
+        if let Some(c) = st.channels.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| ClientError::Endpoint(endpoint.to_owned(), e.to_string()))?
+            .connect_timeout(self.opts.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        st.channels.insert(endpoint.to_owned(), ch.clone());
+        Ok(ch)
+    }
+
+    /// The endpoint to ask now, and its channel.
+    fn current(&self) -> Result<(String, Channel), ClientError> {
+        let mut st = self.state.lock();
+        let e = st.endpoints[st.current % st.endpoints.len()].clone();
+        let ch = self.channel_to(&mut st, &e)?;
+        Ok((e, ch))
+    }
+
+    /// After a failure at `endpoint`: go to the leader it named, else to the next endpoint.
+    fn redirect(&self, endpoint: &str, status: &Status) {
+        let mut st = self.state.lock();
+        if let Some((_, addr)) = leader_hint(status) {
+            let addr = normalize(&addr);
+            if addr != endpoint {
+                let i = match st.endpoints.iter().position(|e| *e == addr) {
+                    Some(i) => i,
+                    None => {
+                        if st.endpoints.len() >= MAX_ENDPOINTS {
+                            st.endpoints.pop();
+                        }
+                        st.endpoints.push(addr);
+                        st.endpoints.len() - 1
+                    }
+                };
+                st.current = i;
+                return;
+            }
+        }
+        if st.endpoints[st.current % st.endpoints.len()] == endpoint {
+            st.current = (st.current + 1) % st.endpoints.len();
+        }
+    }
+
+    /// Runs `f` against the cluster, retrying retryable failures until the retry timeout.
+    async fn call<T, F, Fut>(&self, timeout: Duration, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.opts.retry_timeout.max(timeout);
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let (endpoint, channel) = self.current()?;
+            let status = match f(channel, timeout).await {
+                Ok(v) => return Ok(v),
+                Err(s) => s,
+            };
+            if !is_retryable(&status) || Instant::now() + backoff >= deadline {
+                return Err(ClientError::Rpc(status));
+            }
+            tracing::debug!(%endpoint, code = ?status.code(), message = status.message(), "retrying");
+            let hinted = leader_hint(&status).is_some();
+            self.redirect(&endpoint, &status);
+            if !hinted {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    fn log(&self, ch: Channel) -> LogServiceClient<Channel> {
+        LogServiceClient::new(ch)
+            .max_decoding_message_size(self.opts.max_message_bytes)
+            .max_encoding_message_size(self.opts.max_message_bytes)
+    }
+
+    fn admin(&self, ch: Channel) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(ch)
+    }
+
+    fn take_producer(&self) -> Producer {
+        if let Some(p) = self.state.lock().idle_producers.pop() {
+            return p;
+        }
+        let mut b = [0u8; 8];
+        // A random id; the time as a fallback keeps ids distinct between processes.
+        let id = match getrandom::fill(&mut b) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => crate::wal::now_us() ^ u64::from(std::process::id()) << 40,
+        };
+        Producer { id, next_seq: 1 }
+    }
+
+    fn give_back(&self, p: Producer) {
+        let mut st = self.state.lock();
+        if st.idle_producers.len() < MAX_IDLE_PRODUCERS {
+            st.idle_producers.push(p);
+        }
+    }
+
+    /// Writes one entry; returns its sequence number and timestamp.
+    pub async fn write(
+        &self,
+        tenant: &str,
+        operation: Operation,
+        data: Vec<u8>,
+    ) -> Result<WriteResponse, ClientError> {
+        self.write_batch(vec![NewEntry {
+            tenant: tenant.to_owned(),
+            operation,
+            data,
+        }])
+        .await
+    }
+
+    /// Writes entries atomically (consecutive sequence numbers), exactly once across retries.
+    pub async fn write_batch(&self, entries: Vec<NewEntry>) -> Result<WriteResponse, ClientError> {
+        let mut producer = self.take_producer();
+        let seq = producer.next_seq;
+        producer.next_seq += 1;
+        let r = self.write_batch_keyed(entries, producer.id, seq).await;
+        self.give_back(producer);
+        r
+    }
+
+    /// Writes entries atomically with the caller's idempotency key: `producer_seq` must grow
+    /// with each new write of `producer_id` (a key not newer than the producer's last applied
+    /// write returns that write's result and writes nothing). Writes of one producer id must
+    /// not run concurrently.
+    pub async fn write_batch_keyed(
+        &self,
+        entries: Vec<NewEntry>,
+        producer_id: u64,
+        producer_seq: u64,
+    ) -> Result<WriteResponse, ClientError> {
+        let (id, seq) = (producer_id, producer_seq);
+        let req = WriteBatchRequest {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::EntryInput {
+                    tenant: e.tenant,
+                    operation: proto_operation(e.operation) as i32,
+                    data: e.data,
+                })
+                .collect(),
+            producer_id: Some(id),
+            producer_seq: Some(seq),
+        };
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(req.clone());
+            rq.set_timeout(t);
+            let mut c = self.log(ch);
+            async move { c.write_batch(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Replays committed entries as a stream (checksums verified; resumes on another node if
+    /// the one serving it goes away).
+    pub async fn replay(
+        &self,
+        req: ReplayRequest,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<pb::Entry, ClientError>> + Send>>, ClientError>
+    {
+        let first = self.open_replay(req.clone()).await?;
+        let state = ReplayState {
+            client: self.clone(),
+            req: req.clone(),
+            stream: Some(first),
+            ready: VecDeque::new(),
+            left: if req.limit == 0 { u64::MAX } else { req.limit },
+            last: None,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, ReplayState::next)))
+    }
+
+    async fn open_replay(
+        &self,
+        req: ReplayRequest,
+    ) -> Result<Streaming<ReplayResponse>, ClientError> {
+        // Opening waits for min_sequence on the server: allow for it.
+        let timeout = self.opts.request_timeout + Duration::from_secs(10);
+        self.call(timeout, |ch, _| {
+            let rq = Request::new(req.clone());
+            let mut c = self.log(ch);
+            async move { c.replay(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn create_checkpoint(
+        &self,
+        name: &str,
+        tenant: Option<String>,
+        sequence: Option<u64>,
+    ) -> Result<Checkpoint, ClientError> {
+        let req = CreateCheckpointRequest {
+            name: name.to_owned(),
+            tenant,
+            sequence,
+        };
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(req.clone());
+            rq.set_timeout(t);
+            let mut c = self.log(ch);
+            async move { c.create_checkpoint(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn get_checkpoint(&self, name: &str) -> Result<Checkpoint, ClientError> {
+        let req = GetCheckpointRequest {
+            name: name.to_owned(),
+        };
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(req.clone());
+            rq.set_timeout(t);
+            let mut c = self.log(ch);
+            async move { c.get_checkpoint(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn list_checkpoints(
+        &self,
+        tenant: Option<String>,
+    ) -> Result<Vec<Checkpoint>, ClientError> {
+        let req = ListCheckpointsRequest { tenant };
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(req.clone());
+            rq.set_timeout(t);
+            let mut c = self.log(ch);
+            async move {
+                c.list_checkpoints(rq)
+                    .await
+                    .map(|r| r.into_inner().checkpoints)
+            }
+        })
+        .await
+    }
+
+    /// Drops every entry before `before` on every replica; returns the new log start.
+    pub async fn truncate(&self, before: u64) -> Result<u64, ClientError> {
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(TruncateRequest { before });
+            rq.set_timeout(t);
+            let mut c = self.log(ch);
+            async move { c.truncate(rq).await.map(|r| r.into_inner().log_start) }
+        })
+        .await
+    }
+
+    /// The segments of the first endpoint that answers.
+    pub async fn segments(&self) -> Result<ListSegmentsResponse, ClientError> {
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(ListSegmentsRequest {});
+            rq.set_timeout(t);
+            let mut c = self.log(ch);
+            async move { c.list_segments(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(ClusterStatusRequest {});
+            rq.set_timeout(t);
+            let mut c = self.admin(ch);
+            async move { c.cluster_status(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// One endpoint's own status (no retry elsewhere).
+    pub async fn node_status(&self, endpoint: &str) -> Result<Member, ClientError> {
+        let ch = {
+            let mut st = self.state.lock();
+            self.channel_to(&mut st, &normalize(endpoint))?
+        };
+        let mut rq = Request::new(NodeStatusRequest {});
+        rq.set_timeout(self.opts.request_timeout);
+        self.admin(ch)
+            .node_status(rq)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Rpc)
+    }
+
+    /// Adds a node (learner, then voter once caught up, unless `learner_only`). Waits for the
+    /// catch-up: no attempt deadline beyond the retry timeout.
+    pub async fn add_node(
+        &self,
+        id: u64,
+        address: &str,
+        learner_only: bool,
+    ) -> Result<AddNodeResponse, ClientError> {
+        let req = AddNodeRequest {
+            id,
+            address: address.to_owned(),
+            learner_only,
+        };
+        self.call(self.opts.retry_timeout, |ch, t| {
+            let mut rq = Request::new(req.clone());
+            rq.set_timeout(t);
+            let mut c = self.admin(ch);
+            async move { c.add_node(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn remove_node(&self, id: u64) -> Result<RemoveNodeResponse, ClientError> {
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(RemoveNodeRequest { id });
+            rq.set_timeout(t);
+            let mut c = self.admin(ch);
+            async move { c.remove_node(rq).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn transfer_leader(&self, to: u64) -> Result<u64, ClientError> {
+        self.call(self.opts.request_timeout, |ch, t| {
+            let mut rq = Request::new(TransferLeaderRequest { to });
+            rq.set_timeout(t);
+            let mut c = self.admin(ch);
+            async move {
+                c.transfer_leader(rq)
+                    .await
+                    .map(|r| r.into_inner().leader_id)
+            }
+        })
+        .await
+    }
+}
+
+pub fn proto_operation(op: Operation) -> pb::Operation {
+    match op {
+        Operation::Insert => pb::Operation::Insert,
+        Operation::Update => pb::Operation::Update,
+        Operation::Delete => pb::Operation::Delete,
+    }
+}
+
+/// Checks an entry's checksum against its fields.
+pub fn verify(e: &pb::Entry) -> Result<(), ClientError> {
+    let op = u8::try_from(e.operation)
+        .ok()
+        .and_then(|v| Operation::try_from(v).ok())
+        .ok_or_else(|| {
+            ClientError::Protocol(format!("entry {}: operation {}", e.sequence, e.operation))
+        })?;
+    let computed =
+        crate::wal::record::entry_checksum(e.sequence, e.timestamp_us, op, &e.tenant, &e.data);
+    if computed != e.checksum {
+        return Err(ClientError::Checksum {
+            sequence: e.sequence,
+            got: e.checksum,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+struct ReplayState {
+    client: Client,
+    req: ReplayRequest,
+    stream: Option<Streaming<ReplayResponse>>,
+    ready: VecDeque<pb::Entry>,
+    left: u64,
+    /// Sequence number of the last entry handed out.
+    last: Option<u64>,
+    done: bool,
+}
+
+impl ReplayState {
+    async fn next(mut self) -> Option<(Result<pb::Entry, ClientError>, ReplayState)> {
+        loop {
+            if self.done || self.left == 0 {
+                return None;
+            }
+            if let Some(e) = self.ready.pop_front() {
+                if let Err(err) = verify(&e) {
+                    self.done = true;
+                    return Some((Err(err), self));
+                }
+                self.left -= 1;
+                self.last = Some(e.sequence);
+                return Some((Ok(e), self));
+            }
+            let item = match self.stream.as_mut() {
+                Some(s) => s.next().await,
+                None => None,
+            };
+            match item {
+                Some(Ok(msg)) => self.ready.extend(msg.entries),
+                None if self.stream.is_some() => return None,
+                Some(Err(s)) if is_retryable(&s) => {
+                    tracing::debug!(code = ?s.code(), message = s.message(), "replay interrupted; resuming");
+                    self.stream = None;
+                }
+                Some(Err(s)) => {
+                    self.done = true;
+                    return Some((Err(ClientError::Rpc(s)), self));
+                }
+                None => {}
+            }
+            if self.stream.is_none() {
+                let mut req = self.req.clone();
+                if let Some(last) = self.last {
+                    req.start = Some(Start::FromSequence(last + 1));
+                    req.min_sequence = req.min_sequence.max(last);
+                }
+                req.limit = if self.left == u64::MAX { 0 } else { self.left };
+                match self.client.open_replay(req).await {
+                    Ok(s) => self.stream = Some(s),
+                    Err(e) => {
+                        self.done = true;
+                        return Some((Err(e), self));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The node's configuration: a YAML file, overridden by `REPLOG_<SECTION>__<KEY>` environment
+//! variables, overridden by command-line flags (figment does the layering; serde_yaml_ng parses
+//! YAML). Every key has a default, so a node runs with no file at all.
+//!
+//! ```yaml
+//! node:    { id: 1, listen: 127.0.0.1:7400, advertise: ..., metrics_listen: 127.0.0.1:9400, data_dir: ./replog-data }
+//! cluster: { name: replog, init: true, initial_members: "1=a:7400,2=b:7400", join: [a:7400] }
+//! wal:     { segment_size: 64MiB, sync_policy: immediate, retention_hours: 168, compression: zstd }
+//! raft:    { heartbeat_interval: 100ms, election_timeout_min: 500ms, election_timeout_max: 1s }
+//! limits:  { max_entry_bytes: 1MiB, max_batch_entries: 10000, ... }
+//! ```
+//!
+//! This module only parses and checks; [`Config::node_config`] turns it into what
+//! [`crate::node::Node`] takes. Bad values are refused with the key and the reason.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized};
+use serde::{Deserialize, Serialize};
+
+use crate::node::NodeConfig;
+use crate::raft::RaftTiming;
+use crate::raft::network::NetConfig;
+use crate::wal::WalConfig;
+
+/// YAML for figment, parsed by serde_yaml_ng (serde_yaml is unmaintained).
+pub struct Yaml;
+
+impl Format for Yaml {
+    type Error = serde_yaml_ng::Error;
+    const NAME: &'static str = "YAML";
+
+    fn from_str<'de, T: serde::de::DeserializeOwned>(s: &'de str) -> Result<T, Self::Error> {
+        serde_yaml_ng::from_str(s)
+    }
+}
+
+/// A configuration that cannot be used: which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("invalid configuration `{key}`: {why}"))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub cluster: ClusterSection,
+    /// The WAL's keys (see [`WalConfig`]). In a node the WAL lives in `<data_dir>/wal`.
+    pub wal: WalConfig,
+    pub raft: RaftSection,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Unique in the cluster, >= 1. Default 1.
+    pub id: u64,
+    /// gRPC address to bind. Default `127.0.0.1:7400`.
+    pub listen: String,
+    /// Address other nodes and clients use. Default: `listen`.
+    pub advertise: Option<String>,
+    /// Prometheus `/metrics` over HTTP. Default `127.0.0.1:9400`; `""` turns it off.
+    pub metrics_listen: String,
+    /// Holds `wal/`, `sled/` and the Raft metadata. Default `./replog-data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: 1,
+            listen: "127.0.0.1:7400".to_owned(),
+            advertise: None,
+            metrics_listen: "127.0.0.1:9400".to_owned(),
+            data_dir: PathBuf::from("./replog-data"),
+        }
+    }
+}
+
+/// How a node joins a cluster. With neither `initial_members` nor `join`, a node that was never
+/// initialized starts a single-node cluster of its own (unless `init: false`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Raft's cluster name (messages from another cluster are refused). Default `replog`.
+    pub name: String,
+    /// Initialize a single-node cluster on first start. Default: true when neither
+    /// `initial_members` nor `join` is set.
+    pub init: Option<bool>,
+    /// Static bootstrap, identical on every first member: `"1=host:port,2=host:port,..."`.
+    pub initial_members: Option<String>,
+    /// Endpoints of an existing cluster: this node, uninitialized, asks them to add it (as a
+    /// learner, then a voter once caught up).
+    pub join: Vec<String>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            name: "replog".to_owned(),
+            init: None,
+            initial_members: None,
+            join: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSection {
+    /// Default 100ms.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Default 500ms: well above 10x an append's latency (an fsync).
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    /// Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Entries per AppendEntries at most. Default 4096.
+    pub max_payload_entries: u64,
+    /// Bytes of entries per AppendEntries at most (one entry is always sent whole). Default 8MiB.
+    pub append_max_bytes: ByteSize,
+    /// Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let t = RaftTiming::default();
+        let n = NetConfig::default();
+        RaftSection {
+            heartbeat_interval: t.heartbeat_interval,
+            election_timeout_min: t.election_timeout_min,
+            election_timeout_max: t.election_timeout_max,
+            max_payload_entries: 4096,
+            append_max_bytes: ByteSize(n.append_max_bytes as u64),
+            connect_timeout: n.connect_timeout,
+        }
+    }
+}
+
+/// What one request, stream or client may take. Each refusal names the key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Data bytes of one entry. Default 1MiB (Kafka's default message size).
+    pub max_entry_bytes: ByteSize,
+    /// Entries in one `WriteBatch`. Default 10000.
+    pub max_batch_entries: usize,
+    /// Data bytes of one `WriteBatch`. Default 8MiB (below the WAL's 16MiB frame limit).
+    pub max_batch_bytes: ByteSize,
+    /// Largest gRPC message, both directions, client API and Raft. Default 64MiB.
+    pub max_message_bytes: ByteSize,
+    /// Replay streams open at once on a node. Default 256.
+    pub max_replay_streams: usize,
+    /// Entries per replay message at most. Default 1024.
+    pub replay_batch_entries: usize,
+    /// Replay messages buffered per stream before the reader waits for the client. Default 8.
+    pub replay_buffer_messages: usize,
+    /// How long a replay with `min_sequence` waits for this node to apply it. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub min_sequence_wait: Duration,
+    /// A replica serves replay only if it heard from the leader within this. Default 3s.
+    #[serde(with = "humantime_serde")]
+    pub max_leader_silence: Duration,
+    /// ... and is at most this many entries behind what it knows is committed. Default 10000.
+    pub max_lag_entries: u64,
+    /// Producers remembered for idempotent retries. Default 100000.
+    pub max_producers: usize,
+    /// Named checkpoints at most. Default 10000.
+    pub max_checkpoints: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entry_bytes: ByteSize::mib(1),
+            max_batch_entries: 10_000,
+            max_batch_bytes: ByteSize::mib(8),
+            max_message_bytes: ByteSize::mib(64),
+            max_replay_streams: 256,
+            replay_batch_entries: 1024,
+            replay_buffer_messages: 8,
+            min_sequence_wait: Duration::from_secs(10),
+            max_leader_silence: Duration::from_secs(3),
+            max_lag_entries: 10_000,
+            max_producers: crate::raft::state_machine::DEFAULT_MAX_PRODUCERS,
+            max_checkpoints: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pos = |key: &str, v: u64| {
+            if v == 0 {
+                Err(bad(&format!("limits.{key}"), "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        pos("max_entry_bytes", self.max_entry_bytes.as_u64())?;
+        pos("max_batch_entries", self.max_batch_entries as u64)?;
+        pos("max_batch_bytes", self.max_batch_bytes.as_u64())?;
+        pos("max_replay_streams", self.max_replay_streams as u64)?;
+        pos("replay_batch_entries", self.replay_batch_entries as u64)?;
+        pos("replay_buffer_messages", self.replay_buffer_messages as u64)?;
+        pos("max_lag_entries", self.max_lag_entries)?;
+        pos("max_producers", self.max_producers as u64)?;
+        pos("max_checkpoints", self.max_checkpoints as u64)?;
+        let msg = self.max_message_bytes.as_u64();
+        if !(4 << 20..=1 << 30).contains(&msg) {
+            return Err(bad(
+                "limits.max_message_bytes",
+                format!("{msg} bytes is outside 4MiB..=1GiB"),
+            ));
+        }
+        if self.max_batch_bytes.as_u64() + (1 << 20) > msg {
+            return Err(bad(
+                "limits.max_batch_bytes",
+                "must be at least 1MiB below limits.max_message_bytes",
+            ));
+        }
+        if self.max_entry_bytes > self.max_batch_bytes {
+            return Err(bad(
+                "limits.max_entry_bytes",
+                "must not exceed limits.max_batch_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the file/env value.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<BTreeMap<&'static str, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<BTreeMap<&'static str, serde_json::Value>>,
+}
+
+impl Config {
+    /// Layers: defaults, then the YAML file (which must exist if given), then `REPLOG_*__*`
+    /// environment variables, then flags.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Yaml::file_exact(path));
+        }
+        // Only nested keys (`REPLOG_WAL__SYNC_POLICY`): `REPLOG_ENDPOINTS` is the client's.
+        let env = Env::prefixed("REPLOG_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        let cfg: Config = fig
+            .merge(env)
+            .merge(Serialized::globals(flags))
+            .extract()
+            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id == 0 {
+            return Err(bad("node.id", "must be at least 1"));
+        }
+        parse_addr("node.listen", &self.node.listen)?;
+        if let Some(a) = &self.node.advertise {
+            check_host_port("node.advertise", a)?;
+        }
+        if !self.node.metrics_listen.is_empty() {
+            parse_addr("node.metrics_listen", &self.node.metrics_listen)?;
+        }
+        let wal_dir = self.node.data_dir.join("wal");
+        if self.wal.directory != WalConfig::default().directory && self.wal.directory != wal_dir {
+            return Err(bad(
+                "wal.directory",
+                format!(
+                    "a node keeps its WAL in <node.data_dir>/wal ({}); set node.data_dir instead",
+                    wal_dir.display()
+                ),
+            ));
+        }
+        let mut wal = self.wal.clone();
+        wal.directory = wal_dir;
+        wal.validate()
+            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        if let Some(m) = &self.cluster.initial_members {
+            let members = parse_members(m)?;
+            if !members.contains_key(&self.node.id) {
+                return Err(bad(
+                    "cluster.initial_members",
+                    format!("does not include this node's id {}", self.node.id),
+                ));
+            }
+            if !self.cluster.join.is_empty() {
+                return Err(bad(
+                    "cluster.join",
+                    "cannot be combined with cluster.initial_members",
+                ));
+            }
+        }
+        for j in &self.cluster.join {
+            check_host_port("cluster.join", j)?;
+        }
+        self.node_config()?.raft_config_check()?;
+        self.limits.validate()
+    }
+
+    /// What the node takes, resolved (addresses parsed, paths joined).
+    pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
+        let listen = parse_addr("node.listen", &self.node.listen)?;
+        let mut cfg = NodeConfig::new(self.node.id, listen, &self.node.data_dir);
+        cfg.advertise = self.node.advertise.clone();
+        cfg.metrics_listen = if self.node.metrics_listen.is_empty() {
+            None
+        } else {
+            Some(parse_addr(
+                "node.metrics_listen",
+                &self.node.metrics_listen,
+            )?)
+        };
+        cfg.wal = WalConfig {
+            directory: self.node.data_dir.join("wal"),
+            ..self.wal.clone()
+        };
+        cfg.raft = RaftTiming {
+            heartbeat_interval: self.raft.heartbeat_interval,
+            election_timeout_min: self.raft.election_timeout_min,
+            election_timeout_max: self.raft.election_timeout_max,
+        };
+        cfg.net = NetConfig {
+            max_message_bytes: self.limits.max_message_bytes.as_u64() as usize,
+            append_max_bytes: self.raft.append_max_bytes.as_u64() as usize,
+            connect_timeout: self.raft.connect_timeout,
+        };
+        cfg.max_payload_entries = self.raft.max_payload_entries;
+        cfg.cluster_name = self.cluster.name.clone();
+        cfg.max_producers = self.limits.max_producers;
+        cfg.limits = self.limits.clone();
+        cfg.initial_members = match &self.cluster.initial_members {
+            Some(m) => Some(parse_members(m)?),
+            None => None,
+        };
+        let init = self
+            .cluster
+            .init
+            .unwrap_or(cfg.initial_members.is_none() && self.cluster.join.is_empty());
+        cfg.init = init && cfg.initial_members.is_none();
+        cfg.join = self.cluster.join.clone();
+        Ok(cfg)
+    }
+}
+
+impl NodeConfig {
+    fn raft_config_check(&self) -> Result<(), ConfigError> {
+        crate::raft::openraft_config(&self.cluster_name, &self.raft, self.max_payload_entries)
+            .map(|_| ())
+            .map_err(|e| bad("raft", e))
+    }
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|e| bad(key, format!("{s:?} is not an IP:port address ({e})")))
+}
+
+/// `host:port` with a numeric port (host names are allowed: they are resolved when used).
+fn check_host_port(key: &str, s: &str) -> Result<(), ConfigError> {
+    let ok = s
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(key, format!("{s:?} is not a host:port address")))
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_members(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let key = "cluster.initial_members";
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| bad(key, format!("{part:?} is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| bad(key, format!("{id:?} is not a node id (>= 1)")))?;
+        check_host_port(key, addr.trim())?;
+        if out.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(bad(key, format!("node id {id} appears twice")));
+        }
+    }
+    if out.is_empty() {
+        return Err(bad(key, "is empty"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_a_single_node_cluster() {
+        let cfg = Config::load(None, &FlagOverrides::default()).unwrap();
+        let n = cfg.node_config().unwrap();
+        assert_eq!(n.listen.to_string(), "127.0.0.1:7400");
+        assert_eq!(n.metrics_listen.unwrap().to_string(), "127.0.0.1:9400");
+        assert_eq!(n.wal.directory, PathBuf::from("./replog-data/wal"));
+        assert!(n.init);
+        assert_eq!(n.initial_members, None);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("n.yaml");
+        std::fs::write(
+            &f,
+            "node:\n  id: 2\n  listen: 127.0.0.1:7402\n  data_dir: /tmp/x\n\
+             cluster:\n  initial_members: \"1=127.0.0.1:7401,2=127.0.0.1:7402\"\n\
+             wal:\n  segment_size: 8MiB\n  sync_policy: periodic\n\
+             raft:\n  heartbeat_interval: 50ms\n\
+             limits:\n  max_entry_bytes: 4KiB\n",
+        )
+        .unwrap();
+        let flags = FlagOverrides {
+            node: Some(BTreeMap::from([(
+                "listen",
+                serde_json::json!("127.0.0.1:7412"),
+            )])),
+            ..Default::default()
+        };
+        let cfg = Config::load(Some(&f), &flags).unwrap();
+        assert_eq!(cfg.node.id, 2);
+        assert_eq!(cfg.node.listen, "127.0.0.1:7412");
+        assert_eq!(cfg.wal.segment_size, ByteSize::mib(8));
+        assert_eq!(cfg.raft.heartbeat_interval, Duration::from_millis(50));
+        assert_eq!(cfg.limits.max_entry_bytes, ByteSize::kib(4));
+        let n = cfg.node_config().unwrap();
+        assert_eq!(n.initial_members.unwrap().len(), 2);
+        assert_eq!(n.wal.directory, PathBuf::from("/tmp/x/wal"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (yaml, key) in [
+            ("node:\n  id: 0\n", "node.id"),
+            ("node:\n  listen: nowhere\n", "node.listen"),
+            ("wal:\n  segment_size: 1KiB\n", "segment_size"),
+            ("wal:\n  sync_policy: sometimes\n", "sync_policy"),
+            (
+                "limits:\n  max_batch_entries: 0\n",
+                "limits.max_batch_entries",
+            ),
+            ("nodes:\n  id: 1\n", "nodes"),
+            (
+                "cluster:\n  initial_members: \"2=a:1\"\n",
+                "cluster.initial_members",
+            ),
+        ] {
+            let f = dir.path().join("c.yaml");
+            std::fs::write(&f, yaml).unwrap();
+            let e = Config::load(Some(&f), &FlagOverrides::default()).unwrap_err();
+            assert!(e.0.contains(key), "{yaml:?}: {e}");
+        }
+        let e = Config::load(
+            Some(&dir.path().join("none.yaml")),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn members_parse() {
+        let m = parse_members("1=a:1, 2=b:2").unwrap();
+        assert_eq!(m[&2], "b:2");
+        assert!(parse_members("1=a:1,1=b:2").is_err());
+        assert!(parse_members("x=a:1").is_err());
+        assert!(parse_members("1=a").is_err());
+    }
+}

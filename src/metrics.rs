@@ -1,0 +1,171 @@
+//! The node's Prometheus registry and `/metrics` over HTTP.
+//!
+//! One registry per node holds the WAL's metrics (`wal_*`, registered by the WAL) and the ones
+//! below (`replog_*`). Raft gauges are refreshed from openraft's metrics by a task of the node;
+//! API metrics are recorded by the gRPC services. Names follow Prometheus conventions (base
+//! units, `_total` counters), which the tests check with a text-format parser.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub registry: Registry,
+    pub term: IntGauge,
+    pub is_leader: IntGauge,
+    pub has_leader: IntGauge,
+    pub leader_changes: IntCounter,
+    pub last_log_index: IntGauge,
+    pub commit_index: IntGauge,
+    pub applied_index: IntGauge,
+    pub replication_lag: IntGaugeVec,
+    pub in_sync: IntGauge,
+    pub write_duration: Histogram,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_duration: HistogramVec,
+    pub replay_streams: IntGauge,
+    pub replayed_entries: IntCounter,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl NodeMetrics {
+    pub fn new() -> prometheus::Result<NodeMetrics> {
+        let r = Registry::new();
+        let latency = prometheus::exponential_buckets(0.000_1, 2.0, 16)?;
+        let write_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "replog_write_duration_seconds",
+                "Time from receiving a write on the leader to acknowledging it (committed, applied).",
+            )
+            .buckets(latency.clone()),
+        )?;
+        r.register(Box::new(write_duration.clone()))?;
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "replog_grpc_requests_total",
+                "Public gRPC requests handled, by method and status code.",
+            ),
+            &["method", "code"],
+        )?;
+        r.register(Box::new(grpc_requests.clone()))?;
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "replog_grpc_request_duration_seconds",
+                "Duration of unary public gRPC requests (streams: until the first message), by method.",
+            )
+            .buckets(latency),
+            &["method"],
+        )?;
+        r.register(Box::new(grpc_duration.clone()))?;
+        let replication_lag = IntGaugeVec::new(
+            Opts::new(
+                "replog_raft_replication_lag_entries",
+                "On the leader: entries each peer's log is behind the leader's last index.",
+            ),
+            &["peer"],
+        )?;
+        r.register(Box::new(replication_lag.clone()))?;
+        Ok(NodeMetrics {
+            term: gauge(&r, "replog_raft_term", "Current Raft term of this node.")?,
+            is_leader: gauge(&r, "replog_raft_is_leader", "1 if this node is the leader.")?,
+            has_leader: gauge(
+                &r,
+                "replog_raft_has_leader",
+                "1 if this node knows a leader.",
+            )?,
+            leader_changes: counter(
+                &r,
+                "replog_raft_leader_changes_total",
+                "Times the leader this node knows changed.",
+            )?,
+            last_log_index: gauge(
+                &r,
+                "replog_raft_last_log_index",
+                "Last Raft log index held.",
+            )?,
+            commit_index: gauge(
+                &r,
+                "replog_raft_commit_index",
+                "Last committed Raft index known.",
+            )?,
+            applied_index: gauge(&r, "replog_raft_applied_index", "Last Raft index applied.")?,
+            in_sync: gauge(
+                &r,
+                "replog_replica_in_sync",
+                "1 if this node serves replay (hears from the leader, applied what is committed).",
+            )?,
+            replay_streams: gauge(&r, "replog_replay_streams", "Replay streams open.")?,
+            replayed_entries: counter(
+                &r,
+                "replog_replayed_entries_total",
+                "Entries sent by replay and segment reads.",
+            )?,
+            registry: r,
+            replication_lag,
+            write_duration,
+            grpc_requests,
+            grpc_duration,
+        })
+    }
+
+    /// The registry in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: NodeMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "the metrics server stopped");
+    }
+}
+
+/// Binds the metrics listener (so a bad address fails the node's start, not later).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

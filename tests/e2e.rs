@@ -1,0 +1,539 @@
+//! End to end through the real binary: `replog serve` processes (port 0, temp dirs) driven by
+//! the `replog` CLI, as a user would.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::process::*;
+
+const SYNC: Duration = Duration::from_secs(60);
+
+/// Node 1 initialises a cluster; nodes 2..=n start empty and are added with `cluster add-node`.
+fn start_cluster(dir: &std::path::Path, n: u64) -> Vec<ServeProc> {
+    let mut nodes = vec![ServeProc::start(1, dir, "127.0.0.1:0", &["--init"])];
+    for id in 2..=n {
+        let p = ServeProc::start(id, dir, "127.0.0.1:0", &["--no-init"]);
+        ok(&[
+            "cluster",
+            "add-node",
+            "--id",
+            &id.to_string(),
+            "--addr",
+            &p.addr,
+            "--endpoints",
+            &nodes[0].addr,
+        ]);
+        nodes.push(p);
+    }
+    let ids: Vec<u64> = (1..=n).collect();
+    wait_until("every member in sync", SYNC, || {
+        all_in_sync(&status(&nodes[0].addr), &ids)
+    });
+    nodes
+}
+
+fn leader_of(nodes: &[ServeProc]) -> usize {
+    let s = status(&nodes[0].addr);
+    let id = s["leader_id"].as_u64().expect("a leader");
+    nodes
+        .iter()
+        .position(|n| n.id == id)
+        .expect("leader is one of ours")
+}
+
+fn replay_all(endpoint: &str) -> Vec<(u64, String, String)> {
+    replay_lines(&ok(&["replay", "--endpoints", endpoint]))
+}
+
+#[test]
+fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3);
+    let leader = leader_of(&nodes);
+    let follower = (leader + 1) % 3;
+
+    // 1,000 entries through a follower (forwarded to the leader).
+    let input: String = (0..1000).map(|i| format!("entry-{i}\n")).collect();
+    let out = ok_in(
+        &[
+            "write",
+            "--tenant",
+            "orders",
+            "--endpoints",
+            &nodes[follower].addr,
+        ],
+        input.as_bytes(),
+    );
+    let seqs: Vec<u64> = out.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
+
+    // Every node serves the same 1,000 entries itself (its replay counter moves).
+    let expected: Vec<(u64, String, String)> = (0..1000)
+        .map(|i| (i + 1, "orders".to_owned(), format!("entry-{i}")))
+        .collect();
+    for n in &nodes {
+        let before = n.metric("replog_replayed_entries_total");
+        assert_eq!(replay_all(&n.addr), expected, "replay from node {}", n.id);
+        assert!(n.metric("replog_replayed_entries_total") >= before + 1000.0);
+    }
+    let s = status(&nodes[follower].addr);
+    assert!(all_in_sync(&s, &[1, 2, 3]), "{s}");
+    let leaders = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "leader")
+        .count();
+    assert_eq!(leaders, 1, "{s}");
+    for key in [
+        "id",
+        "address",
+        "role",
+        "voter",
+        "term",
+        "last_index",
+        "commit_index",
+        "lag",
+        "in_sync",
+    ] {
+        assert!(
+            s["members"][0].get(key).is_some(),
+            "member field {key}: {s}"
+        );
+    }
+
+    // replay --follow on a follower receives entries written after it started.
+    let mut follow = Command::new(BIN)
+        .args([
+            "replay",
+            "--follow",
+            "--from",
+            "1001",
+            "--endpoints",
+            &nodes[follower].addr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let later: String = (0..5).map(|i| format!("later-{i}\n")).collect();
+    ok_in(
+        &[
+            "write",
+            "--tenant",
+            "orders",
+            "--endpoints",
+            &nodes[leader].addr,
+        ],
+        later.as_bytes(),
+    );
+    let got: Vec<String> = (0..5)
+        .map(|_| rx.recv_timeout(SYNC).expect("a followed entry"))
+        .collect();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let got = replay_lines(&got.join("\n"));
+    assert_eq!(
+        got.iter().map(|e| e.2.as_str()).collect::<Vec<_>>(),
+        ["later-0", "later-1", "later-2", "later-3", "later-4"]
+    );
+
+    // Read-your-writes on a follower.
+    let seq = ok(&[
+        "write",
+        "--tenant",
+        "rw",
+        "--data",
+        "mine",
+        "--endpoints",
+        &nodes[leader].addr,
+    ]);
+    let seq = seq.trim();
+    let got = ok(&[
+        "replay",
+        "--from",
+        seq,
+        "--min-sequence",
+        seq,
+        "--limit",
+        "1",
+        "--endpoints",
+        &nodes[follower].addr,
+    ]);
+    assert_eq!(
+        replay_lines(&got),
+        [(seq.parse().unwrap(), "rw".into(), "mine".into())]
+    );
+
+    // Grow to 4: the new node replays everything.
+    let n4 = ServeProc::start(4, dir.path(), "127.0.0.1:0", &["--no-init"]);
+    ok(&[
+        "cluster",
+        "add-node",
+        "--id",
+        "4",
+        "--addr",
+        &n4.addr,
+        "--endpoints",
+        &nodes[follower].addr,
+    ]);
+    wait_until("4 members in sync", SYNC, || {
+        all_in_sync(&status(&n4.addr), &[1, 2, 3, 4])
+    });
+    assert_eq!(replay_all(&n4.addr), replay_all(&nodes[leader].addr));
+    assert_eq!(replay_all(&n4.addr).len(), 1006);
+    nodes.push(n4);
+
+    // Shrink back to 3.
+    ok(&[
+        "cluster",
+        "remove-node",
+        "--id",
+        "4",
+        "--endpoints",
+        &nodes[0].addr,
+    ]);
+    wait_until("3 members again", SYNC, || {
+        all_in_sync(&status(&nodes[leader].addr), &[1, 2, 3])
+    });
+    nodes.pop().unwrap().stop();
+    let health = cli(
+        &["cluster", "health", "--endpoints", &nodes[0].addr],
+        b"",
+        SYNC,
+    );
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn sigkill_the_leader_during_writes_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3);
+    let endpoints: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
+    let endpoints = endpoints.join(",");
+    let total = 2000;
+
+    let mut writer = Command::new(BIN)
+        .args([
+            "write",
+            "--tenant",
+            "pay",
+            "--endpoints",
+            &endpoints,
+            "--retry-timeout",
+            "60s",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..total {
+            if writeln!(stdin, "line-{i}").is_err() {
+                break;
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    let stdout = writer.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut acked: Vec<u64> = Vec::new();
+    while acked.len() < 300 {
+        acked.push(rx.recv_timeout(SYNC).expect("acks").parse().unwrap());
+    }
+    let leader = leader_of(&nodes);
+    let killed_addr = nodes[leader].addr.clone();
+    nodes[leader].kill();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) {
+        acked.push(line.parse().unwrap());
+        if acked.len() == total {
+            break;
+        }
+    }
+    let status_w = writer.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut writer.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status_w.success(), "writer failed: {err}");
+    assert_eq!(acked.len(), total, "every line acknowledged");
+
+    // The killed node comes back on its address and catches up.
+    let id = nodes[leader].id;
+    nodes[leader] = ServeProc::start(id, dir.path(), &killed_addr, &[]);
+    wait_until("all 3 in sync after the restart", SYNC, || {
+        all_in_sync(&status(&nodes[0].addr), &[1, 2, 3])
+    });
+    wait_until("the restarted node applied everything", SYNC, || {
+        replay_all(&nodes[leader].addr).len() == total
+    });
+
+    // Every acknowledged write exactly once, with the sequence number it was acknowledged
+    // with, on every node.
+    for n in &nodes {
+        let entries = replay_all(&n.addr);
+        let mut by_data: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (seq, _, data) in &entries {
+            by_data.entry(data.clone()).or_default().push(*seq);
+        }
+        assert_eq!(by_data.len(), total, "node {}: every line once", n.id);
+        assert!(
+            by_data.values().all(|s| s.len() == 1),
+            "node {}: a duplicate",
+            n.id
+        );
+        let mut seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
+        seqs.sort();
+        let mut acked_sorted = acked.clone();
+        acked_sorted.sort();
+        assert_eq!(
+            seqs, acked_sorted,
+            "node {}: acknowledged sequence numbers",
+            n.id
+        );
+        for (i, line) in (0..total).map(|i| (i, format!("line-{i}"))) {
+            assert_eq!(by_data[&line][0], acked[i], "node {}: {line}", n.id);
+        }
+    }
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn bad_input_gets_the_documented_code_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = ServeProc::start(1, dir.path(), "127.0.0.1:0", &[]);
+    let ep = node.addr.clone();
+    let input: String = (0..10).map(|i| format!("e{i}\n")).collect();
+    ok_in(
+        &["write", "--tenant", "t", "--endpoints", &ep],
+        input.as_bytes(),
+    );
+    let before = ok(&["replay", "--endpoints", &ep]);
+
+    let e = fails(
+        &[
+            "write",
+            "--tenant",
+            "bad tenant",
+            "--data",
+            "x",
+            "--endpoints",
+            &ep,
+        ],
+        b"",
+        1,
+    );
+    assert!(
+        e.contains("INVALID_ARGUMENT") && e.contains("[A-Za-z0-9._-]"),
+        "{e}"
+    );
+    let long = "t".repeat(129);
+    let e = fails(
+        &[
+            "write",
+            "--tenant",
+            &long,
+            "--data",
+            "x",
+            "--endpoints",
+            &ep,
+        ],
+        b"",
+        1,
+    );
+    assert!(e.contains("INVALID_ARGUMENT") && e.contains("1-128"), "{e}");
+    let big = vec![b'x'; 1_100_000];
+    let e = fails(&["write", "--tenant", "t", "--endpoints", &ep], &big, 1);
+    assert!(
+        e.contains("RESOURCE_EXHAUSTED") && e.contains("limits.max_entry_bytes"),
+        "{e}"
+    );
+    let e = fails(
+        &["checkpoint", "get", "--name", "nope", "--endpoints", &ep],
+        b"",
+        1,
+    );
+    assert!(e.contains("NOT_FOUND") && e.contains("nope"), "{e}");
+    let e = fails(
+        &["replay", "--checkpoint", "nope", "--endpoints", &ep],
+        b"",
+        1,
+    );
+    assert!(e.contains("NOT_FOUND"), "{e}");
+    let e = fails(
+        &[
+            "checkpoint",
+            "create",
+            "--name",
+            "c",
+            "--sequence",
+            "99",
+            "--endpoints",
+            &ep,
+        ],
+        b"",
+        1,
+    );
+    assert!(e.contains("FAILED_PRECONDITION") && e.contains("10"), "{e}");
+    assert_eq!(
+        ok(&["replay", "--endpoints", &ep]),
+        before,
+        "bad input changed the log"
+    );
+
+    ok(&["truncate", "--before", "5", "--endpoints", &ep]);
+    let e = fails(&["replay", "--from", "2", "--endpoints", &ep], b"", 1);
+    assert!(
+        e.contains("OUT_OF_RANGE") && e.contains("log start 5"),
+        "{e}"
+    );
+    let after = replay_lines(&ok(&["replay", "--endpoints", &ep]));
+    assert_eq!(after.first().map(|e| e.0), Some(5));
+    assert_eq!(after.len(), 6);
+
+    // Bad configuration: one message, exit code 2.
+    let e = fails(&["serve", "--config", "/nonexistent/replog.yaml"], b"", 2);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = fails(
+        &["serve", "--listen", "nowhere", "--data-dir", "/tmp/x"],
+        b"",
+        2,
+    );
+    assert!(e.contains("node.listen"), "{e}");
+    node.stop();
+}
+
+/// `/metrics` parses as Prometheus text and follows the naming rules promtool checks.
+#[test]
+fn metrics_parse_and_follow_prometheus_conventions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = ServeProc::start(1, dir.path(), "127.0.0.1:0", &[]);
+    ok(&[
+        "write",
+        "--tenant",
+        "m",
+        "--data",
+        "x",
+        "--endpoints",
+        &node.addr,
+    ]);
+    fails(
+        &[
+            "write",
+            "--tenant",
+            "b d",
+            "--data",
+            "x",
+            "--endpoints",
+            &node.addr,
+        ],
+        b"",
+        1,
+    );
+    wait_until("is_leader reported", SYNC, || {
+        node.metric("replog_raft_is_leader") == 1.0
+    });
+    let text = node.scrape();
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    let names: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for want in [
+        "replog_raft_term",
+        "replog_raft_is_leader",
+        "replog_raft_has_leader",
+        "replog_raft_leader_changes_total",
+        "replog_raft_commit_index",
+        "replog_raft_applied_index",
+        "replog_write_duration_seconds",
+        "replog_grpc_requests_total",
+        "wal_entries_written_total",
+        "wal_sync_duration_seconds",
+    ] {
+        assert!(names.contains(want), "{want} missing from {names:?}");
+    }
+    let codes: Vec<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "replog_grpc_requests_total")
+        .filter_map(|s| s.labels.get("code"))
+        .collect();
+    assert!(
+        codes.contains(&"OK") && codes.contains(&"INVALID_ARGUMENT"),
+        "{codes:?}"
+    );
+    lint(&text);
+    node.stop();
+}
+
+/// The rules of promtool's `check metrics` linter that apply to what we export.
+fn lint(text: &str) {
+    let mut problems = Vec::new();
+    let mut helped = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_owned());
+        }
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        if !helped.contains(name) {
+            problems.push(format!("{name}: no help text"));
+        }
+        if kind == "counter" && !name.ends_with("_total") {
+            problems.push(format!("{name}: counter names end in _total"));
+        }
+        if kind != "counter" && name.ends_with("_total") {
+            problems.push(format!("{name}: only counters end in _total"));
+        }
+        let reserved = ["_bucket", "_sum"].iter().any(|s| name.ends_with(s))
+            || (name.ends_with("_count") && name != "wal_segments_count");
+        if kind != "histogram" && kind != "summary" && reserved {
+            problems.push(format!("{name}: reserved suffix"));
+        }
+        if name.chars().any(|c| c.is_ascii_uppercase()) {
+            problems.push(format!("{name}: not snake_case"));
+        }
+        for unit in [
+            "_ms",
+            "_us",
+            "_milliseconds",
+            "_microseconds",
+            "_kb",
+            "_mb",
+            "_kilobytes",
+        ] {
+            if name.contains(unit) {
+                problems.push(format!("{name}: use base units"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
