@@ -44,6 +44,10 @@ fn the_five_wal_metrics_are_registered_and_move() {
         value(&registry, "wal_segments_count"),
         wal.segments().len() as f64
     );
+    assert_eq!(
+        value(&registry, "wal_segments"),
+        wal.segments().len() as f64
+    );
     assert!(
         value(&registry, "wal_sync_duration_seconds") >= 100.0,
         "immediate: an fsync per lone write"

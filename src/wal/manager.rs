@@ -237,7 +237,7 @@ impl Manager {
         metrics
             .replay_duration
             .observe(started.elapsed().as_secs_f64());
-        metrics.segments.set(recovered.state.segments.len() as i64);
+        metrics.set_segments(recovered.state.segments.len());
         let cache_len = std::num::NonZeroUsize::new(cfg.index_cache_segments)
             .unwrap_or(std::num::NonZeroUsize::MIN);
         let shared = Arc::new(Shared {

@@ -6,7 +6,10 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 pub struct WalMetrics {
     pub entries_written: IntCounter,
     pub bytes_written: IntCounter,
+    /// `wal_segments_count`: the name issue 2 fixed. promtool flags the `_count` suffix on a
+    /// gauge, so the same value is also exported as `wal_segments`.
     pub segments: IntGauge,
+    pub segments_gauge: IntGauge,
     pub replay_duration: Histogram,
     pub sync_duration: Histogram,
 }
@@ -27,6 +30,10 @@ impl WalMetrics {
                 "wal_segments_count",
                 "Segment files currently held by the WAL.",
             )?,
+            segments_gauge: IntGauge::new(
+                "wal_segments",
+                "Segment files currently held by the WAL (wal_segments_count under a name promtool accepts).",
+            )?,
             replay_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "wal_replay_duration_seconds",
@@ -43,9 +50,15 @@ impl WalMetrics {
             r.register(Box::new(m.entries_written.clone()))?;
             r.register(Box::new(m.bytes_written.clone()))?;
             r.register(Box::new(m.segments.clone()))?;
+            r.register(Box::new(m.segments_gauge.clone()))?;
             r.register(Box::new(m.replay_duration.clone()))?;
             r.register(Box::new(m.sync_duration.clone()))?;
         }
         Ok(m)
+    }
+
+    pub fn set_segments(&self, n: usize) {
+        self.segments.set(n as i64);
+        self.segments_gauge.set(n as i64);
     }
 }

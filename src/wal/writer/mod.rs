@@ -619,7 +619,7 @@ impl Writer {
             );
             st.segments.len()
         };
-        self.sh.metrics.segments.set(count as i64);
+        self.sh.metrics.set_segments(count);
         self.active_id = header.first_index;
         self.active_file = prepared.file;
         self.active_len = SEGMENT_HEADER_LEN as u64;
