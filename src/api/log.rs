@@ -248,7 +248,13 @@ impl LogApi {
         Ok(self.core.log_start()?.max(replicated))
     }
 
-    fn replay_open(&self, r: ReplayRequest, require_sync: bool) -> Result<EntryStream, ApiError> {
+    /// Checks the request and where it starts (waiting for `min_sequence`), so a bad replay
+    /// fails as the call's status; then streams from a task.
+    async fn replay_open(
+        &self,
+        r: ReplayRequest,
+        require_sync: bool,
+    ) -> Result<EntryStream, ApiError> {
         if let Some(t) = &r.tenant {
             check_name("tenant", t)?;
         }
@@ -267,7 +273,8 @@ impl LogApi {
             tx,
             _permit: permit,
         };
-        tokio::spawn(reader.run());
+        let start = reader.start().await?;
+        tokio::spawn(reader.run(start));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
@@ -284,13 +291,13 @@ struct Replayer {
 }
 
 impl Replayer {
-    async fn run(self) {
+    async fn run(self, start: (SequenceNumber, Option<String>)) {
         let core = self.core.clone();
         core.metrics.replay_streams.inc();
         let tx = self.tx.clone();
         let stopped = core.stopped();
         let r = tokio::select! {
-            r = self.stream() => r,
+            r = self.stream(start) => r,
             _ = stopped => Err(ApiError::Unavailable(format!("node {} is stopping", core.id()))),
             _ = tx.closed() => Ok(()),
         };
@@ -349,8 +356,8 @@ impl Replayer {
         Ok((from, tenant))
     }
 
-    async fn stream(&self) -> Result<(), ApiError> {
-        let (mut pos, tenant) = self.start().await?;
+    async fn stream(&self, start: (SequenceNumber, Option<String>)) -> Result<(), ApiError> {
+        let (mut pos, tenant) = start;
         let tenant: Option<Arc<str>> = tenant.map(Into::into);
         let mut left = if self.req.limit == 0 {
             u64::MAX
@@ -501,6 +508,7 @@ impl LogService for LogApi {
     async fn replay(&self, req: Request<ReplayRequest>) -> Result<Response<EntryStream>, Status> {
         observed(&self.core, "Replay", async {
             self.replay_open(req.into_inner(), true)
+                .await
                 .map(Response::new)
                 .map_err(to_status)
         })
@@ -668,6 +676,7 @@ impl LogService for LogApi {
                 ));
             }
             self.replay_open(req, false)
+                .await
                 .map(Response::new)
                 .map_err(to_status)
         })
