@@ -116,6 +116,9 @@ struct State {
     current: usize,
     channels: HashMap<String, Channel>,
     idle_producers: Vec<Producer>,
+    /// The highest sequence number this client has written: its replays wait until the node
+    /// serving them has applied it (read-your-writes on any replica).
+    last_written: u64,
 }
 
 /// A client of a replog cluster. Cheap to clone; share one per process.
@@ -172,6 +175,7 @@ impl Client {
                 current: 0,
                 channels: HashMap::new(),
                 idle_producers: Vec::new(),
+                last_written: 0,
             })),
             opts,
         })
@@ -233,7 +237,7 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + self.opts.retry_timeout.max(timeout);
+        let deadline = Instant::now() + self.opts.retry_timeout;
         let mut backoff = BACKOFF_MIN;
         loop {
             let (endpoint, channel) = self.current()?;
@@ -332,22 +336,28 @@ impl Client {
             producer_id: Some(id),
             producer_seq: Some(seq),
         };
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(req.clone());
-            rq.set_timeout(t);
-            let mut c = self.log(ch);
-            async move { c.write_batch(rq).await.map(|r| r.into_inner()) }
-        })
-        .await
+        let r = self
+            .call(self.opts.request_timeout, |ch, t| {
+                let mut rq = Request::new(req.clone());
+                rq.set_timeout(t);
+                let mut c = self.log(ch);
+                async move { c.write_batch(rq).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        let mut st = self.state.lock();
+        st.last_written = st.last_written.max(r.last_sequence);
+        Ok(r)
     }
 
     /// Replays committed entries as a stream (checksums verified; resumes on another node if
-    /// the one serving it goes away).
+    /// the one serving it goes away). It shows this client's own writes: `min_sequence` is at
+    /// least the last sequence number it wrote.
     pub async fn replay(
         &self,
-        req: ReplayRequest,
+        mut req: ReplayRequest,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<pb::Entry, ClientError>> + Send>>, ClientError>
     {
+        req.min_sequence = req.min_sequence.max(self.state.lock().last_written);
         let first = self.open_replay(req.clone()).await?;
         let state = ReplayState {
             client: self.clone(),
