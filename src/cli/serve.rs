@@ -51,7 +51,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn overrides(&self) -> FlagOverrides {
+    /// The flags given, as config overrides.
+    pub fn overrides(&self) -> FlagOverrides {
         let mut node = BTreeMap::new();
         if let Some(id) = self.id {
             node.insert("id", serde_json::json!(id));
