@@ -209,6 +209,31 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
         all_in_sync(&status(&nodes[leader].addr), &[1, 2, 3])
     });
     nodes.pop().unwrap().stop();
+
+    // A node started with --join asks the cluster to add it.
+    let n5 = ServeProc::start(
+        5,
+        dir.path(),
+        "127.0.0.1:0",
+        &["--join", &nodes[follower].addr],
+    );
+    wait_until("node 5 joined and in sync", SYNC, || {
+        all_in_sync(&status(&nodes[0].addr), &[1, 2, 3, 5])
+    });
+    assert_eq!(replay_all(&n5.addr).len(), 1006);
+    ok(&[
+        "cluster",
+        "remove-node",
+        "--id",
+        "5",
+        "--endpoints",
+        &nodes[0].addr,
+    ]);
+    wait_until("3 members again", SYNC, || {
+        all_in_sync(&status(&nodes[leader].addr), &[1, 2, 3])
+    });
+    let mut n5 = n5;
+    n5.stop();
     let health = cli(
         &["cluster", "health", "--endpoints", &nodes[0].addr],
         b"",
@@ -540,4 +565,78 @@ fn lint(text: &str) {
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// A base port with `n` free gRPC ports from it and `n` metrics ports from base + 2000 (what
+/// `replog dev --base-port` needs; dev's ports are fixed by design, so they are probed).
+fn free_base_port(n: u16) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let seed = std::process::id() as u16;
+    for attempt in 0..200u16 {
+        let base = 20_000 + seed.wrapping_mul(31).wrapping_add(attempt.wrapping_mul(97)) % 20_000;
+        if (0..n).all(|i| free(base + i) && free(base + 2000 + i)) {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+#[test]
+fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port(3);
+    let mut dev = Command::new(BIN)
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = dev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let endpoints = loop {
+        let line = rx
+            .recv_timeout(SYNC)
+            .expect("replog dev prints its endpoints");
+        if let Some(e) = line.strip_prefix("export REPLOG_ENDPOINTS=") {
+            break e.to_owned();
+        }
+    };
+    let first = endpoints.split(',').next().unwrap().to_owned();
+    wait_until("3 members in sync", SYNC, || {
+        all_in_sync(&status(&first), &[1, 2, 3])
+    });
+    ok(&[
+        "write",
+        "--tenant",
+        "d",
+        "--data",
+        "x",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert_eq!(replay_all(&endpoints).len(), 1);
+    // SAFETY: kill(2) on our child's pid.
+    unsafe {
+        libc::kill(dev.id() as libc::pid_t, libc::SIGINT);
+    }
+    let st = dev.wait().unwrap();
+    assert!(st.success(), "replog dev exited {st}");
+    // Every node stopped: their ports are free again.
+    wait_until("the nodes' ports are released", SYNC, || {
+        (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+    });
 }
