@@ -35,7 +35,7 @@ impl Format for Yaml {
     type Error = serde_yaml_ng::Error;
     const NAME: &'static str = "YAML";
 
-    fn from_str<'de, T: serde::de::DeserializeOwned>(s: &'de str) -> Result<T, Self::Error> {
+    fn from_str<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Self::Error> {
         serde_yaml_ng::from_str(s)
     }
 }

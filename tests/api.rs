@@ -198,8 +198,7 @@ async fn a_replica_cut_off_refuses_reads_and_the_client_goes_elsewhere() {
     let status = replog::proto::log_service_client::LogServiceClient::new(channel)
         .replay(ReplayRequest::default())
         .await
-        .err()
-        .expect("a cut-off replica served a replay");
+        .expect_err("a cut-off replica served a replay");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
         replog::api::error::leader_hint(&status),
