@@ -131,6 +131,7 @@ impl LogApi {
             timestamp_us: w.timestamp,
             duplicate: w.duplicate,
             leader_id: self.core.id(),
+            leader_address: self.core.advertise().to_owned(),
         })
     }
 

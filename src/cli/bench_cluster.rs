@@ -1,5 +1,6 @@
 //! `replog bench-cluster`: acknowledged writes per second and latency percentiles of an
-//! in-process cluster (Raft traffic over gRPC on loopback; clients call the leader in-process),
+//! in-process cluster (Raft traffic over gRPC on loopback; clients call the leader in-process, or
+//! with `--grpc` go through the public API with the Rust client),
 //! with `--nodes 1` giving the single-node figure beside it. Data goes to a fresh subdirectory
 //! of `--dir`, deleted afterwards.
 
@@ -41,6 +42,10 @@ pub struct BenchClusterArgs {
     pub preallocate: Preallocate,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// Clients write through the public gRPC API with the Rust client (idempotency keys,
+    /// leader following) over loopback, instead of calling the leader in-process.
+    #[arg(long)]
+    pub grpc: bool,
 }
 
 #[derive(Serialize)]
@@ -126,9 +131,21 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
     let started = Instant::now();
     let until = started + args.duration;
     let mut tasks = Vec::new();
+    let grpc = if args.grpc {
+        let endpoints: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let c = crate::client::Client::new(&endpoints, Default::default())
+            .map_err(|e| CliError::failure(e.to_string()))?;
+        Some(c)
+    } else {
+        None
+    };
     for _ in 0..args.clients {
         let nodes = nodes.clone();
         let size = args.entry_size;
+        if let Some(client) = grpc.clone() {
+            tasks.push(tokio::spawn(grpc_client(client, size, until)));
+            continue;
+        }
         tasks.push(tokio::spawn(async move {
             let mut h =
                 Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
@@ -177,6 +194,27 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
         latency_us_p999: h.value_at_quantile(0.999),
         latency_us_max: h.max(),
     })
+}
+
+/// One client writing through the public API until `until`.
+async fn grpc_client(
+    client: crate::client::Client,
+    size: usize,
+    until: Instant,
+) -> (Histogram<u64>, u64) {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+    let mut errors = 0u64;
+    while Instant::now() < until {
+        let t = Instant::now();
+        match client
+            .write("bench", Operation::Insert, vec![b'x'; size])
+            .await
+        {
+            Ok(_) => drop(h.record(t.elapsed().as_micros() as u64)),
+            Err(_) => errors += 1,
+        }
+    }
+    (h, errors)
 }
 
 fn record(size: usize) -> WriteRecord {

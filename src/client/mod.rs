@@ -206,23 +206,28 @@ impl Client {
         Ok((e, ch))
     }
 
+    /// Makes `endpoint` the one asked first (remembered if new).
+    fn prefer(&self, st: &mut State, endpoint: String) {
+        let i = match st.endpoints.iter().position(|e| *e == endpoint) {
+            Some(i) => i,
+            None => {
+                if st.endpoints.len() >= MAX_ENDPOINTS {
+                    st.endpoints.pop();
+                }
+                st.endpoints.push(endpoint);
+                st.endpoints.len() - 1
+            }
+        };
+        st.current = i;
+    }
+
     /// After a failure at `endpoint`: go to the leader it named, else to the next endpoint.
     fn redirect(&self, endpoint: &str, status: &Status) {
         let mut st = self.state.lock();
         if let Some((_, addr)) = leader_hint(status) {
             let addr = normalize(&addr);
             if addr != endpoint {
-                let i = match st.endpoints.iter().position(|e| *e == addr) {
-                    Some(i) => i,
-                    None => {
-                        if st.endpoints.len() >= MAX_ENDPOINTS {
-                            st.endpoints.pop();
-                        }
-                        st.endpoints.push(addr);
-                        st.endpoints.len() - 1
-                    }
-                };
-                st.current = i;
+                self.prefer(&mut st, addr);
                 return;
             }
         }
@@ -346,6 +351,11 @@ impl Client {
             .await?;
         let mut st = self.state.lock();
         st.last_written = st.last_written.max(r.last_sequence);
+        // A follower forwarded it: talk to the leader directly from now on (one hop less).
+        if !r.leader_address.is_empty() {
+            let leader = normalize(&r.leader_address);
+            self.prefer(&mut st, leader);
+        }
         Ok(r)
     }
 
