@@ -551,7 +551,13 @@ impl Core {
             }
         }
         let applied = s.applied.map_or(0, |l| l.index);
-        let known = s.cluster_committed.unwrap_or(0).max(applied);
+        let Some(committed) = s.cluster_committed else {
+            return ReplicaState::Behind(format!(
+                "node {} has not learned the commit index yet",
+                self.id
+            ));
+        };
+        let known = committed.max(applied);
         let lag = known - applied;
         if lag > self.limits.max_lag_entries {
             return ReplicaState::Behind(format!(

@@ -121,6 +121,13 @@ async fn a_retried_key_is_applied_once_and_replay_verifies_checksums() {
     let first = cl.write_batch_keyed(entries("a", 3), 77, 1).await.unwrap();
     assert!(!first.duplicate);
     assert_eq!((first.first_sequence, first.last_sequence), (1, 3));
+    // The follower forwarded it; the reply names the leader, which the client now asks first.
+    assert_eq!(first.leader_id, leader);
+    assert_eq!(first.leader_address, c.addrs[&leader].to_string());
+    assert!(
+        cl.endpoints()
+            .contains(&format!("http://{}", c.addrs[&leader]))
+    );
     // The same key again, as after a lost reply: the original result, nothing written.
     let again = cl.write_batch_keyed(entries("a", 3), 77, 1).await.unwrap();
     assert!(again.duplicate);

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::error::{ApiError, to_status};
-use super::forward::{Forwarder, Route, forwarded, leader_failed};
+use super::error::ApiError;
+use super::forward::{Forwarder, on_leader};
 use super::observed;
 use crate::node::{Core, ReplicaState};
 use crate::proto::admin_service_client::AdminServiceClient;
@@ -127,10 +126,6 @@ impl AdminApi {
         }
     }
 
-    fn leader_client(&self, channel: Channel) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(channel)
-    }
-
     fn membership(&self) -> (Vec<NodeId>, Vec<NodeId>) {
         let s = self.core.status();
         let learners = s
@@ -243,19 +238,14 @@ impl AdminService for AdminApi {
         req: Request<AddNodeRequest>,
     ) -> Result<Response<AddNodeResponse>, Status> {
         observed(&self.core, "AddNode", async {
-            match self.fwd.route(&self.core, &req)? {
-                Route::Local => self
-                    .add_node_local(req.into_inner())
-                    .await
-                    .map_err(to_status),
-                Route::Leader { id, addr, channel } => self
-                    .leader_client(channel)
-                    .add_node(forwarded(&self.core, req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|s| leader_failed(s, id, &addr)),
-            }
-            .map(Response::new)
+            on_leader(
+                &self.fwd,
+                &self.core,
+                req,
+                |r| self.add_node_local(r),
+                |ch, r| async move { AdminServiceClient::new(ch).add_node(r).await },
+            )
+            .await
         })
         .await
     }
@@ -265,19 +255,14 @@ impl AdminService for AdminApi {
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
         observed(&self.core, "RemoveNode", async {
-            match self.fwd.route(&self.core, &req)? {
-                Route::Local => self
-                    .remove_node_local(req.into_inner())
-                    .await
-                    .map_err(to_status),
-                Route::Leader { id, addr, channel } => self
-                    .leader_client(channel)
-                    .remove_node(forwarded(&self.core, req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|s| leader_failed(s, id, &addr)),
-            }
-            .map(Response::new)
+            on_leader(
+                &self.fwd,
+                &self.core,
+                req,
+                |r| self.remove_node_local(r),
+                |ch, r| async move { AdminServiceClient::new(ch).remove_node(r).await },
+            )
+            .await
         })
         .await
     }
@@ -287,19 +272,14 @@ impl AdminService for AdminApi {
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         observed(&self.core, "TransferLeader", async {
-            match self.fwd.route(&self.core, &req)? {
-                Route::Local => self
-                    .transfer_local(req.into_inner())
-                    .await
-                    .map_err(to_status),
-                Route::Leader { id, addr, channel } => self
-                    .leader_client(channel)
-                    .transfer_leader(forwarded(&self.core, req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|s| leader_failed(s, id, &addr)),
-            }
-            .map(Response::new)
+            on_leader(
+                &self.fwd,
+                &self.core,
+                req,
+                |r| self.transfer_local(r),
+                |ch, r| async move { AdminServiceClient::new(ch).transfer_leader(r).await },
+            )
+            .await
         })
         .await
     }

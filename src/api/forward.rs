@@ -118,3 +118,29 @@ pub fn leader_failed(status: Status, id: NodeId, addr: &str) -> Status {
         leader: Some((id, addr.to_owned())),
     })
 }
+
+/// Runs a call that must happen on the leader: `local` here if this node leads, else `remote`
+/// on the leader's channel with the forwarded request (once). Leader failures become hints.
+pub async fn on_leader<Req, Resp, L, LF, R, RF>(
+    fwd: &Forwarder,
+    core: &Core,
+    req: Request<Req>,
+    local: L,
+    remote: R,
+) -> Result<tonic::Response<Resp>, Status>
+where
+    L: FnOnce(Req) -> LF,
+    LF: Future<Output = Result<Resp, ApiError>>,
+    R: FnOnce(Channel, Request<Req>) -> RF,
+    RF: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    match fwd.route(core, &req)? {
+        Route::Local => local(req.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(to_status),
+        Route::Leader { id, addr, channel } => remote(channel, forwarded(core, req))
+            .await
+            .map_err(|s| leader_failed(s, id, &addr)),
+    }
+}

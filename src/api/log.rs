@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::{Request, Response, Status};
 
 use super::error::{ApiError, to_status};
-use super::forward::{Forwarder, Route, forwarded, leader_failed};
+use super::forward::{Forwarder, on_leader};
 use super::{check_name, observed, operation, require_in_sync};
 use crate::node::Core;
 use crate::proto::log_service_client::LogServiceClient;
@@ -138,21 +138,16 @@ impl LogApi {
     async fn write_batch_any(
         &self,
         req: Request<WriteBatchRequest>,
-    ) -> Result<WriteResponse, Status> {
-        match self.fwd.route(&self.core, &req)? {
-            Route::Local => {
-                let r = req.into_inner();
-                self.write_local(r.entries, (r.producer_id, r.producer_seq))
-                    .await
-                    .map_err(to_status)
-            }
-            Route::Leader { id, addr, channel } => self
-                .leader_client(channel)
-                .write_batch(forwarded(&self.core, req))
-                .await
-                .map(Response::into_inner)
-                .map_err(|s| leader_failed(s, id, &addr)),
-        }
+    ) -> Result<Response<WriteResponse>, Status> {
+        let client = |ch| self.leader_client(ch);
+        on_leader(
+            &self.fwd,
+            &self.core,
+            req,
+            |r| self.write_local(r.entries, (r.producer_id, r.producer_seq)),
+            |ch, r| async move { client(ch).write_batch(r).await },
+        )
+        .await
     }
 
     /// Proposes a checkpoint on the leader, after checking it against the committed log.
@@ -489,7 +484,6 @@ impl LogService for LogApi {
             };
             self.write_batch_any(Request::from_parts(meta, ext, batch))
                 .await
-                .map(Response::new)
         })
         .await
     }
@@ -498,10 +492,7 @@ impl LogService for LogApi {
         &self,
         req: Request<WriteBatchRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        observed(&self.core, "WriteBatch", async {
-            self.write_batch_any(req).await.map(Response::new)
-        })
-        .await
+        observed(&self.core, "WriteBatch", self.write_batch_any(req)).await
     }
 
     type ReplayStream = EntryStream;
@@ -521,19 +512,15 @@ impl LogService for LogApi {
         req: Request<CreateCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
         observed(&self.core, "CreateCheckpoint", async {
-            match self.fwd.route(&self.core, &req)? {
-                Route::Local => self
-                    .create_checkpoint_local(req.into_inner())
-                    .await
-                    .map_err(to_status),
-                Route::Leader { id, addr, channel } => self
-                    .leader_client(channel)
-                    .create_checkpoint(forwarded(&self.core, req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|s| leader_failed(s, id, &addr)),
-            }
-            .map(Response::new)
+            let client = |ch| self.leader_client(ch);
+            on_leader(
+                &self.fwd,
+                &self.core,
+                req,
+                |r| self.create_checkpoint_local(r),
+                |ch, r| async move { client(ch).create_checkpoint(r).await },
+            )
+            .await
         })
         .await
     }
@@ -590,19 +577,15 @@ impl LogService for LogApi {
         req: Request<TruncateRequest>,
     ) -> Result<Response<TruncateResponse>, Status> {
         observed(&self.core, "Truncate", async {
-            match self.fwd.route(&self.core, &req)? {
-                Route::Local => self
-                    .truncate_local(req.into_inner())
-                    .await
-                    .map_err(to_status),
-                Route::Leader { id, addr, channel } => self
-                    .leader_client(channel)
-                    .truncate(forwarded(&self.core, req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(|s| leader_failed(s, id, &addr)),
-            }
-            .map(Response::new)
+            let client = |ch| self.leader_client(ch);
+            on_leader(
+                &self.fwd,
+                &self.core,
+                req,
+                |r| self.truncate_local(r),
+                |ch, r| async move { client(ch).truncate(r).await },
+            )
+            .await
         })
         .await
     }

@@ -237,3 +237,14 @@ pub fn replay_lines(out: &str) -> Vec<(u64, String, String)> {
         })
         .collect()
 }
+
+/// True when member `id` holds everything the leader holds (lag 0), has applied all of it, and
+/// is in sync.
+pub fn caught_up(s: &serde_json::Value, id: u64) -> bool {
+    s["members"].as_array().into_iter().flatten().any(|m| {
+        m["id"] == id
+            && m["lag"] == 0
+            && m["applied_index"] == m["last_index"]
+            && m["in_sync"] == true
+    })
+}
