@@ -120,7 +120,7 @@ pub fn init_tracing(format: LogFormat) {
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve::serve(&args),
+        Command::Serve(args) => serve::serve(&args, cli.log_format),
         Command::Dev(args) => serve::dev(&args),
         Command::Write(args) => client::run_async(client::write(&args)),
         Command::Replay(args) => client::run_async(client::replay(&args)),

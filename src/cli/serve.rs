@@ -89,7 +89,7 @@ impl ServeArgs {
     }
 }
 
-pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
+pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliError> {
     let flags = args.overrides();
     let cfg = Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::usage(e.0))?;
     let node_cfg = cfg.node_config().map_err(|e| CliError::usage(e.0))?;
@@ -99,16 +99,22 @@ pub fn serve(args: &ServeArgs) -> Result<(), CliError> {
             crate::node::NodeError::Config(m) => CliError::usage(m),
             other => CliError::failure(format!("the node did not start: {other}")),
         })?;
-        eprintln!(
-            "replog node {} serving gRPC on {} (advertised as {}){}; data in {}",
+        let metrics = node
+            .metrics_addr()
+            .map(|a| format!(", metrics on http://{a}/metrics"))
+            .unwrap_or_default();
+        let line = format!(
+            "replog node {} serving gRPC on {} (advertised as {}){metrics}; data in {}",
             node.id(),
             node.addr(),
             node.advertise(),
-            node.metrics_addr()
-                .map(|a| format!(", metrics on http://{a}/metrics"))
-                .unwrap_or_default(),
             cfg.node.data_dir.display()
         );
+        // Scripts wait for this line; with JSON logs it is a log event like the others.
+        match log_format {
+            super::LogFormat::Text => eprintln!("{line}"),
+            super::LogFormat::Json => tracing::info!(target: "replog", "{line}"),
+        }
         let fatal = wait_for_stop(&node).await;
         node.shutdown()
             .await
