@@ -168,6 +168,56 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
         ["later-0", "later-1", "later-2", "later-3", "later-4"]
     );
 
+    // Checkpoints: created through a follower, read on another node, replayed after.
+    let other = 3 - leader - follower;
+    let cp = ok(&[
+        "checkpoint",
+        "create",
+        "--name",
+        "billing",
+        "--tenant",
+        "orders",
+        "--sequence",
+        "1000",
+        "-o",
+        "json",
+        "--endpoints",
+        &nodes[follower].addr,
+    ]);
+    let cp: serde_json::Value = serde_json::from_str(&cp).unwrap();
+    assert_eq!(cp["sequence"], 1000);
+    wait_until("the checkpoint replicated", SYNC, || {
+        let got = cli(
+            &[
+                "checkpoint",
+                "get",
+                "--name",
+                "billing",
+                "-o",
+                "json",
+                "--endpoints",
+                &nodes[other].addr,
+            ],
+            b"",
+            SYNC,
+        );
+        got.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&got.stdout).unwrap()["sequence"] == 1000
+    });
+    let after = replay_lines(&ok(&[
+        "replay",
+        "--checkpoint",
+        "billing",
+        "--limit",
+        "2",
+        "--endpoints",
+        &nodes[other].addr,
+    ]));
+    assert_eq!(
+        after.iter().map(|e| e.2.as_str()).collect::<Vec<_>>(),
+        ["later-0", "later-1"]
+    );
+
     // Read-your-writes on a follower.
     let seq = ok(&[
         "write",
@@ -214,6 +264,21 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
     assert_eq!(replay_all(&n4.addr), replay_all(&nodes[leader].addr));
     assert_eq!(replay_all(&n4.addr).len(), 1006);
     nodes.push(n4);
+
+    // Leadership moves on request.
+    let to = nodes[follower].id.to_string();
+    ok(&[
+        "cluster",
+        "transfer-leader",
+        "--to",
+        &to,
+        "--endpoints",
+        &nodes[leader].addr,
+    ]);
+    wait_until("the new leader is known", SYNC, || {
+        status(&nodes[0].addr)["leader_id"] == nodes[follower].id
+    });
+    let leader = follower;
 
     // Shrink back to 3.
     ok(&[
@@ -317,6 +382,16 @@ fn sigkill_the_leader_during_writes_loses_and_duplicates_nothing() {
     let leader = leader_of(&nodes);
     let killed_addr = nodes[leader].addr.clone();
     nodes[leader].kill();
+    // Health reports the dead member (exit 1) while the others carry on.
+    let live = nodes
+        .iter()
+        .find(|n| n.addr != killed_addr)
+        .unwrap()
+        .addr
+        .clone();
+    let health = cli(&["cluster", "health", "--endpoints", &live], b"", SYNC);
+    assert_eq!(health.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&health.stdout).contains("unreachable"));
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) {
         acked.push(line.parse().unwrap());
         if acked.len() == total {
