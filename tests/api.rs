@@ -285,3 +285,47 @@ async fn limits_are_enforced_with_their_names() {
         .unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_replay_resumes_on_another_node_when_its_node_stops() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let serving = *c.nodes.keys().find(|id| **id != leader).unwrap();
+    let other = *c
+        .nodes
+        .keys()
+        .find(|id| **id != leader && **id != serving)
+        .unwrap();
+    let writer = client(&[c.addrs[&leader].to_string()]);
+    writer.write_batch(entries("a", 3)).await.unwrap();
+    c.wait_applied(4).await;
+    // The reader knows the serving follower first, then another node.
+    let reader = client(&[c.addrs[&serving].to_string(), c.addrs[&other].to_string()]);
+    let mut stream = reader
+        .replay(ReplayRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for want in 1..=3 {
+        assert_eq!(stream.next().await.unwrap().unwrap().sequence, want);
+    }
+    c.stop(serving).await;
+    writer.write_batch(entries("b", 3)).await.unwrap();
+    let mut rest = Vec::new();
+    while rest.len() < 3 {
+        let e = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the stream resumed")
+            .unwrap()
+            .unwrap();
+        rest.push(e.sequence);
+    }
+    assert_eq!(
+        rest,
+        [4, 5, 6],
+        "nothing lost or repeated across the resume"
+    );
+    c.shutdown().await;
+}

@@ -614,6 +614,20 @@ impl ReplayState {
             if self.stream.is_none() {
                 let mut req = self.req.clone();
                 if let Some(last) = self.last {
+                    // Resuming after a checkpoint by sequence number: keep the checkpoint's
+                    // tenant filter, which the server applied implicitly.
+                    if let (Some(Start::Checkpoint(name)), None) = (&req.start, &req.tenant) {
+                        match self.client.get_checkpoint(name).await {
+                            Ok(cp) => {
+                                req.tenant = cp.tenant.clone();
+                                self.req.tenant = cp.tenant;
+                            }
+                            Err(e) => {
+                                self.done = true;
+                                return Some((Err(e), self));
+                            }
+                        }
+                    }
                     req.start = Some(Start::FromSequence(last + 1));
                     req.min_sequence = req.min_sequence.max(last);
                 }
