@@ -244,16 +244,35 @@ impl Client {
     {
         let deadline = Instant::now() + self.opts.retry_timeout;
         let mut backoff = BACKOFF_MIN;
+        let mut attempts = 0u32;
         loop {
             let (endpoint, channel) = self.current()?;
             let status = match f(channel, timeout).await {
                 Ok(v) => return Ok(v),
                 Err(s) => s,
             };
-            if !is_retryable(&status) || Instant::now() + backoff >= deadline {
+            if !is_retryable(&status) {
                 return Err(ClientError::Rpc(status));
             }
-            tracing::debug!(%endpoint, code = ?status.code(), message = status.message(), "retrying");
+            if Instant::now() + backoff >= deadline {
+                // Say where it failed: a connection error alone does not name the node.
+                let message = format!(
+                    "{} (last tried {endpoint}, retried for {:?})",
+                    status.message(),
+                    self.opts.retry_timeout
+                );
+                return Err(ClientError::Rpc(Status::new(status.code(), message)));
+            }
+            if attempts == 0 {
+                tracing::warn!(
+                    %endpoint,
+                    code = ?status.code(),
+                    error = status.message(),
+                    "retrying (for up to {:?}, on the leader or the next endpoint)",
+                    self.opts.retry_timeout
+                );
+            }
+            attempts += 1;
             let hinted = leader_hint(&status).is_some();
             self.redirect(&endpoint, &status);
             if !hinted {
