@@ -323,7 +323,31 @@ impl Config {
             check_host_port("cluster.join", j)?;
         }
         self.node_config()?.raft_config_check()?;
-        self.limits.validate()
+        self.limits.validate()?;
+        self.check_batch_fits_a_frame()
+    }
+
+    /// The largest batch the API accepts must fit in one WAL frame: a frame the WAL refused
+    /// after Raft committed it would stop the node.
+    fn check_batch_fits_a_frame(&self) -> Result<(), ConfigError> {
+        use crate::wal::frame::FRAME_HEADER_LEN;
+        use crate::wal::record::RECORD_HEADER_LEN;
+        let per_entry = (RECORD_HEADER_LEN + crate::api::NAME_MAX_CHARS) as u64;
+        let l = &self.limits;
+        let worst = l.max_batch_bytes.as_u64()
+            + l.max_batch_entries as u64 * per_entry
+            + FRAME_HEADER_LEN as u64
+            + 16;
+        let frame = self.wal.max_frame_bytes.as_u64();
+        if worst > frame {
+            return Err(bad(
+                "limits.max_batch_bytes",
+                format!(
+                    "a batch at limits.max_batch_bytes and limits.max_batch_entries encodes to up to {worst} bytes, more than wal.max_frame_bytes ({frame}): lower them or raise wal.max_frame_bytes"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// What the node takes, resolved (addresses parsed, paths joined).
@@ -480,6 +504,10 @@ mod tests {
                 "limits.max_batch_entries",
             ),
             ("nodes:\n  id: 1\n", "nodes"),
+            (
+                "limits:\n  max_batch_bytes: 20MiB\n  max_entry_bytes: 1MiB\n",
+                "wal.max_frame_bytes",
+            ),
             (
                 "cluster:\n  initial_members: \"2=a:1\"\n",
                 "cluster.initial_members",

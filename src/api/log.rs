@@ -219,9 +219,14 @@ impl LogApi {
 
     async fn truncate_local(&self, r: TruncateRequest) -> Result<TruncateResponse, ApiError> {
         let next = self.core.next_seq();
-        if r.before == 0 || r.before > next {
+        if r.before == 0 {
+            return Err(ApiError::InvalidArgument(
+                "truncate needs `before` >= 1 (entries below it are dropped)".to_owned(),
+            ));
+        }
+        if r.before > next {
             return Err(ApiError::FailedPrecondition(format!(
-                "cannot truncate before {}: it must be between 1 and the last committed sequence number + 1 ({next})",
+                "cannot truncate before {}: it must be at most the last committed sequence number + 1 ({next})",
                 r.before
             )));
         }
