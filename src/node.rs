@@ -193,10 +193,16 @@ impl Node {
             retention_hours: None,
             ..cfg.wal.clone()
         };
-        let (data_dir, max_producers) = (cfg.data_dir.clone(), cfg.max_producers);
+        let (data_dir, max_producers, id) = (cfg.data_dir.clone(), cfg.max_producers, cfg.id);
         let registry = metrics.registry.clone();
         let storage = tokio::task::spawn_blocking(move || {
-            Storage::open(&data_dir, wal_cfg, Some(&registry), max_producers)
+            claim_data_dir(&data_dir, id)?;
+            Ok::<_, NodeError>(Storage::open(
+                &data_dir,
+                wal_cfg,
+                Some(&registry),
+                max_producers,
+            )?)
         })
         .await??;
         let addr = listener.local_addr()?;
@@ -689,6 +695,38 @@ pub fn retention_cut(wal: &crate::wal::Manager, hours: u64, now_us: u64) -> Opti
         .count();
     let keep = segments.get(expired).filter(|_| expired > 0)?;
     (keep.start_seq > wal.log_start().seq).then_some(keep.start_seq)
+}
+
+/// Name of the file that records which node id owns a data directory.
+const NODE_ID_FILE: &str = "NODE_ID";
+
+/// Records this node's id in a new data directory, or checks it: a directory written by node 1
+/// started as node 2 would vote and hold a log under the wrong identity.
+fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), NodeError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<NodeId>() {
+            Ok(owner) if owner == id => Ok(()),
+            Ok(owner) => Err(NodeError::Config(format!(
+                "{} belongs to node {owner}, not node {id}: start it with --id {owner}, or give node {id} its own --data-dir",
+                dir.display()
+            ))),
+            Err(_) => Err(NodeError::Config(format!(
+                "{} does not hold a node id: {text:?}",
+                path.display()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::wal::fs::write_file_atomic(
+                &crate::wal::fs::StdFs,
+                &path,
+                format!("{id}\n").as_bytes(),
+            )?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs a node until `shutdown` resolves, then stops it cleanly.

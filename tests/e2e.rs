@@ -546,7 +546,37 @@ fn bad_input_gets_the_documented_code_and_changes_nothing() {
         2,
     );
     assert!(e.contains("node.listen"), "{e}");
+    let out = Command::new(BIN)
+        .args(["serve", "--metrics-listen", "", "--data-dir"])
+        .arg(dir.path().join("env"))
+        .env("REPLOG_WAL__SYNC_POLICY", "sometimes")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.to_lowercase().contains("sync_policy") && e.contains("sometimes"),
+        "{e}"
+    );
     node.stop();
+    // A data directory keeps its node's identity.
+    let data = node.data_dir.display().to_string();
+    let e = fails(
+        &[
+            "serve",
+            "--id",
+            "2",
+            "--data-dir",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+        ],
+        b"",
+        2,
+    );
+    assert!(e.contains("belongs to node 1"), "{e}");
 }
 
 /// `/metrics` parses as Prometheus text and follows the naming rules promtool checks.
