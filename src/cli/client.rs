@@ -86,7 +86,8 @@ pub struct WriteArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
     /// Idempotency key: with a fixed producer id, batch k of the input is written with producer
-    /// sequence k, so re-running the same input after a failure writes only what is missing.
+    /// sequence k, so re-running the same input with the same --batch after a failure writes
+    /// only what is missing.
     /// Default: a random id per run.
     #[arg(long)]
     pub producer_id: Option<u64>,
