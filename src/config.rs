@@ -165,6 +165,9 @@ pub struct Limits {
     pub max_message_bytes: ByteSize,
     /// Replay streams open at once on a node. Default 256.
     pub max_replay_streams: usize,
+    /// Requests (HTTP/2 streams) in flight at once on one client connection; more wait for the
+    /// client's connection to free a slot (HTTP/2 flow control). Default 1024.
+    pub max_concurrent_streams: u32,
     /// Entries per replay message at most. Default 1024.
     pub replay_batch_entries: usize,
     /// Replay messages buffered per stream before the reader waits for the client. Default 8.
@@ -191,6 +194,7 @@ impl Default for Limits {
             max_batch_bytes: ByteSize::mib(8),
             max_message_bytes: ByteSize::mib(64),
             max_replay_streams: 256,
+            max_concurrent_streams: 1024,
             replay_batch_entries: 1024,
             replay_buffer_messages: 8,
             min_sequence_wait: Duration::from_secs(10),
@@ -215,6 +219,10 @@ impl Limits {
         pos("max_batch_entries", self.max_batch_entries as u64)?;
         pos("max_batch_bytes", self.max_batch_bytes.as_u64())?;
         pos("max_replay_streams", self.max_replay_streams as u64)?;
+        pos(
+            "max_concurrent_streams",
+            u64::from(self.max_concurrent_streams),
+        )?;
         pos("replay_batch_entries", self.replay_batch_entries as u64)?;
         pos("replay_buffer_messages", self.replay_buffer_messages as u64)?;
         pos("max_lag_entries", self.max_lag_entries)?;

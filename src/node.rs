@@ -614,8 +614,9 @@ fn serve(
         .max_encoding_message_size(max);
     // Nagle off on accepted connections too: with delayed ACKs it stalls replies by 40 ms.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let router = crate::api::routes(core.clone(), max, tonic::transport::Server::builder())
-        .add_service(raft_svc);
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(cfg.limits.max_concurrent_streams);
+    let router = crate::api::routes(core.clone(), max, server).add_service(raft_svc);
     let serve = router.serve_with_incoming_shutdown(incoming, core.stopped());
     async move {
         if let Err(e) = serve.await {
