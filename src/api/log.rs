@@ -30,6 +30,10 @@ use crate::raft::types::WriteRecord;
 use crate::raft::{Request as Command, Response as Outcome};
 use crate::wal::{EntryRef, ProducerKey, SegmentStatus, SequenceNumber};
 
+/// How long a new leader may take to apply the entries of earlier terms before a command that
+/// is checked against the state gives up.
+const LEADER_READY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct LogApi {
     core: Arc<Core>,
     fwd: Arc<Forwarder>,
@@ -159,6 +163,8 @@ impl LogApi {
         if let Some(t) = &r.tenant {
             check_name("tenant", t)?;
         }
+        // A new leader checks against a state that includes every committed entry.
+        self.core.raft().wait_own_term_applied(LEADER_READY).await?;
         let (next_seq, tenant_last, known, count) = self.core.state().read(|img| {
             let tenant_last = r
                 .tenant
@@ -218,6 +224,7 @@ impl LogApi {
     }
 
     async fn truncate_local(&self, r: TruncateRequest) -> Result<TruncateResponse, ApiError> {
+        self.core.raft().wait_own_term_applied(LEADER_READY).await?;
         let next = self.core.next_seq();
         if r.before == 0 {
             return Err(ApiError::InvalidArgument(
