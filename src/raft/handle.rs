@@ -151,13 +151,16 @@ impl RaftNode {
 
     /// The leader as this node knows it, with its address.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let s = self.status();
-        let id = s.leader?;
-        Some((id, s.members.get(&id)?.clone()))
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
     }
 
+    /// Read on every API request: only the leader field, not a whole [`RaftStatus`].
     pub fn is_leader(&self) -> bool {
-        self.status().leader == Some(self.id)
+        self.raft.metrics().borrow_watched().current_leader == Some(self.id)
     }
 
     /// Initializes a new cluster with these voters; a no-op once initialized (by this node or
