@@ -203,16 +203,20 @@ pub async fn watch_metrics(core: Arc<Core>) {
 pub async fn join(core: Arc<Core>, endpoints: Vec<String>) {
     let stopped = core.stopped();
     tokio::pin!(stopped);
-    let opts = crate::client::ClientOptions::default();
+    // One client (and its channels) for every attempt.
+    let client = match crate::client::Client::new(&endpoints, Default::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, ?endpoints, "cannot join: bad cluster.join endpoints");
+            return;
+        }
+    };
     loop {
         if core.status().members.contains_key(&core.id()) {
             tracing::info!(id = core.id(), "this node is a member of the cluster");
             return;
         }
-        let attempt = async {
-            let client = crate::client::Client::new(&endpoints, opts.clone())?;
-            client.add_node(core.id(), core.advertise(), false).await
-        };
+        let attempt = client.add_node(core.id(), core.advertise(), false);
         tokio::select! {
             _ = &mut stopped => return,
             r = attempt => match r {
