@@ -6,7 +6,6 @@
 //! units, `_total` counters), which the tests check with a text-format parser.
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -163,9 +162,4 @@ pub async fn serve(
     {
         tracing::error!(error = %e, "the metrics server stopped");
     }
-}
-
-/// Binds the metrics listener (so a bad address fails the node's start, not later).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }

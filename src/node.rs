@@ -183,7 +183,7 @@ impl Node {
             .map_err(NodeError::Config)?;
         let metrics = NodeMetrics::new().map_err(|e| NodeError::Config(e.to_string()))?;
         let metrics_listener = match cfg.metrics_listen {
-            Some(a) => Some(crate::metrics::bind(a).await.map_err(|e| {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
                 NodeError::Config(format!("cannot listen for metrics on {a}: {e}"))
             })?),
             None => None,
@@ -513,6 +513,13 @@ impl Core {
     /// The sequence number of the first retained record.
     pub fn log_start(&self) -> Result<SequenceNumber, NodeError> {
         Ok(self.wal.get()?.log_start().seq)
+    }
+
+    /// The first sequence number a read may ask for: the replicated truncation point moves
+    /// before the WAL's files are deleted, so it can be ahead of [`Core::log_start`].
+    pub fn readable_start(&self) -> Result<SequenceNumber, NodeError> {
+        let replicated = self.sm.read(|i| i.log_start);
+        Ok(self.log_start()?.max(replicated))
     }
 
     /// Whether this replica may serve reads: it hears from a leader (or, as the leader, from a

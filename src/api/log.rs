@@ -249,13 +249,6 @@ impl LogApi {
         }
     }
 
-    /// The first sequence number a read may ask for: truncated records are gone (the
-    /// replicated watermark moves before the files are deleted).
-    fn log_start(&self) -> Result<SequenceNumber, ApiError> {
-        let replicated = self.core.state().read(|i| i.log_start);
-        Ok(self.core.log_start()?.max(replicated))
-    }
-
     /// Checks the request and where it starts (waiting for `min_sequence`), so a bad replay
     /// fails as the call's status; then streams from a task.
     async fn replay_open(
@@ -340,7 +333,7 @@ impl Replayer {
         if self.require_sync {
             require_in_sync(core)?;
         }
-        let log_start = core.state().read(|i| i.log_start).max(core.log_start()?);
+        let log_start = core.readable_start()?;
         let mut tenant = r.tenant.clone();
         let from = match &r.start {
             None | Some(Start::FromSequence(0)) => log_start,
@@ -414,7 +407,7 @@ impl Replayer {
         let wal = self.core.wal()?;
         Ok(ReplayResponse {
             entries,
-            log_start: wal.log_start().seq,
+            log_start: self.core.readable_start()?,
             commit_sequence: commit,
             last_sequence: wal.next_seq().saturating_sub(1),
         })
@@ -463,7 +456,7 @@ async fn read_chunk(
         // The WAL holds no record at `from` although it is committed: it was truncated.
         return Err(ApiError::OutOfRange {
             requested: from,
-            log_start: core.log_start()?,
+            log_start: core.readable_start()?,
         });
     }
     Ok(chunk)
@@ -608,7 +601,10 @@ impl LogService for LogApi {
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         observed(&self.core, "ListSegments", async {
             let wal = self.core.wal().map_err(|e| to_status(e.into()))?;
-            let log_start = self.log_start().map_err(to_status)?;
+            let log_start = self
+                .core
+                .readable_start()
+                .map_err(|e| to_status(e.into()))?;
             let segments = wal
                 .segments()
                 .into_iter()
@@ -656,7 +652,11 @@ impl LogService for LogApi {
                         self.core.id()
                     )))
                 })?;
-            let from = seg.start_seq.max(self.log_start().map_err(to_status)?);
+            let from = seg.start_seq.max(
+                self.core
+                    .readable_start()
+                    .map_err(|e| to_status(e.into()))?,
+            );
             let upto = seg
                 .end_seq
                 .map_or(from, |e| e + 1)

@@ -66,7 +66,7 @@ impl Default for ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The cluster's answer (after retries, for retryable codes).
-    #[error("{} ({})", .0.message(), code_text(.0.code()))]
+    #[error("{} ({})", .0.message(), crate::api::code_name(.0.code()))]
     Rpc(Status),
     /// An entry's checksum does not match its fields: it was damaged on the way.
     #[error("entry {sequence}: checksum mismatch (got {got:#010x}, computed {computed:#010x})")]
@@ -91,10 +91,6 @@ impl ClientError {
             ClientError::Protocol(_) => Code::Internal,
         }
     }
-}
-
-fn code_text(c: Code) -> &'static str {
-    crate::api::code_name(c)
 }
 
 /// A write a caller hands to [`Client::write_batch`].
