@@ -288,6 +288,49 @@ impl Client {
         AdminServiceClient::new(ch)
     }
 
+    /// A unary `LogService` call: `f` sends `req` (with the attempt's deadline) on a client of
+    /// the endpoint `call` picked; retried as [`Client::call`] says.
+    async fn log_unary<Req, Resp, F, Fut>(
+        &self,
+        timeout: Duration,
+        req: Req,
+        f: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(LogServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.call(timeout, |ch, t| {
+            let mut rq = Request::new(req.clone());
+            rq.set_timeout(t);
+            f(self.log(ch), rq)
+        })
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
+    /// A unary `AdminService` call, like [`Client::log_unary`].
+    async fn admin_unary<Req, Resp, F, Fut>(
+        &self,
+        timeout: Duration,
+        req: Req,
+        f: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(AdminServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.call(timeout, |ch, t| {
+            let mut rq = Request::new(req.clone());
+            rq.set_timeout(t);
+            f(self.admin(ch), rq)
+        })
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
     fn take_producer(&self) -> Producer {
         if let Some(p) = self.state.lock().idle_producers.pop() {
             return p;
@@ -357,11 +400,8 @@ impl Client {
             producer_seq: Some(seq),
         };
         let r = self
-            .call(self.opts.request_timeout, |ch, t| {
-                let mut rq = Request::new(req.clone());
-                rq.set_timeout(t);
-                let mut c = self.log(ch);
-                async move { c.write_batch(rq).await.map(|r| r.into_inner()) }
+            .log_unary(self.opts.request_timeout, req, |mut c, rq| async move {
+                c.write_batch(rq).await
             })
             .await?;
         let mut st = self.state.lock();
@@ -421,11 +461,8 @@ impl Client {
             tenant,
             sequence,
         };
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(req.clone());
-            rq.set_timeout(t);
-            let mut c = self.log(ch);
-            async move { c.create_checkpoint(rq).await.map(|r| r.into_inner()) }
+        self.log_unary(self.opts.request_timeout, req, |mut c, rq| async move {
+            c.create_checkpoint(rq).await
         })
         .await
     }
@@ -434,11 +471,8 @@ impl Client {
         let req = GetCheckpointRequest {
             name: name.to_owned(),
         };
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(req.clone());
-            rq.set_timeout(t);
-            let mut c = self.log(ch);
-            async move { c.get_checkpoint(rq).await.map(|r| r.into_inner()) }
+        self.log_unary(self.opts.request_timeout, req, |mut c, rq| async move {
+            c.get_checkpoint(rq).await
         })
         .await
     }
@@ -448,48 +482,40 @@ impl Client {
         tenant: Option<String>,
     ) -> Result<Vec<Checkpoint>, ClientError> {
         let req = ListCheckpointsRequest { tenant };
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(req.clone());
-            rq.set_timeout(t);
-            let mut c = self.log(ch);
-            async move {
-                c.list_checkpoints(rq)
-                    .await
-                    .map(|r| r.into_inner().checkpoints)
-            }
+        self.log_unary(self.opts.request_timeout, req, |mut c, rq| async move {
+            c.list_checkpoints(rq).await
         })
         .await
+        .map(|r| r.checkpoints)
     }
 
     /// Drops every entry before `before` on every replica; returns the new log start.
     pub async fn truncate(&self, before: u64) -> Result<u64, ClientError> {
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(TruncateRequest { before });
-            rq.set_timeout(t);
-            let mut c = self.log(ch);
-            async move { c.truncate(rq).await.map(|r| r.into_inner().log_start) }
-        })
+        self.log_unary(
+            self.opts.request_timeout,
+            TruncateRequest { before },
+            |mut c, rq| async move { c.truncate(rq).await },
+        )
         .await
+        .map(|r| r.log_start)
     }
 
     /// The segments of the first endpoint that answers.
     pub async fn segments(&self) -> Result<ListSegmentsResponse, ClientError> {
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(ListSegmentsRequest {});
-            rq.set_timeout(t);
-            let mut c = self.log(ch);
-            async move { c.list_segments(rq).await.map(|r| r.into_inner()) }
-        })
+        self.log_unary(
+            self.opts.request_timeout,
+            ListSegmentsRequest {},
+            |mut c, rq| async move { c.list_segments(rq).await },
+        )
         .await
     }
 
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(ClusterStatusRequest {});
-            rq.set_timeout(t);
-            let mut c = self.admin(ch);
-            async move { c.cluster_status(rq).await.map(|r| r.into_inner()) }
-        })
+        self.admin_unary(
+            self.opts.request_timeout,
+            ClusterStatusRequest {},
+            |mut c, rq| async move { c.cluster_status(rq).await },
+        )
         .await
     }
 
@@ -521,37 +547,29 @@ impl Client {
             address: address.to_owned(),
             learner_only,
         };
-        self.call(self.opts.retry_timeout, |ch, t| {
-            let mut rq = Request::new(req.clone());
-            rq.set_timeout(t);
-            let mut c = self.admin(ch);
-            async move { c.add_node(rq).await.map(|r| r.into_inner()) }
+        self.admin_unary(self.opts.retry_timeout, req, |mut c, rq| async move {
+            c.add_node(rq).await
         })
         .await
     }
 
     pub async fn remove_node(&self, id: u64) -> Result<RemoveNodeResponse, ClientError> {
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(RemoveNodeRequest { id });
-            rq.set_timeout(t);
-            let mut c = self.admin(ch);
-            async move { c.remove_node(rq).await.map(|r| r.into_inner()) }
-        })
+        self.admin_unary(
+            self.opts.request_timeout,
+            RemoveNodeRequest { id },
+            |mut c, rq| async move { c.remove_node(rq).await },
+        )
         .await
     }
 
     pub async fn transfer_leader(&self, to: u64) -> Result<u64, ClientError> {
-        self.call(self.opts.request_timeout, |ch, t| {
-            let mut rq = Request::new(TransferLeaderRequest { to });
-            rq.set_timeout(t);
-            let mut c = self.admin(ch);
-            async move {
-                c.transfer_leader(rq)
-                    .await
-                    .map(|r| r.into_inner().leader_id)
-            }
-        })
+        self.admin_unary(
+            self.opts.request_timeout,
+            TransferLeaderRequest { to },
+            |mut c, rq| async move { c.transfer_leader(rq).await },
+        )
         .await
+        .map(|r| r.leader_id)
     }
 }
 
