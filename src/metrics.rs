@@ -29,6 +29,8 @@ pub struct NodeMetrics {
     pub grpc_duration: HistogramVec,
     pub replay_streams: IntGauge,
     pub replayed_entries: IntCounter,
+    pub keyed_writes_in_flight: IntGauge,
+    pub duplicate_keys_applied: IntCounter,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -114,6 +116,16 @@ impl NodeMetrics {
                 &r,
                 "replog_replayed_entries_total",
                 "Entries sent by replay and segment reads.",
+            )?,
+            keyed_writes_in_flight: gauge(
+                &r,
+                "replog_keyed_writes_in_flight",
+                "On the leader: producers with a keyed write proposed and not yet answered.",
+            )?,
+            duplicate_keys_applied: counter(
+                &r,
+                "replog_duplicate_keys_applied_total",
+                "Keyed writes applied whose key was applied before (a broken invariant: always 0).",
             )?,
             registry: r,
             replication_lag,

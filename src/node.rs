@@ -30,11 +30,16 @@ use crate::raft::{
 };
 use crate::wal::{Entry, ProducerKey, SequenceNumber, WalConfig, WalError};
 
+pub mod producers;
+
 /// How long a stopping node lets in-flight RPCs finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 
 /// How long a new leader may take to apply its first entry before a keyed write gives up.
 const LEADER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Other writes of one producer a keyed write waits behind at most (see `write_keyed`).
+const MAX_KEYED_TURNS: usize = 64;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -109,6 +114,9 @@ pub enum NodeError {
     Wal(#[from] WalError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// Too much in flight now; retryable.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -123,9 +131,6 @@ pub struct Written {
     pub duplicate: bool,
 }
 
-/// Producers whose writes are in flight on this leader: a retry waits for the first attempt.
-type InFlight = parking_lot::Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<()>>>>;
-
 /// What the node's services share: Raft, the storage readers, limits and metrics. The public
 /// API ([`crate::api`]) holds it; [`Node`] derefs to it.
 pub struct Core {
@@ -135,7 +140,8 @@ pub struct Core {
     wal: Arc<WalHandle>,
     sm: Arc<SmShared>,
     switch: Arc<NetSwitch>,
-    in_flight: InFlight,
+    /// Keyed writes in flight on this leader.
+    keyed: Arc<producers::Ledger>,
     contact: Arc<LeaderContact>,
     pub limits: Limits,
     pub metrics: NodeMetrics,
@@ -234,7 +240,7 @@ impl Node {
             wal,
             sm,
             switch,
-            in_flight: InFlight::default(),
+            keyed: producers::Ledger::new(cfg.max_producers),
             contact: Arc::default(),
             limits: cfg.limits.clone(),
             metrics,
@@ -394,8 +400,9 @@ impl Core {
         self.raft.status().voters
     }
 
-    /// Writes records as one atomic batch through Raft (on the leader). With a producer key, a
-    /// retry of a write already applied returns its original result and writes nothing.
+    /// Writes records as one atomic batch through Raft (on the leader). With a producer key,
+    /// the key is proposed at most once ([`producers`]): a retry of a write applied or in
+    /// flight returns the original result and writes nothing.
     pub async fn write(
         &self,
         producer: Option<ProducerKey>,
@@ -406,69 +413,65 @@ impl Core {
                 "a write needs at least one record".to_owned(),
             ));
         }
-        let Some(key) = producer else {
-            return self.propose_write(None, records).await;
-        };
-        // One attempt per producer at a time, so a retry sees its first attempt's outcome. An
-        // async mutex: it is held while the write replicates, which is its purpose.
-        let lock = self.in_flight.lock().entry(key.id).or_default().clone();
-        let result = {
-            let _turn = lock.lock().await;
-            self.write_once(key, records).await
-        };
-        let mut map = self.in_flight.lock();
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(&key.id);
+        match producer {
+            None => Ok(propose_write(&self.raft, None, records).await?),
+            Some(key) => self.write_keyed(key, records).await,
         }
-        result
     }
 
-    async fn write_once(
+    async fn write_keyed(
         &self,
         key: ProducerKey,
         records: Vec<WriteRecord>,
     ) -> Result<Written, NodeError> {
-        // Once the leader has applied an entry of its own term its table is complete, and
-        // the per-producer turn above covers its own writes in flight.
-        self.raft
-            .wait_own_term_applied(LEADER_READY_TIMEOUT)
-            .await?;
-        if let Some(p) = self.sm.duplicate_of(key) {
-            return Ok(Written {
-                first_seq: p.first_seq,
-                last_seq: p.last_seq,
-                timestamp: p.timestamp,
-                duplicate: true,
-            });
-        }
-        self.propose_write(Some(key), records).await
-    }
-
-    async fn propose_write(
-        &self,
-        producer: Option<ProducerKey>,
-        records: Vec<WriteRecord>,
-    ) -> Result<Written, NodeError> {
-        match self
-            .raft
-            .propose(Request::Write { producer, records })
-            .await?
-        {
-            Response::Written {
-                first_seq,
-                last_seq,
-                timestamp,
-                duplicate,
-            } => Ok(Written {
-                first_seq,
-                last_seq,
-                timestamp,
-                duplicate,
-            }),
-            other => {
-                Err(RaftOpError::Rejected(format!("unexpected reply to a write: {other:?}")).into())
+        // Each turn waits for a real proposal of this producer to end, so the bound is only
+        // reached by a producer that breaks the one-write-at-a-time contract.
+        for _ in 0..MAX_KEYED_TURNS {
+            // Once the leader has applied an entry of its own term its table holds every key
+            // of earlier terms; the ledger holds the ones it proposed since.
+            self.raft
+                .wait_own_term_applied(LEADER_READY_TIMEOUT)
+                .await?;
+            let step = self
+                .keyed
+                .begin(key, &self.sm, || self.raft.own_term_applied())?;
+            match step {
+                producers::Step::Applied(p) => {
+                    return Ok(Written {
+                        first_seq: p.first_seq,
+                        last_seq: p.last_seq,
+                        timestamp: p.timestamp,
+                        duplicate: true,
+                    });
+                }
+                producers::Step::Wait { seq, outcome } => {
+                    let result = producers::outcome(outcome).await;
+                    if seq == key.seq {
+                        // A retry of a write in flight: the first attempt's outcome.
+                        let w = result?;
+                        return Ok(Written {
+                            duplicate: true,
+                            ..w
+                        });
+                    }
+                    // Another write of this producer was in flight: look again.
+                }
+                producers::Step::Propose { publish, outcome } => {
+                    let raft = self.raft.clone();
+                    // The proposal belongs to the leader, not to this request: it goes on
+                    // (and publishes its outcome) if the caller goes away.
+                    tokio::spawn(async move {
+                        let result = propose_write(&raft, Some(key), records).await;
+                        publish.finish(result);
+                    });
+                    return Ok(producers::outcome(outcome).await?);
+                }
             }
         }
+        Err(NodeError::Overloaded(format!(
+            "producer {} had {MAX_KEYED_TURNS} other writes in flight while write {} waited (one write at a time per producer id)",
+            key.id, key.seq
+        )))
     }
 
     /// Proposes a replicated command (checkpoint, truncation) and returns its result.
@@ -579,6 +582,11 @@ impl Core {
             ));
         }
         ReplicaState::InSync
+    }
+
+    /// Producers with a keyed write in flight on this leader.
+    pub fn keyed_writes_in_flight(&self) -> usize {
+        self.keyed.len()
     }
 
     /// The sequence number after the last applied (committed) record.
@@ -734,6 +742,30 @@ fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), NodeError> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Proposes a write and returns what applying it answered.
+async fn propose_write(
+    raft: &RaftNode,
+    producer: Option<ProducerKey>,
+    records: Vec<WriteRecord>,
+) -> Result<Written, RaftOpError> {
+    match raft.propose(Request::Write { producer, records }).await? {
+        Response::Written {
+            first_seq,
+            last_seq,
+            timestamp,
+            duplicate,
+        } => Ok(Written {
+            first_seq,
+            last_seq,
+            timestamp,
+            duplicate,
+        }),
+        other => Err(RaftOpError::Rejected(format!(
+            "unexpected reply to a write: {other:?}"
+        ))),
     }
 }
 

@@ -19,6 +19,9 @@ pub const ERROR_DOMAIN: &str = "replog";
 pub const REASON_NOT_LEADER: &str = "NOT_LEADER";
 /// `ErrorInfo.reason` of a replica that will not serve reads (behind or cut off).
 pub const REASON_NOT_IN_SYNC: &str = "NOT_IN_SYNC";
+/// `ErrorInfo.reason` of a write whose outcome the server cannot know (the leader changed
+/// while it replicated): retry it with the same idempotency key, on the leader named.
+pub const REASON_OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 pub const META_LEADER_ID: &str = "leader_id";
 pub const META_LEADER_ADDRESS: &str = "leader_address";
 
@@ -41,6 +44,13 @@ pub enum ApiError {
     /// Ask the leader instead (when one is known).
     #[error("{message}")]
     NotLeader {
+        message: String,
+        leader: Option<(NodeId, String)>,
+    },
+    /// The leader changed while the request replicated: it may or may not have committed.
+    /// Retryable (UNAVAILABLE): a keyed write's retry is applied at most once.
+    #[error("{message}")]
+    OutcomeUnknown {
         message: String,
         leader: Option<(NodeId, String)>,
     },
@@ -93,6 +103,7 @@ impl From<RaftOpError> for ApiError {
         let message = e.to_string();
         match e {
             RaftOpError::NotLeader { leader } => ApiError::NotLeader { message, leader },
+            RaftOpError::OutcomeUnknown { leader } => ApiError::OutcomeUnknown { message, leader },
             RaftOpError::Rejected(_) => ApiError::FailedPrecondition(message),
             RaftOpError::Timeout(_) => ApiError::DeadlineExceeded(message),
             RaftOpError::Stopped(_) => ApiError::Unavailable(message),
@@ -106,6 +117,7 @@ impl From<NodeError> for ApiError {
             NodeError::Raft(e) => e.into(),
             NodeError::Wal(e) => e.into(),
             NodeError::InvalidArgument(m) => ApiError::InvalidArgument(m),
+            NodeError::Overloaded(m) => ApiError::Unavailable(m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -121,9 +133,10 @@ pub fn to_status(e: ApiError) -> Status {
         ApiError::OutOfRange { .. } => Code::OutOfRange,
         ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
         ApiError::DataLoss(_) => Code::DataLoss,
-        ApiError::NotLeader { .. } | ApiError::NotInSync { .. } | ApiError::Unavailable(_) => {
-            Code::Unavailable
-        }
+        ApiError::NotLeader { .. }
+        | ApiError::NotInSync { .. }
+        | ApiError::OutcomeUnknown { .. }
+        | ApiError::Unavailable(_) => Code::Unavailable,
         ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         ApiError::Aborted(_) => Code::Aborted,
         ApiError::Internal(_) => Code::Internal,
@@ -131,6 +144,7 @@ pub fn to_status(e: ApiError) -> Status {
     let (reason, leader) = match e {
         ApiError::NotLeader { leader, .. } => (REASON_NOT_LEADER, leader),
         ApiError::NotInSync { leader, .. } => (REASON_NOT_IN_SYNC, leader),
+        ApiError::OutcomeUnknown { leader, .. } => (REASON_OUTCOME_UNKNOWN, leader),
         _ => return Status::new(code, message),
     };
     let mut meta = HashMap::new();

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod log;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tonic::transport::server::Router;
@@ -190,6 +191,11 @@ pub async fn watch_metrics(core: Arc<Core>) {
         }
         m.in_sync
             .set(i64::from(core.replica_state() == ReplicaState::InSync));
+        m.keyed_writes_in_flight
+            .set(core.keyed_writes_in_flight() as i64);
+        let dups = core.state().duplicate_keys_applied.load(Ordering::Relaxed);
+        m.duplicate_keys_applied
+            .inc_by(dups.saturating_sub(m.duplicate_keys_applied.get()));
         tokio::select! {
             _ = &mut stopped => return,
             alive = watch.changed() => if !alive { return },

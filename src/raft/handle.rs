@@ -12,10 +12,17 @@ use super::types::{LogId, Request, Response, TypeConfig};
 use super::{NodeId, Raft};
 
 /// Why a Raft operation did not happen.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RaftOpError {
     #[error("this node is not the leader (leader: {})", leader_text(.leader))]
     NotLeader { leader: Option<(NodeId, String)> },
+    /// The proposal was appended here, then this node lost the leadership: it may yet commit
+    /// through another leader, or never. Only a keyed write can be retried safely.
+    #[error(
+        "the leader changed while this request was replicating; its outcome is unknown (leader: {})",
+        leader_text(.leader)
+    )]
+    OutcomeUnknown { leader: Option<(NodeId, String)> },
     /// Refused by Raft or by the state machine, identically on every replica.
     #[error("refused: {0}")]
     Rejected(String),
@@ -39,6 +46,12 @@ impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for RaftOpError {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RaftOpError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
             },
+            // openraft's wording ("application must deduplicate retries") stays here.
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+                RaftOpError::OutcomeUnknown {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                }
+            }
             RaftError::APIError(other) => RaftOpError::Rejected(other.to_string()),
             RaftError::Fatal(f) => RaftOpError::Stopped(f.to_string()),
         }
@@ -190,6 +203,15 @@ impl RaftNode {
             Response::Rejected { reason } => Err(RaftOpError::Rejected(reason)),
             other => Ok(other),
         }
+    }
+
+    /// Whether this node leads and has applied an entry of its own term (checked now).
+    pub fn own_term_applied(&self) -> bool {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        m.current_leader == Some(self.id)
+            && m.last_applied
+                .is_some_and(|a| a.leader_id.term == m.current_term)
     }
 
     /// Waits until this leader has applied an entry of its own term, so every entry of earlier

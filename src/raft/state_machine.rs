@@ -16,8 +16,9 @@
 //! result (exact for a retry of the last write; for an older one, the last write's result).
 //! The table keeps `max_producers` producers; past that, the producer whose last write is the
 //! oldest (by log index, so every replica evicts the same one) is forgotten, and a retry from
-//! it would be written again. The leader also refuses to propose a key it has already applied
-//! (see `node`), so a duplicate never takes sequence numbers.
+//! it would be written again. The leader never proposes a key that is applied or in flight
+//! (`node::producers`), so a duplicate never takes sequence numbers; one that reached the log
+//! anyway is counted (`duplicate_keys_applied`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -104,6 +105,9 @@ pub struct SmShared {
     pub snapshots_installed: AtomicU64,
     /// Entries applied since the node started (a restart re-applies only what sled lacked).
     pub applied_since_open: AtomicU64,
+    /// Keyed writes applied whose key had been applied before, since the node started. The
+    /// leader never proposes a key twice (`node::producers`): anything but 0 is a bug.
+    pub duplicate_keys_applied: AtomicU64,
 }
 
 impl SmShared {
@@ -171,6 +175,7 @@ struct Dirty {
     evicted: Vec<u64>,
     checkpoints: HashSet<String>,
     membership: bool,
+    duplicate_keys: u64,
 }
 
 impl StateMachine {
@@ -197,6 +202,7 @@ impl StateMachine {
             image: RwLock::new(image),
             snapshots_installed: AtomicU64::new(0),
             applied_since_open: AtomicU64::new(0),
+            duplicate_keys_applied: AtomicU64::new(0),
         });
         Ok(StateMachine {
             shared,
@@ -243,14 +249,15 @@ impl StateMachine {
                 if let Some(key) = producer {
                     let duplicate = img.producers.get(&key.id).is_some_and(|p| key.seq <= p.seq);
                     if duplicate {
-                        // The leader never proposes a known key; a duplicate here came from a
-                        // race the leader cannot see (two proposals in flight). Its records are
-                        // in the log already; the table keeps the first write.
-                        tracing::warn!(
+                        // The leader never proposes a known key (`node::producers`): this is a
+                        // broken invariant, counted and logged on every replica. Its records
+                        // are in the log already; the table keeps the first write.
+                        dirty.duplicate_keys += 1;
+                        tracing::error!(
                             producer = key.id,
                             seq = key.seq,
                             index,
-                            "duplicate producer key applied"
+                            "duplicate producer key applied (a key was proposed twice)"
                         );
                     } else {
                         img.producers.insert(
@@ -427,6 +434,7 @@ fn store_image(tree: &sled::Tree, img: &Image) -> io::Result<()> {
         evicted: Vec::new(),
         checkpoints: img.checkpoints.keys().cloned().collect(),
         membership: true,
+        duplicate_keys: 0,
     };
     // A later insert of a key overrides its removal above within the batch.
     put_changes(&mut b, img, &everything)?;
@@ -461,6 +469,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((r, resp));
             }
         }
+        self.shared
+            .duplicate_keys_applied
+            .fetch_add(dirty.duplicate_keys, Ordering::Relaxed);
         let (next_seq, log_start) = self.shared.read(|i| (i.next_seq, i.log_start));
         // sled I/O is quick and buffered (no fsync), so it runs inline.
         self.persist(&dirty)?;
