@@ -36,7 +36,7 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    fn client(&self) -> Result<Client, CliError> {
+    pub(super) fn client(&self) -> Result<Client, CliError> {
         let opts = ClientOptions {
             retry_timeout: self.retry_timeout,
             ..ClientOptions::default()
@@ -44,7 +44,7 @@ impl ClientArgs {
         Client::new(&self.endpoints, opts).map_err(|e| CliError::usage(e.to_string()))
     }
 
-    fn format(&self, default: Format) -> Format {
+    pub(super) fn format(&self, default: Format) -> Format {
         self.output.unwrap_or(default)
     }
 }

@@ -6,6 +6,7 @@ pub mod bench_cluster;
 pub mod client;
 pub mod output;
 pub mod serve;
+pub mod verify;
 pub mod wal;
 
 use std::process::ExitCode;
@@ -57,6 +58,9 @@ pub enum Command {
     Segments(client::SegmentsArgs),
     /// Cluster status, health and membership.
     Cluster(client::ClusterArgs),
+    /// Check a live cluster: write unique keyed entries through whatever happens, then read
+    /// every member and report lost, duplicated, reordered, gaps and divergence (exit 0: none).
+    Verify(verify::VerifyArgs),
     /// Work on a local write-ahead log directory (offline tools, like kafka-dump-log).
     Wal(wal::WalCommand),
     /// Measure acknowledged writes/s and latency of an in-process cluster (Raft over loopback).
@@ -128,6 +132,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Truncate(args) => client::run_async(client::truncate(&args)),
         Command::Segments(args) => client::run_async(client::segments(&args)),
         Command::Cluster(args) => client::run_async(client::cluster(&args)),
+        Command::Verify(args) => client::run_async(verify::verify(&args)),
         Command::Wal(cmd) => wal::run(cmd),
         Command::BenchCluster(args) => bench_cluster::run(&args),
     };

@@ -436,6 +436,55 @@ impl Client {
         Ok(Box::pin(futures::stream::unfold(state, ReplayState::next)))
     }
 
+    /// Reads committed entries from one node only (no redirect to another), to compare
+    /// replicas: from `req`'s start up to what that node has committed (`follow` is ignored).
+    /// Retries while the node is not in sync or unreachable, until the retry timeout; resumes
+    /// after the last entry if the stream breaks. At most `max_entries` are read.
+    pub async fn read_node(
+        &self,
+        endpoint: &str,
+        mut req: ReplayRequest,
+        max_entries: usize,
+    ) -> Result<Vec<pb::Entry>, ClientError> {
+        let ch = {
+            let mut st = self.state.lock();
+            self.channel_to(&mut st, &normalize(endpoint))?
+        };
+        req.follow = false;
+        let deadline = Instant::now() + self.opts.retry_timeout;
+        let mut backoff = BACKOFF_MIN;
+        let mut out: Vec<pb::Entry> = Vec::new();
+        loop {
+            let mut rq = req.clone();
+            if let Some(last) = out.last() {
+                rq.start = Some(Start::FromSequence(last.sequence + 1));
+            }
+            let mut rq = Request::new(rq);
+            rq.set_timeout(self.opts.request_timeout + Duration::from_secs(10));
+            let status = match self.log(ch.clone()).replay(rq).await {
+                Ok(stream) => {
+                    match drain_into(stream.into_inner(), &mut out, max_entries).await {
+                        Ok(()) => return Ok(out),
+                        Err(ClientError::Rpc(s)) if is_retryable(&s) => s,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(s) if is_retryable(&s) => s,
+                Err(s) => return Err(ClientError::Rpc(s)),
+            };
+            if Instant::now() + backoff >= deadline {
+                let message = format!(
+                    "{} (reading {endpoint}, retried for {:?})",
+                    status.message(),
+                    self.opts.retry_timeout
+                );
+                return Err(ClientError::Rpc(Status::new(status.code(), message)));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
     async fn open_replay(
         &self,
         req: ReplayRequest,
@@ -597,6 +646,24 @@ pub fn verify(e: &pb::Entry) -> Result<(), ClientError> {
             got: e.checksum,
             computed,
         });
+    }
+    Ok(())
+}
+
+/// Appends a replay stream's entries (checksums verified) to `out`, up to `max` in all.
+async fn drain_into(
+    mut stream: Streaming<ReplayResponse>,
+    out: &mut Vec<pb::Entry>,
+    max: usize,
+) -> Result<(), ClientError> {
+    while let Some(msg) = stream.next().await {
+        for e in msg.map_err(ClientError::Rpc)?.entries {
+            verify(&e)?;
+            if out.len() >= max {
+                return Ok(());
+            }
+            out.push(e);
+        }
     }
     Ok(())
 }

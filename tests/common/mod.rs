@@ -52,4 +52,5 @@ pub fn summary(wal: &Manager) -> Vec<(u64, String, Vec<u8>)> {
 }
 pub mod cluster;
 pub mod crash_fs;
+pub mod netns;
 pub mod process;

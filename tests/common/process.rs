@@ -27,11 +27,24 @@ impl ServeProc {
     /// Starts `replog serve --id id --listen listen --metrics-listen 127.0.0.1:0 --data-dir dir
     /// extra...` and waits for the line that says where it listens.
     pub fn start(id: u64, dir: &Path, listen: &str, extra: &[&str]) -> ServeProc {
+        Self::start_in(Command::new(BIN), id, dir, listen, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`ServeProc::start`], with `cmd` as the program to run (e.g. `ip netns exec NS
+    /// replog`: it execs, so the child's pid is the node's) and metrics on `metrics_listen`.
+    pub fn start_in(
+        mut cmd: Command,
+        id: u64,
+        dir: &Path,
+        listen: &str,
+        metrics_listen: &str,
+        extra: &[&str],
+    ) -> ServeProc {
         let data_dir = dir.join(format!("node-{id}"));
         let log = dir.join(format!("node-{id}.log"));
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .args(["serve", "--id", &id.to_string(), "--listen", listen])
-            .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--metrics-listen", metrics_listen, "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -76,6 +89,14 @@ impl ServeProc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT, ...) to the node.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
     }
 
     /// SIGTERM, and wait for a clean exit.
