@@ -188,6 +188,21 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_outcome_is_retryable_and_names_the_new_leader() {
+        let e = RaftOpError::OutcomeUnknown {
+            leader: Some((2, "10.0.0.2:7400".into())),
+        };
+        let s = to_status(e.into());
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(leader_hint(&s), Some((2, "10.0.0.2:7400".to_owned())));
+        assert_eq!(
+            s.get_details_error_info().map(|i| i.reason),
+            Some(REASON_OUTCOME_UNKNOWN.to_owned())
+        );
+        assert!(!s.message().contains("deduplicate"), "{}", s.message());
+    }
+
+    #[test]
     fn wal_errors_map_to_documented_codes() {
         let code = |e: WalError| to_status(e.into()).code();
         assert_eq!(code(WalError::SegmentNotFound(4)), Code::NotFound);
