@@ -1,10 +1,10 @@
 //! The [`Manager`]: the WAL's public API and the state its threads share.
 //!
-//! One writer thread owns every change to the log (appends, rolls, truncations, checkpoints);
-//! callers reach it through a bounded queue. A syncer thread runs the fsyncs, so the writer
-//! encodes and writes the next group while the previous one is being made durable. Readers never
-//! go through either thread: they take a short read lock on the segment table to find where to
-//! read, then `pread` without holding any lock.
+//! One writer owns every change to the log (appends, rolls, truncations, checkpoints, and their
+//! fsyncs); callers reach it through a bounded queue, and whichever thread leads the `pipeline`
+//! runs it (usually the caller's own). The preparer thread makes the next segment file in the
+//! background. Readers go through neither: they take a short read lock on the segment table to
+//! find where to read, then `pread` without holding any lock.
 
 use std::collections::BTreeMap;
 use std::io;

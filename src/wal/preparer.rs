@@ -24,19 +24,27 @@ pub(crate) struct Prepared {
 }
 
 /// Makes the next segment file ahead of time, off the append path.
+///
+/// The writer numbers each file it asks for (`prealloc-N.tmp`), so on close it deletes an unused
+/// one itself, whether the thread finished it, stopped midway or failed. Which of those happens
+/// depends on thread timing; the writer's own file-system calls then do not, and crash-point
+/// tests rely on that (`tests/wal_crash_points.rs` counts them).
 pub(crate) struct Preparer {
-    tx: Option<SyncSender<()>>,
+    tx: Option<SyncSender<u64>>,
     rx: Receiver<Result<Prepared>>,
-    outstanding: bool,
+    /// The number of the file asked for and not yet received.
+    outstanding: Option<u64>,
+    /// The number of the next file to ask for (0 is recovery's).
+    next: u64,
     ready: Option<Prepared>,
-    /// Set on close: a zero-fill in progress stops and deletes its file.
+    /// Set on close: a zero-fill in progress stops, leaving its file for `discard` to delete.
     cancel: Arc<AtomicBool>,
     sh: Arc<Shared>,
 }
 
 impl Preparer {
     pub(crate) fn start(sh: Arc<Shared>) -> Result<(Preparer, JoinHandle<()>)> {
-        let (req_tx, req_rx) = sync_channel::<()>(1);
+        let (req_tx, req_rx) = sync_channel::<u64>(1);
         let (res_tx, res_rx) = sync_channel(1);
         let thread_sh = sh.clone();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -44,9 +52,7 @@ impl Preparer {
         let handle = std::thread::Builder::new()
             .name("wal-preparer".into())
             .spawn(move || {
-                let mut n = 0u64;
-                while req_rx.recv().is_ok() {
-                    n += 1;
+                while let Ok(n) = req_rx.recv() {
                     if res_tx
                         .send(prepare(&*thread_sh.fs, &thread_sh.cfg, n, &thread_cancel))
                         .is_err()
@@ -59,7 +65,8 @@ impl Preparer {
             Preparer {
                 tx: Some(req_tx),
                 rx: res_rx,
-                outstanding: false,
+                outstanding: None,
+                next: 1,
                 ready: None,
                 cancel,
                 sh,
@@ -70,11 +77,14 @@ impl Preparer {
 
     /// Starts preparing a file unless one is ready or on its way.
     pub(crate) fn request(&mut self) {
-        if self.outstanding || self.ready.is_some() {
+        if self.outstanding.is_some() || self.ready.is_some() {
             return;
         }
-        if let Some(tx) = &self.tx {
-            self.outstanding = tx.send(()).is_ok();
+        if let Some(tx) = &self.tx
+            && tx.send(self.next).is_ok()
+        {
+            self.outstanding = Some(self.next);
+            self.next += 1;
         }
     }
 
@@ -84,30 +94,37 @@ impl Preparer {
             return Ok(p);
         }
         self.request();
-        if !self.outstanding {
+        if self.outstanding.take().is_none() {
             return Err(WalError::Closed);
         }
-        self.outstanding = false;
         self.rx.recv().map_err(|_| WalError::Closed)?
     }
 
-    /// Stops the thread and deletes a file it prepared but nobody used.
+    /// Stops the thread and deletes the file it was asked for if nobody used it.
     pub(crate) fn discard(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);
-        if self.outstanding {
-            if let Ok(Ok(p)) = self.rx.recv() {
-                self.ready = Some(p);
+        let unused = match (self.ready.take(), self.outstanding.take()) {
+            (Some(p), _) => Some(p.path),
+            (None, Some(n)) => {
+                // Done, stopped midway or failed: the file, if any, is no longer in use.
+                let _ = self.rx.recv();
+                Some(prealloc_path(&self.sh.cfg, n))
             }
-            self.outstanding = false;
-        }
+            (None, None) => None,
+        };
         self.tx = None;
-        if let Some(p) = self.ready.take() {
-            let _ = self.sh.fs.remove(&p.path);
+        if let Some(path) = unused {
+            let _ = self.sh.fs.remove(&path);
         }
     }
 }
 
+fn prealloc_path(cfg: &WalConfig, n: u64) -> PathBuf {
+    cfg.directory.join(format!("prealloc-{n}.tmp"))
+}
+
 /// Creates `prealloc-N.tmp`, zero-filled to `segment_size` when `preallocate` is on, fsync'd.
+/// Stopped by `cancel` (a zero-fill only), it returns `Closed` and leaves the file to the caller.
 pub(crate) fn prepare(
     fs: &dyn FileSystem,
     cfg: &WalConfig,
@@ -125,7 +142,7 @@ pub(crate) fn prepare(
             required_bytes,
         });
     }
-    let path = dir.join(format!("prealloc-{n}.tmp"));
+    let path = prealloc_path(cfg, n);
     let file = fs.create(&path)?;
     let no_space = |e: io::Error| {
         let _ = fs.remove(&path);
@@ -153,7 +170,6 @@ pub(crate) fn prepare(
             let mut at = 0;
             while at < size {
                 if cancel.load(Ordering::SeqCst) {
-                    let _ = fs.remove(&path);
                     return Err(WalError::Closed);
                 }
                 let n = zeros.len().min((size - at) as usize);
