@@ -76,6 +76,19 @@ pub struct NodeConfig {
     /// Without `initial_members`: initialize a single-node cluster of this node (at its
     /// advertised address) if it was never initialized.
     pub init: bool,
+    /// The file system of the log and the Raft metadata (default: the OS's). Tests put a
+    /// fault-injecting one here to fail fsyncs, fill the disk or tear writes on a live node.
+    pub file_system: Option<NodeFs>,
+}
+
+/// A file system for [`NodeConfig::file_system`].
+#[derive(Clone)]
+pub struct NodeFs(pub Arc<dyn crate::wal::fs::FileSystem>);
+
+impl std::fmt::Debug for NodeFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeFs(..)")
+    }
 }
 
 impl NodeConfig {
@@ -98,6 +111,7 @@ impl NodeConfig {
             limits: Limits::default(),
             join: Vec::new(),
             init: false,
+            file_system: None,
         }
     }
 }
@@ -201,13 +215,18 @@ impl Node {
         };
         let (data_dir, max_producers, id) = (cfg.data_dir.clone(), cfg.max_producers, cfg.id);
         let registry = metrics.registry.clone();
+        let fs = cfg.file_system.clone().map_or_else(
+            || Arc::new(crate::wal::fs::StdFs) as Arc<dyn crate::wal::fs::FileSystem>,
+            |f| f.0,
+        );
         let storage = tokio::task::spawn_blocking(move || {
             claim_data_dir(&data_dir, id)?;
-            Ok::<_, NodeError>(Storage::open(
+            Ok::<_, NodeError>(Storage::open_with(
                 &data_dir,
                 wal_cfg,
                 Some(&registry),
                 max_producers,
+                fs,
             )?)
         })
         .await??;

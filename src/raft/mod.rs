@@ -84,12 +84,27 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (recovering) a node's storage. `wal_cfg.directory` is replaced by `<data>/wal`.
+    /// Opens (recovering) a node's storage on the OS's file system. `wal_cfg.directory` is
+    /// replaced by `<data>/wal`.
     pub fn open(
+        data_dir: &std::path::Path,
+        wal_cfg: crate::wal::WalConfig,
+        registry: Option<&prometheus::Registry>,
+        max_producers: usize,
+    ) -> std::io::Result<Storage> {
+        let fs: std::sync::Arc<dyn crate::wal::fs::FileSystem> =
+            std::sync::Arc::new(crate::wal::fs::StdFs);
+        Self::open_with(data_dir, wal_cfg, registry, max_producers, fs)
+    }
+
+    /// Like [`Storage::open`], with the log, `RAFT_META` and `SM_SNAPSHOT` on `fs` (tests inject
+    /// storage faults this way; sled stays on the OS's file system: it is only a cache).
+    pub fn open_with(
         data_dir: &std::path::Path,
         mut wal_cfg: crate::wal::WalConfig,
         registry: Option<&prometheus::Registry>,
         max_producers: usize,
+        fs: std::sync::Arc<dyn crate::wal::fs::FileSystem>,
     ) -> std::io::Result<Storage> {
         use std::sync::Arc;
         let io = |e: crate::wal::WalError| std::io::Error::other(e);
@@ -99,7 +114,6 @@ impl Storage {
         if snapshot::finish_install(data_dir, &wal_cfg.directory)? {
             tracing::info!("finished installing a snapshot received before a restart");
         }
-        let fs: Arc<dyn crate::wal::fs::FileSystem> = Arc::new(crate::wal::fs::StdFs);
         let wal = WalHandle::new(
             crate::wal::Manager::open_with(wal_cfg, fs.clone(), registry).map_err(io)?,
         );

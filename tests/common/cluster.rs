@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use replog::node::{Node, NodeConfig, NodeError, Written};
+use replog::node::{Node, NodeConfig, NodeError, NodeFs, Written};
 use replog::raft::types::WriteRecord;
 use replog::raft::{NodeId, RaftTiming};
+use replog::wal::fs::MemFs;
 use replog::wal::{Entry, Operation, ProducerKey, SyncPolicy, WalConfig};
 use tempfile::TempDir;
 
@@ -30,6 +31,8 @@ pub struct TestCluster {
     pub segment_size: ByteSize,
     /// Applied to every node's config (e.g. retention).
     pub tweak: fn(&mut NodeConfig),
+    /// Nodes whose log and Raft metadata live on an in-memory, fault-injecting file system.
+    pub mem: BTreeMap<NodeId, MemFs>,
 }
 
 pub fn record(tenant: &str, data: impl Into<Vec<u8>>) -> WriteRecord {
@@ -82,6 +85,21 @@ impl TestCluster {
         segment_size: ByteSize,
         tweak: fn(&mut NodeConfig),
     ) -> TestCluster {
+        Self::start_full(n, segment_size, tweak, false).await
+    }
+
+    /// `n` nodes whose logs live on [`MemFs`] file systems (`c.mem[&id]`), to inject storage
+    /// faults into a live node and to crash it.
+    pub async fn start_on_mem(n: u64, tweak: fn(&mut NodeConfig)) -> TestCluster {
+        Self::start_full(n, ByteSize::mib(1), tweak, true).await
+    }
+
+    async fn start_full(
+        n: u64,
+        segment_size: ByteSize,
+        tweak: fn(&mut NodeConfig),
+        on_mem: bool,
+    ) -> TestCluster {
         init_tracing();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -100,6 +118,11 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             segment_size,
             tweak,
+            mem: if on_mem {
+                (1..=n).map(|id| (id, MemFs::new())).collect()
+            } else {
+                BTreeMap::new()
+            },
         };
         for (id, l) in listeners {
             let dir = TempDir::new().unwrap();
@@ -125,6 +148,9 @@ impl TestCluster {
             min_free_bytes: ByteSize::b(0),
             ..WalConfig::new(dir.join("wal"))
         };
+        if let Some(mem) = self.mem.get(&id) {
+            cfg.file_system = Some(NodeFs(std::sync::Arc::new(mem.clone())));
+        }
         (self.tweak)(&mut cfg);
         cfg
     }
@@ -190,8 +216,16 @@ impl TestCluster {
     pub async fn write(&self, producer: Option<ProducerKey>, records: Vec<WriteRecord>) -> Written {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let leader = self.nodes.values().find_map(|n| n.leader()).map(|l| l.0);
-            if let Some(node) = leader.and_then(|l| self.nodes.get(&l)) {
+            // Every leader some live node knows of (a node whose Raft stopped on a storage
+            // error keeps its last view, which may name itself).
+            let mut leaders: Vec<NodeId> = self
+                .nodes
+                .values()
+                .filter(|n| n.raft().fatal().is_none())
+                .filter_map(|n| n.leader().map(|l| l.0))
+                .collect();
+            leaders.dedup();
+            for node in leaders.iter().filter_map(|l| self.nodes.get(l)) {
                 match node.write(producer, records.clone()).await {
                     Ok(w) => return w,
                     Err(e) => eprintln!("write via node {}: {e}; retrying", node.id()),
