@@ -475,6 +475,8 @@ impl Core {
                     }
                     // Another write of this producer was in flight: look again.
                 }
+                // Leadership moved since the wait: the wait answers with the new leader.
+                producers::Step::NotReady => {}
                 producers::Step::Propose { publish, outcome } => {
                     let raft = self.raft.clone();
                     // The proposal belongs to the leader, not to this request: it goes on

@@ -15,7 +15,12 @@ async fn copies_everywhere(c: &TestCluster, next_seq: u64, data: &[u8]) -> Vec<(
     c.wait_applied(next_seq).await;
     let mut out = Vec::new();
     for id in c.nodes.keys() {
-        let n = c.entries(*id).await.iter().filter(|e| e.data == data).count();
+        let n = c
+            .entries(*id)
+            .await
+            .iter()
+            .filter(|e| e.data == data)
+            .count();
         out.push((*id, n));
     }
     out
@@ -69,7 +74,11 @@ async fn a_retry_of_a_write_whose_caller_went_away_is_not_proposed_again() {
     // Not a condition to wait for: it only gives a retry that would propose again the time
     // to do so before the heal (the assertions below hold however long it takes).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(core.keyed_writes_in_flight(), 1, "the first proposal is owned by the leader");
+    assert_eq!(
+        core.keyed_writes_in_flight(),
+        1,
+        "the first proposal is owned by the leader"
+    );
     heal(&c);
     let w = tokio::time::timeout(DEADLINE, retry)
         .await
@@ -109,7 +118,10 @@ async fn concurrent_retries_of_one_key_share_one_proposal() {
         results.push(t.await.unwrap().expect("every try is answered"));
     }
     let firsts: Vec<u64> = results.iter().map(|w| w.first_seq).collect();
-    assert!(firsts.iter().all(|f| *f == firsts[0]), "one result for all: {firsts:?}");
+    assert!(
+        firsts.iter().all(|f| *f == firsts[0]),
+        "one result for all: {firsts:?}"
+    );
     assert_eq!(results.iter().filter(|w| !w.duplicate).count(), 1);
     for (id, n) in copies_everywhere(&c, results[0].last_seq + 1, b"shared").await {
         assert_eq!(n, 1, "node {id} holds {n} copies");
@@ -137,7 +149,11 @@ async fn a_keyed_write_cut_off_with_its_leader_is_retryable_and_lands_once() {
         .expect("the new leader takes the retry");
     heal(&c);
     // The old leader's attempt ends with a retryable answer (never a refusal).
-    match tokio::time::timeout(DEADLINE, stuck).await.expect("answered").unwrap() {
+    match tokio::time::timeout(DEADLINE, stuck)
+        .await
+        .expect("answered")
+        .unwrap()
+    {
         Ok(first) => assert_eq!(first.first_seq, w.first_seq),
         Err(NodeError::Raft(
             RaftOpError::OutcomeUnknown { .. } | RaftOpError::NotLeader { .. },
@@ -145,6 +161,56 @@ async fn a_keyed_write_cut_off_with_its_leader_is_retryable_and_lands_once() {
         Err(e) => panic!("the cut-off attempt must end retryable, got: {e}"),
     }
     for (id, n) in copies_everywhere(&c, w.last_seq + 1, b"cut").await {
+        assert_eq!(n, 1, "node {id} holds {n} copies");
+    }
+    c.shutdown().await;
+}
+
+/// Elections that take a few seconds: a restarted node is back well before.
+fn unhurried_elections(cfg: &mut replog::node::NodeConfig) {
+    cfg.raft.election_timeout_min = Duration::from_secs(3);
+    cfg.raft.election_timeout_max = Duration::from_secs(4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_does_not_propose_again_a_key_it_held_before() {
+    let mut c =
+        TestCluster::start_tweaked(3, bytesize::ByteSize::mib(1), unhurried_elections).await;
+    let leader = c.leader().await;
+    c.write(None, vec![record("t", "warm-up")]).await;
+    isolate(&c, leader);
+    let key = ProducerKey { id: 5, seq: 1 };
+    // Appended (durably) on the leader only, then the leader restarts: its new process has
+    // never seen the key in flight.
+    let first = tokio::time::timeout(
+        Duration::from_millis(300),
+        c.nodes[&leader].write(Some(key), vec![record("t", "held")]),
+    )
+    .await;
+    assert!(first.is_err(), "a write cannot commit while cut off");
+    c.stop(leader).await;
+    // Restarted, still cut off from the others (their switches block it).
+    c.restart(leader).await;
+    let restarted = c.nodes[&leader].core().clone();
+    let w = {
+        let retry = c.write(Some(key), vec![record("t", "held")]);
+        tokio::pin!(retry);
+        // The retry lands wherever a leader takes it: the others, once they elect one, or the
+        // restarted node if it led again at once and proposed the key a second time (then the heal
+        // lets both copies commit, which the check below catches).
+        loop {
+            tokio::select! {
+                w = &mut retry => break w,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if restarted.keyed_writes_in_flight() > 0 {
+                        heal(&c);
+                    }
+                }
+            }
+        }
+    };
+    heal(&c);
+    for (id, n) in copies_everywhere(&c, w.last_seq + 1, b"held").await {
         assert_eq!(n, 1, "node {id} holds {n} copies");
     }
     c.shutdown().await;

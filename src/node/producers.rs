@@ -14,7 +14,10 @@
 //! in its log is applied (its table knows those keys, committed or not before it led: they
 //! commit with its first entry). The keys it proposed itself in this term are in the ledger
 //! until they are applied. Raft answers every proposal (applied, discarded on a leader change,
-//! or the node stopped), so every entry leaves the ledger.
+//! or the node stopped), so every entry leaves the ledger. A term belongs to one process: a
+//! restarted leader does not take its leadership back without an election (openraft's leader
+//! restore is off, see `raft::openraft_config`), since its new ledger would not know the keys
+//! it proposed in that term before the restart.
 //!
 //! Invariant (checked in [`Ledger::begin`]): a key is proposed only when it is neither applied
 //! nor in flight, by a leader whose own term is applied, under one lock.
@@ -48,6 +51,8 @@ pub enum Step {
         seq: u64,
         outcome: watch::Receiver<Option<Outcome>>,
     },
+    /// This node no longer leads with its own term applied: look again.
+    NotReady,
     /// Propose it: the caller must hand `publish` to the task that owns the proposal.
     Propose {
         publish: Publish,
@@ -133,7 +138,7 @@ impl Ledger {
             return Ok(Step::Applied(applied));
         }
         if !ready() {
-            return Err(NodeError::Raft(RaftOpError::NotLeader { leader: None }));
+            return Ok(Step::NotReady);
         }
         if map.len() >= self.max {
             return Err(NodeError::Overloaded(format!(

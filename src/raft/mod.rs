@@ -68,6 +68,12 @@ pub fn openraft_config(
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 0,
         max_payload_entries,
+        // A restarted leader must win a new election, as in standard Raft. openraft would
+        // otherwise restore its leadership in the same term, with entries it proposed before
+        // the restart still uncommitted in its log while its applied entry is already of that
+        // term: it would look ready to propose keyed writes whose keys it cannot see yet, and
+        // a retried key would be written twice (`node::producers`).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     cfg.validate().map_err(|e| e.to_string())

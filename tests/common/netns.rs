@@ -53,7 +53,9 @@ impl Hosts {
         let mut h = Hosts {
             hub: format!("{tag}hub"),
             namespaces: (1..=n).map(|i| format!("{tag}n{i}")).collect(),
-            ips: (1..=n).map(|i| format!("{NET_PREFIX}.{subnet}.{i}")).collect(),
+            ips: (1..=n)
+                .map(|i| format!("{NET_PREFIX}.{subnet}.{i}"))
+                .collect(),
             local_ip: format!("{NET_PREFIX}.{subnet}.254"),
             root_veth: format!("{tag}r"),
             tag,
@@ -71,7 +73,9 @@ impl Hosts {
         for (i, ns) in self.namespaces.clone().iter().enumerate() {
             let (inner, outer) = (format!("{}v{i}", self.tag), format!("{}p{i}", self.tag));
             run(&["ip", "netns", "add", ns])?;
-            run(&["ip", "link", "add", &inner, "type", "veth", "peer", "name", &outer])?;
+            run(&[
+                "ip", "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ])?;
             run(&["ip", "link", "set", &inner, "netns", ns])?;
             run(&["ip", "link", "set", &outer, "netns", &hub])?;
             run(&["ip", "-n", &hub, "link", "set", &outer, "master", "br0"])?;
@@ -91,7 +95,17 @@ impl Hosts {
             )?;
         }
         let outer = format!("{}q", self.tag);
-        run(&["ip", "link", "add", &self.root_veth, "type", "veth", "peer", "name", &outer])?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &self.root_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &outer,
+        ])?;
         run(&["ip", "link", "set", &outer, "netns", &hub])?;
         run(&["ip", "-n", &hub, "link", "set", &outer, "master", "br0"])?;
         run(&["ip", "-n", &hub, "link", "set", &outer, "up"])?;
