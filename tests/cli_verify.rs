@@ -24,7 +24,13 @@ fn verify_reports_a_clean_run_and_refuses_bad_arguments() {
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["attempted"], 40);
     assert_eq!(r["acknowledged"], 40);
-    for k in ["lost", "duplicated", "reordered", "sequence_gaps", "divergent"] {
+    for k in [
+        "lost",
+        "duplicated",
+        "reordered",
+        "sequence_gaps",
+        "divergent",
+    ] {
         assert_eq!(r[k], 0, "{k}");
     }
     let members = r["members"].as_array().expect("members");
@@ -37,10 +43,27 @@ fn verify_reports_a_clean_run_and_refuses_bad_arguments() {
 
     let e = &node.addr;
     let bad: [(&[&str], &str); 4] = [
-        (&["verify", "--producers", "0", "--endpoints", e], "--producers"),
+        (
+            &["verify", "--producers", "0", "--endpoints", e],
+            "--producers",
+        ),
         (&["verify", "--size", "10", "--endpoints", e], "--size"),
-        (&["verify", "--count", "5", "--duration", "1s", "--endpoints", e], "cannot be used"),
-        (&["verify", "--tenant", "no spaces", "--endpoints", e], "tenant"),
+        (
+            &[
+                "verify",
+                "--count",
+                "5",
+                "--duration",
+                "1s",
+                "--endpoints",
+                e,
+            ],
+            "cannot be used",
+        ),
+        (
+            &["verify", "--tenant", "no spaces", "--endpoints", e],
+            "tenant",
+        ),
     ];
     for (args, says) in bad {
         let err = fails(args, b"", 2);

@@ -242,7 +242,15 @@ impl Cluster {
 fn start_verify(endpoints: &str, dir: &std::path::Path) -> Child {
     let err = std::fs::File::create(dir.join("verify.stderr")).unwrap();
     Command::new(BIN)
-        .args(["verify", "--duration", "24h", "--producers", "4", "-o", "json"])
+        .args([
+            "verify",
+            "--duration",
+            "24h",
+            "--producers",
+            "4",
+            "-o",
+            "json",
+        ])
         .args(["--stall-threshold", "250ms", "--retry-timeout", "120s"])
         .args(["--endpoints", endpoints])
         .env("RUST_LOG", "warn")
@@ -278,10 +286,7 @@ fn finish_verify(mut verify: Child, dir: &std::path::Path) -> serde_json::Value 
 /// Per kind of fault: the longest stall of acknowledgements it caused (a stall belongs to the
 /// last fault that started before it ended), and the longest wait from the heal to the next
 /// acknowledgement (0 when acknowledgements went on), both in ms.
-fn stalls_by_kind(
-    report: &serde_json::Value,
-    applied: &[Applied],
-) -> BTreeMap<String, (u64, u64)> {
+fn stalls_by_kind(report: &serde_json::Value, applied: &[Applied]) -> BTreeMap<String, (u64, u64)> {
     let stalls: Vec<(u64, u64)> = report["stalls"]
         .as_array()
         .into_iter()

@@ -180,7 +180,10 @@ fn parse_entry(run: u64, data: &[u8]) -> Option<Option<(u32, u64)>> {
     let field = |w: Option<&str>, name: &str| w?.strip_prefix(name)?.parse::<u64>().ok();
     let p = field(words.next(), "p=");
     let s = field(words.next(), "s=");
-    Some(p.zip(s).and_then(|(p, s)| Some((u32::try_from(p).ok()?, s))))
+    Some(
+        p.zip(s)
+            .and_then(|(p, s)| Some((u32::try_from(p).ok()?, s))),
+    )
 }
 
 /// The producer id of writer `p` in run `run` (distinct per writer, random per run).
@@ -244,7 +247,9 @@ async fn write_phase(client: &Client, a: &VerifyArgs, run: u64) -> Vec<WriterLog
         .count
         .is_none()
         .then(|| Instant::now() + a.duration.unwrap_or(Duration::from_secs(10)));
-    let budget = Arc::new(std::sync::atomic::AtomicU64::new(a.count.unwrap_or(u64::MAX)));
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(
+        a.count.unwrap_or(u64::MAX),
+    ));
     // Ctrl-C (or SIGTERM) ends the writing early: the writes in flight finish, then the check.
     let stop_writing = {
         let budget = budget.clone();
@@ -415,7 +420,10 @@ fn check(
 
 /// The gaps between consecutive acknowledgements (of any writer) above `threshold`.
 fn stalls(logs: &[WriterLog], threshold: Duration, r: &mut Report) {
-    let mut times: Vec<u64> = logs.iter().flat_map(|l| l.ack_times_ms.iter().copied()).collect();
+    let mut times: Vec<u64> = logs
+        .iter()
+        .flat_map(|l| l.ack_times_ms.iter().copied())
+        .collect();
     times.sort_unstable();
     let mut all: Vec<Stall> = times
         .windows(2)
@@ -462,7 +470,9 @@ fn check_member(
             Some(None) => m.unexpected += 1,
             Some(Some((p, s))) => {
                 m.run_entries += 1;
-                let attempted = logs.get(p as usize).is_some_and(|l| s >= 1 && s <= l.attempted);
+                let attempted = logs
+                    .get(p as usize)
+                    .is_some_and(|l| s >= 1 && s <= l.attempted);
                 if !attempted {
                     m.unexpected += 1;
                     continue;
@@ -602,7 +612,14 @@ mod tests {
             .collect();
         let m = check_member(1, "a".into(), run, 10, std::slice::from_ref(&log), &ok);
         assert_eq!(
-            (m.lost, m.duplicated, m.reordered, m.sequence_gaps, m.unexpected, m.misplaced),
+            (
+                m.lost,
+                m.duplicated,
+                m.reordered,
+                m.sequence_gaps,
+                m.unexpected,
+                m.misplaced
+            ),
             (0, 0, 0, 0, 0, 0)
         );
         // 2 written twice, 3 lost, 4 before 2's copy, a gap, an unattempted key.

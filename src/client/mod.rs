@@ -462,13 +462,11 @@ impl Client {
             let mut rq = Request::new(rq);
             rq.set_timeout(self.opts.request_timeout + Duration::from_secs(10));
             let status = match self.log(ch.clone()).replay(rq).await {
-                Ok(stream) => {
-                    match drain_into(stream.into_inner(), &mut out, max_entries).await {
-                        Ok(()) => return Ok(out),
-                        Err(ClientError::Rpc(s)) if is_retryable(&s) => s,
-                        Err(e) => return Err(e),
-                    }
-                }
+                Ok(stream) => match drain_into(stream.into_inner(), &mut out, max_entries).await {
+                    Ok(()) => return Ok(out),
+                    Err(ClientError::Rpc(s)) if is_retryable(&s) => s,
+                    Err(e) => return Err(e),
+                },
                 Err(s) if is_retryable(&s) => s,
                 Err(s) => return Err(ClientError::Rpc(s)),
             };

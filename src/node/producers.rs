@@ -80,7 +80,10 @@ impl Publish {
 
     fn leave(&self) {
         let mut map = self.ledger.pending.lock();
-        if map.get(&self.producer).is_some_and(|p| p.ticket == self.ticket) {
+        if map
+            .get(&self.producer)
+            .is_some_and(|p| p.ticket == self.ticket)
+        {
             map.remove(&self.producer);
         }
     }
@@ -175,7 +178,9 @@ impl Ledger {
 pub async fn outcome(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
     match rx.wait_for(Option::is_some).await {
         Ok(o) => o.clone().unwrap_or_else(|| {
-            Err(RaftOpError::Stopped("a proposal's outcome was empty".to_owned()))
+            Err(RaftOpError::Stopped(
+                "a proposal's outcome was empty".to_owned(),
+            ))
         }),
         Err(_) => Err(RaftOpError::Stopped(
             "the task that proposed this write ended without an answer".to_owned(),
