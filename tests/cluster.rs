@@ -113,15 +113,7 @@ async fn a_cut_off_minority_cannot_commit_and_heals_without_losing_writes() {
     }
     let leader = c.leader().await;
     // Cut the leader off from both others, both ways.
-    for (id, n) in &c.nodes {
-        if *id == leader {
-            for other in c.nodes.keys().filter(|o| **o != leader) {
-                n.switch().block(*other);
-            }
-        } else {
-            n.switch().block(leader);
-        }
-    }
+    c.isolate(leader);
     let isolated = &c.nodes[&leader];
     let stuck = tokio::time::timeout(
         std::time::Duration::from_secs(2),
@@ -141,9 +133,7 @@ async fn a_cut_off_minority_cannot_commit_and_heals_without_losing_writes() {
             .unwrap();
         acked.push(w.first_seq);
     }
-    for n in c.nodes.values() {
-        n.switch().heal();
-    }
+    c.heal();
     let last = *acked.iter().max().unwrap();
     c.wait_applied(last + 1).await;
     let reference = c.entries(new).await;

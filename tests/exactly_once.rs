@@ -26,25 +26,6 @@ async fn copies_everywhere(c: &TestCluster, next_seq: u64, data: &[u8]) -> Vec<(
     out
 }
 
-/// Cuts `node` off from every other node, both ways.
-fn isolate(c: &TestCluster, node: NodeId) {
-    for (id, n) in &c.nodes {
-        if *id == node {
-            for other in c.nodes.keys().filter(|o| **o != node) {
-                n.switch().block(*other);
-            }
-        } else {
-            n.switch().block(node);
-        }
-    }
-}
-
-fn heal(c: &TestCluster) {
-    for n in c.nodes.values() {
-        n.switch().heal();
-    }
-}
-
 /// Elections far slower than the test: the leader stays leader while it cannot replicate.
 fn slow_elections(cfg: &mut replog::node::NodeConfig) {
     cfg.raft.election_timeout_min = Duration::from_secs(20);
@@ -57,7 +38,7 @@ async fn a_retry_of_a_write_whose_caller_went_away_is_not_proposed_again() {
     let leader = c.leader().await;
     c.write(None, vec![record("t", "warm-up")]).await;
     let key = ProducerKey { id: 42, seq: 1 };
-    isolate(&c, leader);
+    c.isolate(leader);
     let core = c.nodes[&leader].core().clone();
     // The caller gives up while the write cannot commit (a client deadline, a forwarding
     // follower killed): its future is dropped with the proposal still in Raft.
@@ -79,7 +60,7 @@ async fn a_retry_of_a_write_whose_caller_went_away_is_not_proposed_again() {
         1,
         "the first proposal is owned by the leader"
     );
-    heal(&c);
+    c.heal();
     let w = tokio::time::timeout(DEADLINE, retry)
         .await
         .expect("the retry is answered")
@@ -105,14 +86,14 @@ async fn concurrent_retries_of_one_key_share_one_proposal() {
     let leader = c.leader().await;
     let core = c.nodes[&leader].core().clone();
     let key = ProducerKey { id: 9, seq: 5 };
-    isolate(&c, leader);
+    c.isolate(leader);
     let tries: Vec<_> = (0..8)
         .map(|_| {
             let core = core.clone();
             tokio::spawn(async move { core.write(Some(key), vec![record("t", "shared")]).await })
         })
         .collect();
-    heal(&c);
+    c.heal();
     let mut results = Vec::new();
     for t in tries {
         results.push(t.await.unwrap().expect("every try is answered"));
@@ -135,7 +116,7 @@ async fn a_keyed_write_cut_off_with_its_leader_is_retryable_and_lands_once() {
     let old = c.leader().await;
     c.write(None, vec![record("t", "warm-up")]).await;
     // The leader cut off from both followers: they elect another.
-    isolate(&c, old);
+    c.isolate(old);
     let key = ProducerKey { id: 77, seq: 1 };
     let stuck = {
         let core = c.nodes[&old].core().clone();
@@ -147,7 +128,7 @@ async fn a_keyed_write_cut_off_with_its_leader_is_retryable_and_lands_once() {
         .write(Some(key), vec![record("t", "cut")])
         .await
         .expect("the new leader takes the retry");
-    heal(&c);
+    c.heal();
     // The old leader's attempt ends with a retryable answer (never a refusal).
     match tokio::time::timeout(DEADLINE, stuck)
         .await
@@ -178,7 +159,7 @@ async fn a_restarted_leader_does_not_propose_again_a_key_it_held_before() {
         TestCluster::start_tweaked(3, bytesize::ByteSize::mib(1), unhurried_elections).await;
     let leader = c.leader().await;
     c.write(None, vec![record("t", "warm-up")]).await;
-    isolate(&c, leader);
+    c.isolate(leader);
     let key = ProducerKey { id: 5, seq: 1 };
     // Appended (durably) on the leader only, then the leader restarts: its new process has
     // never seen the key in flight.
@@ -203,13 +184,13 @@ async fn a_restarted_leader_does_not_propose_again_a_key_it_held_before() {
                 w = &mut retry => break w,
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {
                     if restarted.keyed_writes_in_flight() > 0 {
-                        heal(&c);
+                        c.heal();
                     }
                 }
             }
         }
     };
-    heal(&c);
+    c.heal();
     for (id, n) in copies_everywhere(&c, w.last_seq + 1, b"held").await {
         assert_eq!(n, 1, "node {id} holds {n} copies");
     }

@@ -207,6 +207,26 @@ impl TestCluster {
         found.unwrap()
     }
 
+    /// Cuts `node` off from every other node, both ways (its clients still reach it).
+    pub fn isolate(&self, node: NodeId) {
+        for (id, n) in &self.nodes {
+            if *id == node {
+                for other in self.nodes.keys().filter(|o| **o != node) {
+                    n.switch().block(*other);
+                }
+            } else {
+                n.switch().block(node);
+            }
+        }
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) {
+        for n in self.nodes.values() {
+            n.switch().heal();
+        }
+    }
+
     pub async fn leader(&self) -> NodeId {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         self.leader_among(&ids).await
