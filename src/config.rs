@@ -8,6 +8,7 @@
 //! wal:     { segment_size: 64MiB, sync_policy: immediate, retention_hours: 168, compression: zstd }
 //! raft:    { heartbeat_interval: 100ms, election_timeout_min: 500ms, election_timeout_max: 1s }
 //! limits:  { max_entry_bytes: 1MiB, max_batch_entries: 10000, ... }
+//! repair:  { scrub_interval: 24h, scrub_rate: 32MiB }
 //! ```
 //!
 //! This module only parses and checks; [`Config::node_config`] turns it into what
@@ -58,6 +59,8 @@ pub struct Config {
     pub wal: WalConfig,
     pub raft: RaftSection,
     pub limits: Limits,
+    /// Scrubbing and self-repair of damaged WAL segments.
+    pub repair: crate::node::RepairConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -389,6 +392,7 @@ impl Config {
         cfg.cluster_name = self.cluster.name.clone();
         cfg.max_producers = self.limits.max_producers;
         cfg.limits = self.limits.clone();
+        cfg.repair = self.repair.clone();
         cfg.initial_members = match &self.cluster.initial_members {
             Some(m) => Some(parse_members(m)?),
             None => None,

@@ -31,6 +31,7 @@ pub struct NodeMetrics {
     pub replayed_entries: IntCounter,
     pub keyed_writes_in_flight: IntGauge,
     pub duplicate_keys_applied: IntCounter,
+    pub repairing: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -126,6 +127,11 @@ impl NodeMetrics {
                 &r,
                 "replog_duplicate_keys_applied_total",
                 "Keyed writes applied whose key was applied before (a broken invariant: always 0).",
+            )?,
+            repairing: gauge(
+                &r,
+                "replog_repairing",
+                "1 while this node repairs damaged WAL segments from a replica (it neither votes nor serves reads), else 0.",
             )?,
             registry: r,
             replication_lag,

@@ -31,6 +31,9 @@ use crate::raft::{
 use crate::wal::{Entry, ProducerKey, SequenceNumber, WalConfig, WalError};
 
 pub mod producers;
+pub mod repair;
+
+pub use repair::RepairConfig;
 
 /// How long a stopping node lets in-flight RPCs finish.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
@@ -79,6 +82,8 @@ pub struct NodeConfig {
     /// The file system of the log and the Raft metadata (default: the OS's). Tests put a
     /// fault-injecting one here to fail fsyncs, fill the disk or tear writes on a live node.
     pub file_system: Option<NodeFs>,
+    /// Scrubbing and self-repair of damaged WAL segments.
+    pub repair: RepairConfig,
 }
 
 /// A file system for [`NodeConfig::file_system`].
@@ -112,6 +117,7 @@ impl NodeConfig {
             join: Vec::new(),
             init: false,
             file_system: None,
+            repair: RepairConfig::default(),
         }
     }
 }
@@ -157,6 +163,9 @@ pub struct Core {
     /// Keyed writes in flight on this leader.
     keyed: Arc<producers::Ledger>,
     contact: Arc<LeaderContact>,
+    /// Peer connections outside openraft (fetching frames for a repair).
+    net: Network,
+    repair: repair::RepairState,
     pub limits: Limits,
     pub metrics: NodeMetrics,
     /// Resolves when the node stops (ends long-lived streams).
@@ -234,6 +243,7 @@ impl Node {
         let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
         let switch = Arc::new(NetSwitch::default());
         let network = Network::new(cfg.id, cfg.net.clone(), switch.clone());
+        let net = network.clone();
         let Storage {
             log_store,
             state_machine,
@@ -241,14 +251,29 @@ impl Node {
             sm,
             db,
         } = storage;
+        let mut members: BTreeMap<NodeId, String> = sm.members();
+        members.extend(cfg.initial_members.clone().unwrap_or_default());
+        let early_repair = repair::before_raft(
+            cfg.id,
+            net.clone(),
+            wal.clone(),
+            members.into_iter().collect(),
+            max_fetch_bytes(&cfg.wal),
+            metrics.clone(),
+        );
         let raft = Raft::new(
             cfg.id,
             Arc::new(raft_cfg),
             network,
             log_store,
             state_machine,
-        )
-        .await
+        );
+        tokio::pin!(raft);
+        let raft = tokio::select! {
+            biased;
+            r = &mut raft => r,
+            () = early_repair => raft.await,
+        }
         .map_err(|e| RaftOpError::Stopped(e.to_string()))?;
         let raft = RaftNode::new(cfg.id, raft);
         let (stop, stop_rx) = watch::channel(false);
@@ -261,6 +286,8 @@ impl Node {
             switch,
             keyed: producers::Ledger::new(cfg.max_producers),
             contact: Arc::default(),
+            net,
+            repair: repair::RepairState::default(),
             limits: cfg.limits.clone(),
             metrics,
             stop: stop_rx.clone(),
@@ -349,7 +376,20 @@ fn spawn_tasks(
         tokio::spawn(serve(cfg, listener, core)),
         tokio::spawn(truncator(core.raft.clone(), core.sm.clone(), stop.clone())),
         tokio::spawn(crate::api::watch_metrics(core.clone())),
+        tokio::spawn(repair::run(
+            core.clone(),
+            max_fetch_bytes(&cfg.wal),
+            stop.clone(),
+        )),
     ];
+    if !cfg.repair.scrub_interval.is_zero() {
+        tasks.push(tokio::spawn(repair::scrub(
+            core.clone(),
+            cfg.repair.scrub_interval,
+            cfg.repair.scrub_rate.as_u64(),
+            stop.clone(),
+        )));
+    }
     if let Some(hours) = retention_hours {
         let every = cfg.retention_check_interval;
         tasks.push(tokio::spawn(retention(
@@ -378,6 +418,13 @@ fn spawn_tasks(
         )));
     }
     tasks
+}
+
+/// The most a repair fetches for one segment: a segment can exceed `segment_size` by one frame,
+/// plus the frame after it that anchors the check.
+fn max_fetch_bytes(wal: &WalConfig) -> usize {
+    let frame = wal.max_frame_bytes.as_u64();
+    usize::try_from(wal.segment_size.as_u64() + 2 * frame).unwrap_or(usize::MAX)
 }
 
 impl Core {
@@ -550,6 +597,12 @@ impl Core {
     /// quorum) within `limits.max_leader_silence`, and has applied within
     /// `limits.max_lag_entries` of the commit index it knows.
     pub fn replica_state(&self) -> ReplicaState {
+        if self.is_repairing() {
+            return ReplicaState::Behind(format!(
+                "node {} is repairing damaged WAL segments from a replica",
+                self.id
+            ));
+        }
         let s = self.raft.status();
         let silence = self.limits.max_leader_silence;
         let Some(leader) = s.leader else {
@@ -605,6 +658,11 @@ impl Core {
         ReplicaState::InSync
     }
 
+    /// Whether this node is repairing damaged WAL segments (it neither votes nor serves reads).
+    pub fn is_repairing(&self) -> bool {
+        self.repair.is_repairing()
+    }
+
     /// Producers with a keyed write in flight on this leader.
     pub fn keyed_writes_in_flight(&self) -> usize {
         self.keyed.len()
@@ -643,7 +701,8 @@ fn serve(
         core.wal.clone(),
         core.stop.clone(),
         core.contact.clone(),
-    );
+    )
+    .refusing_votes_while(core.repair.flag());
     let max = cfg.net.max_message_bytes;
     let raft_svc = RaftServiceServer::new(raft_server)
         .max_decoding_message_size(max)

@@ -47,7 +47,11 @@ impl AdminApi {
         Member {
             id: c.id(),
             address: c.advertise().to_owned(),
-            role: s.role.to_owned(),
+            role: if c.is_repairing() {
+                "repairing".to_owned()
+            } else {
+                s.role.to_owned()
+            },
             voter: s.voters.contains(&c.id()),
             term: s.term,
             last_index: s.last_log_index.unwrap_or(0),

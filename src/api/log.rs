@@ -451,7 +451,8 @@ async fn read_chunk(
     });
     let chunk = read
         .await
-        .map_err(|e| ApiError::Internal(format!("replay task: {e}")))??;
+        .map_err(|e| ApiError::Internal(format!("replay task: {e}")))?
+        .map_err(|e| super::read_error(core, e))?;
     if chunk.next == from && from < upto {
         // The WAL holds no record at `from` although it is committed: it was truncated.
         return Err(ApiError::OutOfRange {

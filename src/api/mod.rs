@@ -157,6 +157,24 @@ pub fn require_in_sync(core: &Core) -> Result<(), ApiError> {
     }
 }
 
+/// A WAL read error as the client sees it: a damaged segment this node is repairing is not data
+/// loss (the cluster holds the entries): the read is sent elsewhere, like any read of a replica
+/// that is not in sync.
+pub fn read_error(core: &Core, e: crate::wal::WalError) -> ApiError {
+    if let crate::wal::WalError::CorruptedEntry { segment, .. } = &e
+        && core.wal().is_ok_and(|w| w.is_damaged(*segment))
+    {
+        return ApiError::NotInSync {
+            message: format!(
+                "node {} found a damaged WAL segment ({e}) and is repairing it from a replica; ask the leader",
+                core.id()
+            ),
+            leader: core.leader().filter(|(id, _)| *id != core.id()),
+        };
+    }
+    e.into()
+}
+
 /// Keeps the Raft gauges current: refreshed on every change of Raft's state, and every second
 /// (lag and in-sync move with time too).
 pub async fn watch_metrics(core: Arc<Core>) {

@@ -279,6 +279,29 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Turns this node's election timer on or off: off, it never campaigns (a node repairing
+    /// its log must not become leader).
+    pub fn allow_elections(&self, on: bool) {
+        self.raft.runtime_config().elect(on);
+    }
+
+    /// On the leader: hands leadership to the voter that has replicated the most and waits
+    /// (bounded) until it has it. Returns the new leader.
+    pub async fn step_down(&self, timeout: Duration) -> Result<NodeId, RaftOpError> {
+        let s = self.status();
+        let to = s
+            .voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .max_by_key(|v| s.replication.get(v).copied().flatten())
+            .copied()
+            .ok_or_else(|| {
+                RaftOpError::Rejected("no other voter to hand leadership to".to_owned())
+            })?;
+        self.transfer_leader(to, timeout).await?;
+        Ok(to)
+    }
+
     /// Removes a node (voter or learner) from the cluster.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), RaftOpError> {
         let status = self.status();

@@ -36,6 +36,10 @@ use crate::wal::{Frame, FramePayload, FrameSpec, Manager, Payload, Record, WalEr
 /// vote). Losing it only makes a restarted node wait to learn the commit from the leader.
 const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a Raft log read of a damaged segment waits for its repair before failing (which
+/// stops Raft on this node).
+const REPAIR_WAIT: Duration = Duration::from_secs(120);
+
 /// The log store handed to openraft. Cheap to clone: readers share the WAL and the metadata.
 #[derive(Clone)]
 pub struct LogStore {
@@ -140,9 +144,21 @@ impl LogStore {
         tokio::task::spawn_blocking(move || {
             // Frames below the WAL's start do not exist (never written, or truncated).
             let from = (start + 1).max(wal.log_start().index);
-            let frames = wal
-                .read_frames(from, end.saturating_add(1))
-                .map_err(to_io)?;
+            let mut frames = wal.read_frames(from, end.saturating_add(1));
+            // A damaged segment is being repaired from a replica (`node::repair`): an error
+            // here would stop Raft, so wait for the repair instead.
+            if let Err(WalError::CorruptedEntry { segment, .. }) = &frames
+                && wal.is_damaged(*segment)
+            {
+                tracing::warn!(
+                    segment,
+                    "a Raft log read waits for a damaged WAL segment to be repaired"
+                );
+                if wal.wait_repaired(REPAIR_WAIT) {
+                    frames = wal.read_frames(from, end.saturating_add(1));
+                }
+            }
+            let frames = frames.map_err(to_io)?;
             frames.into_iter().map(frame_to_entry).collect()
         })
         .await

@@ -30,8 +30,8 @@ use tonic::transport::{Channel, Endpoint};
 use super::snapshot::{CHUNK_BYTES, SnapshotData};
 use super::types::{NodeId, TypeConfig, Vote, from_wire, to_wire};
 use crate::proto::raft::{
-    FileChunk, RaftMessage, SnapshotChunk, SnapshotHeader, raft_service_client::RaftServiceClient,
-    snapshot_chunk::Kind,
+    FetchFramesRequest, FileChunk, RaftMessage, SnapshotChunk, SnapshotHeader,
+    raft_service_client::RaftServiceClient, snapshot_chunk::Kind,
 };
 
 /// Limits of the Raft transport.
@@ -141,6 +141,57 @@ impl Network {
             data: make(),
             control: make(),
         })
+    }
+}
+
+impl Network {
+    /// Fetches WAL frames `first..=last` as stored from peer `target` (for a segment repair).
+    /// Fails if the peer does not hold them all, or if they add up to more than `max_bytes`.
+    pub async fn fetch_frames(
+        &self,
+        target: NodeId,
+        addr: &str,
+        (first, last): (u64, u64),
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let peer = self.client(target, addr);
+        let mut client = peer.channel(true).map_err(|e| e.to_string())?;
+        let req = FetchFramesRequest {
+            from: self.id,
+            first,
+            last,
+        };
+        let fetch = async move {
+            let mut stream = client
+                .fetch_frames(req)
+                .await
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+                .into_inner();
+            let mut out = Vec::new();
+            let mut next = first;
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            {
+                if out.len() + chunk.frames.len() > max_bytes {
+                    return Err(format!("the frames exceed {max_bytes} bytes"));
+                }
+                out.extend_from_slice(&chunk.frames);
+                next = chunk.next;
+            }
+            if next <= last {
+                return Err(format!(
+                    "the peer sent frames up to {} of {first}..={last}",
+                    next.saturating_sub(1)
+                ));
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(timeout, fetch)
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
     }
 }
 

@@ -11,11 +11,12 @@ use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::network::NetSwitch;
-use super::snapshot::{Manifest, Staging};
+use super::snapshot::{CHUNK_BYTES, Manifest, Staging};
 use super::types::{NodeId, Vote, from_wire, to_wire};
 use super::{Raft, WalHandle};
 use crate::proto::raft::{
-    RaftMessage, SnapshotChunk, raft_service_server::RaftService, snapshot_chunk::Kind,
+    FetchFramesRequest, FramesChunk, RaftMessage, SnapshotChunk, raft_service_server::RaftService,
+    snapshot_chunk::Kind,
 };
 
 /// When this node last received an append (or heartbeat) from a leader: a replica that has not
@@ -60,6 +61,8 @@ pub struct RaftServer {
     snapshot_slot: Semaphore,
     /// Ends long-lived streams when the node stops (a graceful server shutdown waits for them).
     stop: watch::Receiver<bool>,
+    /// Set while this node repairs damaged WAL segments: it refuses to vote.
+    repairing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftServer {
@@ -82,7 +85,14 @@ impl RaftServer {
             wal,
             snapshot_slot,
             stop,
+            repairing: Arc::default(),
         }
+    }
+
+    /// Votes are refused while `flag` is set (the node repairs its log).
+    pub fn refusing_votes_while(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.repairing = flag;
+        self
     }
 
     fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -96,6 +106,17 @@ impl RaftServer {
         if self.switch.is_blocked(from) {
             return Err(Status::unavailable(format!(
                 "node {} is cut off from node {from} (test switch)",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// A node repairing its log does not vote: its log is not whole.
+    fn may_vote(&self) -> Result<(), Status> {
+        if self.repairing.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Status::unavailable(format!(
+                "node {} is repairing its log and does not vote",
                 self.id
             )));
         }
@@ -121,6 +142,8 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
 
 type ReplyStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send>>;
+type FramesStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<FramesChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftService for RaftServer {
@@ -170,12 +193,52 @@ impl RaftService for RaftServer {
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.decode(req.get_ref())?;
+        self.may_vote()?;
         reply(self.id, self.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.decode(req.get_ref())?;
+        self.may_vote()?;
         reply(self.id, self.raft.pre_vote(rpc).await)
+    }
+
+    type FetchFramesStream = FramesStream;
+
+    async fn fetch_frames(
+        &self,
+        req: Request<FetchFramesRequest>,
+    ) -> Result<Response<FramesStream>, Status> {
+        let r = req.into_inner();
+        self.admit(r.from)?;
+        if r.first == 0 || r.first > r.last {
+            return Err(Status::invalid_argument(format!(
+                "bad frame range {}..={}",
+                r.first, r.last
+            )));
+        }
+        let (wal, last) = (self.wal.clone(), r.last);
+        let chunks = futures::stream::try_unfold(r.first, move |at| {
+            let wal = wal.clone();
+            async move {
+                if at > last {
+                    return Ok(None);
+                }
+                let (frames, next) = blocking(move || {
+                    wal.get()
+                        .and_then(|w| w.read_stored_frames(at, last, CHUNK_BYTES))
+                })
+                .await?
+                .map_err(|e| Status::unavailable(format!("reading frames from {at}: {e}")))?;
+                if frames.is_empty() {
+                    return Err(Status::out_of_range(format!(
+                        "this node does not hold log frames {at}..={last}"
+                    )));
+                }
+                Ok(Some((FramesChunk { frames, next }, next)))
+            }
+        });
+        Ok(Response::new(Box::pin(chunks.take_until(self.stopped()))))
     }
 
     async fn transfer_leader(

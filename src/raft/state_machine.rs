@@ -115,6 +115,17 @@ impl SmShared {
         f(&self.image.read())
     }
 
+    /// Members of the last applied membership, with their addresses (known before Raft starts).
+    pub fn members(&self) -> std::collections::BTreeMap<super::NodeId, String> {
+        self.read(|i| {
+            i.membership
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        })
+    }
+
     pub fn applied_seq(&self) -> watch::Receiver<SequenceNumber> {
         self.applied_seq.subscribe()
     }

@@ -68,6 +68,10 @@ pub enum WalError {
     #[error("the WAL is closed")]
     Closed,
 
+    /// Bytes offered to repair a damaged segment do not prove to be the log's frames for it.
+    #[error("repair of WAL segment {segment} refused: {reason}")]
+    RepairRefused { segment: SegmentId, reason: String },
+
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
 }
@@ -258,6 +262,10 @@ impl WalError {
             E::Fatal(e) => E::Fatal(e.clone()),
             E::TruncatedWhileReading { index } => E::TruncatedWhileReading { index: *index },
             E::Closed => E::Closed,
+            E::RepairRefused { segment, reason } => E::RepairRefused {
+                segment: *segment,
+                reason: reason.clone(),
+            },
             E::Io(e) => E::Io(io::Error::new(e.kind(), e.to_string())),
         }
     }

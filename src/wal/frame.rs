@@ -176,6 +176,15 @@ impl FrameHeader {
     }
 }
 
+/// Sets the `synced_upto` of an encoded frame (at the start of `frame`) and recomputes its CRC.
+pub fn reseal_synced_upto(frame: &mut [u8], synced_upto: u32) {
+    frame[20..24].copy_from_slice(&synced_upto.to_le_bytes());
+    let (head, body) = frame.split_at_mut(FRAME_HEADER_LEN);
+    let body_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    let crc = frame_crc(&head[..CRC_AT], &body[..body_len.min(body.len())]);
+    head[CRC_AT..FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
 fn frame_crc(header: &[u8], body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(header);

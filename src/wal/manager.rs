@@ -96,6 +96,9 @@ pub(crate) struct Shared {
     /// Open handles of sealed segments (LRU, `max_open_segments`).
     pub open_files: Mutex<LruCache<SegmentId, Arc<dyn WalFile>>>,
     pub checkpoints: RwLock<BTreeMap<String, SequenceNumber>>,
+    /// Sealed segments known damaged (see `repair`); `repaired` wakes waiters when one is fixed.
+    pub damaged: Mutex<BTreeMap<SegmentId, super::repair::Damage>>,
+    pub repaired: parking_lot::Condvar,
 }
 
 impl Shared {
@@ -238,6 +241,7 @@ impl Manager {
             .replay_duration
             .observe(started.elapsed().as_secs_f64());
         metrics.set_segments(recovered.state.segments.len());
+        metrics.damaged_segments.set(recovered.damaged.len() as i64);
         let cache_len = std::num::NonZeroUsize::new(cfg.index_cache_segments)
             .unwrap_or(std::num::NonZeroUsize::MIN);
         let shared = Arc::new(Shared {
@@ -256,6 +260,8 @@ impl Manager {
                     .unwrap_or(std::num::NonZeroUsize::MIN),
             )),
             checkpoints: RwLock::new(recovered.checkpoints),
+            damaged: Mutex::new(recovered.damaged),
+            repaired: parking_lot::Condvar::new(),
             cfg,
         });
         let (pipeline, threads) = writer::start(shared.clone(), recovered.active)?;
@@ -288,7 +294,11 @@ impl Manager {
             .submit(cmd, lead)
     }
 
-    fn call<T: Send + 'static>(
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(super) fn call<T: Send + 'static>(
         &self,
         make: impl FnOnce(SyncSender<Result<T>>) -> Command,
     ) -> Result<T> {
@@ -444,6 +454,18 @@ impl Manager {
         F: FnMut(EntryRef<'_>) -> ControlFlow<()>,
     {
         let started = Instant::now();
+        let seen = self.shared.noted(self.replay_inner(from, &mut handler))?;
+        self.shared
+            .metrics
+            .replay_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(seen)
+    }
+
+    fn replay_inner<F>(&self, from: SequenceNumber, handler: &mut F) -> Result<u64>
+    where
+        F: FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    {
         let mut cursor = Cursor::at_seq(self.shared.clone(), from, Bound::Acked)?;
         let mut seen = 0;
         'frames: while let Some(f) = cursor.next_frame()? {
@@ -462,10 +484,6 @@ impl Manager {
                 }
             }
         }
-        self.shared
-            .metrics
-            .replay_duration
-            .observe(started.elapsed().as_secs_f64());
         Ok(seen)
     }
 
@@ -484,7 +502,7 @@ impl Manager {
     /// Acknowledged records from `from` on, as owned entries. When it returns `None` it has
     /// caught up; calling `next` again returns records appended since (it follows the tail).
     pub fn iter_from(&self, from: SequenceNumber) -> Result<EntryIter> {
-        EntryIter::new(self.shared.clone(), from)
+        self.shared.noted(EntryIter::new(self.shared.clone(), from))
     }
 
     /// The records after checkpoint `name`, as an iterator (see [`Manager::iter_from`]).
@@ -498,6 +516,10 @@ impl Manager {
     /// Frames with log indexes in `from..to` that were written (durable or not), for a Raft log
     /// reader. `to` is clamped to the end of the log.
     pub fn read_frames(&self, from: u64, to: u64) -> Result<Vec<Frame>> {
+        self.shared.noted(self.read_frames_inner(from, to))
+    }
+
+    fn read_frames_inner(&self, from: u64, to: u64) -> Result<Vec<Frame>> {
         let mut cursor = Cursor::at_index(self.shared.clone(), from, Bound::Written)?;
         let mut frames = Vec::new();
         while let Some(f) = cursor.next_frame()? {
@@ -530,6 +552,10 @@ impl Manager {
 
     /// The acknowledged records of one segment.
     pub fn read_segment(&self, id: SegmentId) -> Result<Vec<Entry>> {
+        self.shared.noted(self.read_segment_inner(id))
+    }
+
+    fn read_segment_inner(&self, id: SegmentId) -> Result<Vec<Entry>> {
         let (first_index, next_index, start_seq) = {
             let st = self.shared.state.read();
             let s = st.segments.get(&id).ok_or(WalError::SegmentNotFound(id))?;

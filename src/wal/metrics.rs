@@ -12,6 +12,10 @@ pub struct WalMetrics {
     pub segments_gauge: IntGauge,
     pub replay_duration: Histogram,
     pub sync_duration: Histogram,
+    /// Sealed segments known damaged and not yet repaired.
+    pub damaged_segments: IntGauge,
+    /// Damaged segments rewritten from a replica's frames.
+    pub segments_repaired: IntCounter,
 }
 
 impl WalMetrics {
@@ -45,6 +49,14 @@ impl WalMetrics {
                 HistogramOpts::new("wal_sync_duration_seconds", "Duration of WAL fsyncs.")
                     .buckets(prometheus::exponential_buckets(0.000_01, 2.5, 14)?),
             )?,
+            damaged_segments: IntGauge::new(
+                "wal_damaged_segments",
+                "Sealed WAL segments found damaged (a bad checksum or frame) and not yet repaired.",
+            )?,
+            segments_repaired: IntCounter::new(
+                "wal_segments_repaired_total",
+                "Damaged WAL segments rewritten from frames fetched from a healthy replica.",
+            )?,
         };
         if let Some(r) = registry {
             r.register(Box::new(m.entries_written.clone()))?;
@@ -53,6 +65,8 @@ impl WalMetrics {
             r.register(Box::new(m.segments_gauge.clone()))?;
             r.register(Box::new(m.replay_duration.clone()))?;
             r.register(Box::new(m.sync_duration.clone()))?;
+            r.register(Box::new(m.damaged_segments.clone()))?;
+            r.register(Box::new(m.segments_repaired.clone()))?;
         }
         Ok(m)
     }

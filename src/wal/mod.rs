@@ -10,6 +10,8 @@
 //!   rolls, checkpoints; `writer::truncate`: truncation and retention), `preparer` (the next
 //!   segment file, made in the background), `read` (cursors and iterators) and `recovery`
 //!   (open).
+//! - `repair`: damaged sealed segments, found by reads and scrubs, rewritten from a replica's
+//!   frames.
 //! - [`verify`]: the offline checker behind `replog wal verify`.
 //!
 //! Invariants:
@@ -18,7 +20,9 @@
 //! - Under `sync_policy: immediate` no append is acknowledged before the fsync that covers it.
 //! - An fsync or write error is fatal: the WAL refuses further writes; reads go on.
 //! - Recovery cuts only a torn tail of the last segment; damage anywhere else is
-//!   `CorruptedEntry`, never silently dropped.
+//!   `CorruptedEntry`, never silently dropped. A damaged sealed segment stays in the log, its
+//!   reads failing, until a replica's copy of its frames, checked against the intact log,
+//!   replaces it.
 //! - This module uses neither tokio, openraft nor prost: it is plain threads and files.
 
 pub mod config;
@@ -33,6 +37,7 @@ mod preparer;
 mod read;
 pub mod record;
 mod recovery;
+mod repair;
 pub mod segment;
 pub mod types;
 pub mod verify;
@@ -42,5 +47,6 @@ pub use config::{Compression, Preallocate, SyncPolicy, WalConfig};
 pub use error::{Corruption, RecordError, Result, SequenceRule, WalError};
 pub use manager::{Manager, now_us};
 pub use read::EntryIter;
+pub use repair::DamagedSegment;
 pub use types::*;
 pub use writer::Completion;

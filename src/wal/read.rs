@@ -172,6 +172,28 @@ impl Cursor {
 
     /// The next frame's header and raw (decompressed) body, or `None` at the bound.
     pub fn next_frame(&mut self) -> Result<Option<FrameRef<'_>>> {
+        let Some(h) = self.next_stored()?.map(|(h, _)| h) else {
+            return Ok(None);
+        };
+        // Split borrows: the stored body lives in `reader`, a decompressed one in `scratch`.
+        let len = h.frame_len() as usize;
+        let frame = self
+            .reader
+            .get(&*self.file, self.frame_pos, len, self.seg_end)?;
+        match raw_body(&h, &frame[FRAME_HEADER_LEN..], &mut self.scratch) {
+            Ok(body) => Ok(Some(FrameRef {
+                header: h,
+                body,
+                segment: self.segment,
+                offset: self.frame_pos,
+            })),
+            Err(kind) => Err(WalError::corrupted(self.segment, self.frame_pos, kind)),
+        }
+    }
+
+    /// The next frame as stored (header and body, compressed or not), checked against its CRC,
+    /// or `None` at the bound.
+    pub fn next_stored(&mut self) -> Result<Option<(FrameHeader, &[u8])>> {
         loop {
             if self.next_index >= self.end_index {
                 return Ok(None);
@@ -208,19 +230,10 @@ impl Cursor {
         self.frame_pos = self.pos;
         self.pos += len as u64;
         self.next_index += 1;
-        // Split borrows: the stored body lives in `reader`, a decompressed one in `scratch`.
         let frame = self
             .reader
             .get(&*self.file, self.frame_pos, len, self.seg_end)?;
-        match raw_body(&h, &frame[FRAME_HEADER_LEN..], &mut self.scratch) {
-            Ok(body) => Ok(Some(FrameRef {
-                header: h,
-                body,
-                segment: self.segment,
-                offset: self.frame_pos,
-            })),
-            Err(kind) => Err(WalError::corrupted(self.segment, self.frame_pos, kind)),
-        }
+        Ok(Some((h, frame)))
     }
 
     /// Moves to the segment holding `next_index`; false if there is none (yet).
@@ -333,6 +346,7 @@ impl Iterator for EntryIter {
             && let Err(e) = self.fill()
         {
             self.failed = true;
+            self.cursor.sh.note_damage(&e);
             return Some(Err(e));
         }
         let e = self.ready.pop_front()?;

@@ -8,6 +8,8 @@
 //!   torn write, which is zeroed (those frames were never acknowledged under `immediate`); a
 //!   later valid frame whose `synced_upto` covers the bad one proves it was durable and then
 //!   damaged, which is `CorruptedEntry`: the WAL refuses to open rather than drop it.
+//! - A sealed segment whose strict scan fails is opened as damaged (`repair`): its bounds come
+//!   from its neighbours, its reads fail until a replica's frames replace it.
 //! - Leftovers of interrupted operations are finished: temporary files are deleted, segments
 //!   wholly below the persisted log start are deleted, a last segment whose header never made
 //!   it to disk is deleted.
@@ -40,6 +42,7 @@ pub(crate) struct Recovered {
     pub state: LogState,
     pub active: Active,
     pub checkpoints: BTreeMap<String, u64>,
+    pub damaged: BTreeMap<SegmentId, super::repair::Damage>,
 }
 
 pub(crate) fn scan_options(cfg: &WalConfig) -> ScanOptions {
@@ -111,8 +114,14 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
         }
     }
     let mut segments = BTreeMap::new();
+    let mut found_damaged = Vec::new();
     for &id in &ids[..ids.len().saturating_sub(1)] {
-        segments.insert(id, load_sealed(fs, cfg, id)?);
+        match load_sealed(fs, cfg, id)? {
+            Sealed::Intact(seg) => {
+                segments.insert(id, seg);
+            }
+            Sealed::Damaged(d) => found_damaged.push(d),
+        }
     }
     let active = match tail {
         Some((seg, file_len)) => {
@@ -147,6 +156,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
             }
         }
     };
+    let damaged = super::repair::bound_damaged(&mut segments, found_damaged)?;
     check_contiguous(&segments)?;
     let first = segments
         .values()
@@ -180,6 +190,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
         state,
         active,
         checkpoints,
+        damaged,
     })
 }
 
@@ -239,8 +250,15 @@ fn read_header(
     }))
 }
 
+/// How a sealed segment loaded.
+enum Sealed {
+    Intact(SegState),
+    /// It does not scan: `repair::bound_damaged` bounds it from its neighbours.
+    Damaged(super::repair::FoundDamage),
+}
+
 /// A sealed segment: its `.idx` if valid, else a strict scan (and a fresh `.idx`).
-fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<SegState> {
+fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Sealed> {
     let path = cfg.directory.join(segment::segment_file_name(id));
     let file = fs.open(&path)?;
     let file_len = file.len()?;
@@ -251,10 +269,22 @@ fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Se
     let meta = match from_idx {
         Some((meta, _)) if meta.data_len <= file_len => meta,
         _ => {
-            let header = read_header(&*file, id)?.map_err(|k| WalError::corrupted(id, 0, k))?;
+            let header = match read_header(&*file, id)? {
+                Ok(h) => h,
+                Err(kind) => {
+                    return Ok(Sealed::Damaged((id, path, file_len, None, 0, kind)));
+                }
+            };
             let scan = segment::scan(&*file, &header, file_len, &scan_options(cfg))?;
             if let ScanEnd::Bad { offset, kind } = scan.end {
-                return Err(WalError::corrupted(id, offset, kind));
+                return Ok(Sealed::Damaged((
+                    id,
+                    path,
+                    file_len,
+                    Some(header),
+                    offset,
+                    kind,
+                )));
             }
             write_file_atomic(
                 fs,
@@ -264,13 +294,13 @@ fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Se
             scan.meta
         }
     };
-    Ok(SegState {
+    Ok(Sealed::Intact(SegState {
         meta,
         path,
         file: None,
         sealed: true,
         index: Vec::new(),
-    })
+    }))
 }
 
 /// The last segment, scanned and repaired; `None` if it is a creation that never completed.

@@ -98,6 +98,10 @@ pub(crate) enum Command {
         now_us: u64,
         reply: Reply<usize>,
     },
+    InstallRepair {
+        staged: super::repair::StagedRepair,
+        reply: Reply<()>,
+    },
     Close(Reply<()>),
 }
 
@@ -116,6 +120,7 @@ impl Command {
             Command::TruncatePrefix { reply, .. } => drop(reply.send(Err(e))),
             Command::TruncateSuffix { reply, .. } => drop(reply.send(Err(e))),
             Command::Retention { reply, .. } => drop(reply.send(Err(e))),
+            Command::InstallRepair { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
@@ -254,6 +259,9 @@ impl Writer {
             Command::TruncatePrefix { to, reply } => drop(reply.send(self.truncate_prefix(to))),
             Command::TruncateSuffix { from, reply } => drop(reply.send(self.truncate_suffix(from))),
             Command::Retention { now_us, reply } => drop(reply.send(self.retention(now_us))),
+            Command::InstallRepair { staged, reply } => {
+                drop(reply.send(super::repair::install(&self.sh, staged)))
+            }
             Command::Close(reply) => {
                 let _ = reply.send(self.close());
                 return true;
