@@ -1,4 +1,4 @@
-//! Self-repair of a damaged replica (DESIGN.md §10): a node whose WAL holds a damaged sealed
+//! Self-repair of a damaged replica: a node whose WAL holds a damaged sealed
 //! segment fetches that range from a healthy replica instead of refusing to run.
 //!
 //! - **Found** by a read (replay, a Raft log read), by recovery (a segment without a valid
