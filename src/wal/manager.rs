@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     /// Sealed segments known damaged (see `repair`); `repaired` wakes waiters when one is fixed.
     pub damaged: Mutex<BTreeMap<SegmentId, super::repair::Damage>>,
     pub repaired: parking_lot::Condvar,
+    /// One repair at a time (they stage into the same temporary file).
+    pub repairing: Mutex<()>,
 }
 
 impl Shared {
@@ -262,6 +264,7 @@ impl Manager {
             checkpoints: RwLock::new(recovered.checkpoints),
             damaged: Mutex::new(recovered.damaged),
             repaired: parking_lot::Condvar::new(),
+            repairing: Mutex::new(()),
             cfg,
         });
         let (pipeline, threads) = writer::start(shared.clone(), recovered.active)?;

@@ -148,6 +148,9 @@ impl Manager {
                 let s = st.segments.get(&id)?;
                 let first_index = s.meta.first_index.max(st.start.index);
                 let next_index = s.meta.next_index;
+                if first_index >= next_index {
+                    return None; // wholly below the log start: deleted, not repaired
+                }
                 let anchored_after = st
                     .segments
                     .range(id + 1..)
@@ -287,6 +290,7 @@ impl Manager {
     /// stays damaged and nothing changed.
     pub fn repair_segment(&self, id: SegmentId, stored: &[u8]) -> Result<()> {
         let sh = self.shared();
+        let _one_at_a_time = sh.repairing.lock();
         let refuse = |reason: String| WalError::RepairRefused {
             segment: id,
             reason,
