@@ -296,6 +296,7 @@ impl Node {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        repair::enter_if_damaged(&core);
         let tasks = spawn_tasks(&cfg, &core, listener, metrics_listener, retention_hours);
         let node = Node {
             core,

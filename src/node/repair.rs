@@ -148,6 +148,19 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
     }
 }
 
+/// Enters the repair state at once if the WAL holds damage when the node starts (before the
+/// services run, so it never votes with a damaged log).
+pub(crate) fn enter_if_damaged(core: &Core) {
+    let damaged = core
+        .wal
+        .get()
+        .map(|w| w.damaged_segments())
+        .unwrap_or_default();
+    if !damaged.is_empty() {
+        enter(core, &damaged);
+    }
+}
+
 fn enter(core: &Core, damaged: &[DamagedSegment]) {
     core.repair.repairing.store(true, Ordering::Release);
     core.raft.allow_elections(false);
