@@ -172,7 +172,7 @@ impl Cursor {
 
     /// The next frame's header and raw (decompressed) body, or `None` at the bound.
     pub fn next_frame(&mut self) -> Result<Option<FrameRef<'_>>> {
-        let Some(h) = self.next_stored()?.map(|(h, _)| h) else {
+        let Some(h) = self.advance()? else {
             return Ok(None);
         };
         // Split borrows: the stored body lives in `reader`, a decompressed one in `scratch`.
@@ -194,6 +194,19 @@ impl Cursor {
     /// The next frame as stored (header and body, compressed or not), checked against its CRC,
     /// or `None` at the bound.
     pub fn next_stored(&mut self) -> Result<Option<(FrameHeader, &[u8])>> {
+        let Some(h) = self.advance()? else {
+            return Ok(None);
+        };
+        let len = h.frame_len() as usize;
+        let frame = self
+            .reader
+            .get(&*self.file, self.frame_pos, len, self.seg_end)?;
+        Ok(Some((h, frame)))
+    }
+
+    /// Reads and checks the next frame (its CRC over the stored bytes) and moves past it; its
+    /// bytes stay in `reader` at `frame_pos`.
+    fn advance(&mut self) -> Result<Option<FrameHeader>> {
         loop {
             if self.next_index >= self.end_index {
                 return Ok(None);
@@ -230,10 +243,7 @@ impl Cursor {
         self.frame_pos = self.pos;
         self.pos += len as u64;
         self.next_index += 1;
-        let frame = self
-            .reader
-            .get(&*self.file, self.frame_pos, len, self.seg_end)?;
-        Ok(Some((h, frame)))
+        Ok(Some(h))
     }
 
     /// Moves to the segment holding `next_index`; false if there is none (yet).
