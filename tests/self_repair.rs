@@ -49,6 +49,19 @@ fn flip_byte(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// What node `addr`'s Raft service answers to a vote request (with an empty body).
+async fn vote_answer(addr: std::net::SocketAddr) -> tonic::Status {
+    use replog::proto::raft::{RaftMessage, raft_service_client::RaftServiceClient};
+    let mut client = RaftServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let msg = RaftMessage {
+        from: 99,
+        body: Vec::new(),
+    };
+    client.vote(msg).await.unwrap_err()
+}
+
 fn key(entries: &[Entry]) -> Vec<(u64, Vec<u8>)> {
     entries
         .iter()
@@ -118,11 +131,17 @@ async fn a_cut_off_follower_stays_in_the_repair_state_until_it_can_fetch() {
         matches!(n.replica_state(), ReplicaState::Behind(why) if why.contains("repairing")),
         "a repairing node serves no reads"
     );
+    let vote = vote_answer(c.addrs[&f]).await;
+    assert_eq!(vote.code(), tonic::Code::Unavailable, "{vote:?}");
+    assert!(vote.message().contains("does not vote"), "{vote:?}");
     // The cluster goes on without it.
     fill(&c, "b", 50).await;
     c.heal();
     let last = fill(&c, "c", 50).await;
     all_repaired_and_identical(&c, f, last).await;
+    // Repaired, it takes vote requests again (this one is refused only for its empty body).
+    let vote = vote_answer(c.addrs[&f]).await;
+    assert_eq!(vote.code(), tonic::Code::InvalidArgument, "{vote:?}");
     c.shutdown().await;
 }
 

@@ -192,14 +192,14 @@ impl RaftService for RaftServer {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = self.decode(req.get_ref())?;
         self.may_vote()?;
+        let rpc = self.decode(req.get_ref())?;
         reply(self.id, self.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = self.decode(req.get_ref())?;
         self.may_vote()?;
+        let rpc = self.decode(req.get_ref())?;
         reply(self.id, self.raft.pre_vote(rpc).await)
     }
 
