@@ -37,8 +37,11 @@ use crate::wal::Operation;
 const MAX_ENDPOINTS: usize = 64;
 /// Producer ids kept for reuse at most (one per concurrent write).
 const MAX_IDLE_PRODUCERS: usize = 256;
+/// Retry pauses double from `BACKOFF_MIN` up to `BACKOFF_MAX`. The cap bounds how long a client
+/// sleeps past the moment a new leader is ready (an election takes 0.5-2 s), so it is small:
+/// a few requests per second per client to a cluster without a leader is cheap.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {

@@ -74,6 +74,9 @@ pub fn openraft_config(
         // term: it would look ready to propose keyed writes whose keys it cannot see yet, and
         // a retried key would be written twice (`node::producers`).
         enable_leader_restore: Some(false),
+        // A node that cannot win (cut off, restarted, behind) asks first whether it would, so
+        // it does not raise its term and depose a healthy leader when it comes back.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     cfg.validate().map_err(|e| e.to_string())
