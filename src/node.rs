@@ -166,6 +166,12 @@ pub struct Core {
     /// Peer connections outside openraft (fetching frames for a repair).
     net: Network,
     repair: repair::RepairState,
+    /// True while this node leads without a quorum's acknowledgement within the leader lease:
+    /// writes waiting on it are answered "outcome unknown" (see `Core::unless_quorum_lost`).
+    quorum_lost: watch::Receiver<bool>,
+    /// openraft's leader lease (`election_timeout_max`): a follower that has not heard from the
+    /// leader for longer stops forwarding to it.
+    leader_lease: Duration,
     pub limits: Limits,
     pub metrics: NodeMetrics,
     /// Resolves when the node stops (ends long-lived streams).
@@ -277,6 +283,7 @@ impl Node {
         .map_err(|e| RaftOpError::Stopped(e.to_string()))?;
         let raft = RaftNode::new(cfg.id, raft);
         let (stop, stop_rx) = watch::channel(false);
+        let (quorum_tx, quorum_lost) = watch::channel(false);
         let core = Arc::new(Core {
             id: cfg.id,
             advertise,
@@ -288,6 +295,8 @@ impl Node {
             contact: Arc::default(),
             net,
             repair: repair::RepairState::default(),
+            quorum_lost,
+            leader_lease: cfg.raft.election_timeout_max,
             limits: cfg.limits.clone(),
             metrics,
             stop: stop_rx.clone(),
@@ -297,7 +306,13 @@ impl Node {
             None => None,
         };
         repair::enter_if_damaged(&core);
-        let tasks = spawn_tasks(&cfg, &core, listener, metrics_listener, retention_hours);
+        let mut tasks = spawn_tasks(&cfg, &core, listener, metrics_listener, retention_hours);
+        tasks.push(tokio::spawn(watch_quorum(
+            core.raft.clone(),
+            cfg.raft.election_timeout_max,
+            quorum_tx,
+            stop_rx.clone(),
+        )));
         let node = Node {
             core,
             addr,
@@ -481,8 +496,26 @@ impl Core {
             ));
         }
         match producer {
-            None => Ok(propose_write(&self.raft, None, records).await?),
+            None => Ok(self
+                .unless_quorum_lost(propose_write(&self.raft, None, records))
+                .await?),
             Some(key) => self.write_keyed(key, records).await,
+        }
+    }
+
+    /// Awaits `outcome`, unless this node, as leader, loses its quorum first: then the answer
+    /// is "outcome unknown" (retryable, and safe to retry with the same key) at once, instead of
+    /// when the partition heals. openraft keeps such a proposal pending (it may still commit if
+    /// the quorum comes back), and a retry elsewhere finds a new leader. A keyed proposal goes on
+    /// in its own task and keeps its key until it ends, so a retry here waits for it.
+    async fn unless_quorum_lost<T>(
+        &self,
+        outcome: impl Future<Output = Result<T, RaftOpError>>,
+    ) -> Result<T, RaftOpError> {
+        let mut lost = self.quorum_lost.clone();
+        tokio::select! {
+            r = outcome => r,
+            Ok(_) = lost.wait_for(|l| *l) => Err(RaftOpError::OutcomeUnknown { leader: None }),
         }
     }
 
@@ -512,7 +545,7 @@ impl Core {
                     });
                 }
                 producers::Step::Wait { seq, outcome } => {
-                    let result = producers::outcome(outcome).await;
+                    let result = self.unless_quorum_lost(producers::outcome(outcome)).await;
                     if seq == key.seq {
                         // A retry of a write in flight: the first attempt's outcome.
                         let w = result?;
@@ -533,7 +566,7 @@ impl Core {
                         let result = propose_write(&raft, Some(key), records).await;
                         publish.finish(result);
                     });
-                    return Ok(producers::outcome(outcome).await?);
+                    return Ok(self.unless_quorum_lost(producers::outcome(outcome)).await?);
                 }
             }
         }
@@ -657,6 +690,22 @@ impl Core {
             ));
         }
         ReplicaState::InSync
+    }
+
+    /// On a follower: how long since the leader was last heard from, when that is longer than the
+    /// leader lease (the leader may be cut off or dead; an election is due).
+    pub fn leader_silent(&self) -> Option<Duration> {
+        self.contact.since().filter(|d| *d > self.leader_lease)
+    }
+
+    /// Resolves once this follower has not heard from the leader for longer than the lease.
+    pub async fn until_leader_silent(&self) {
+        loop {
+            if self.leader_silent().is_some() {
+                return;
+            }
+            tokio::time::sleep(QUORUM_CHECK_EVERY).await;
+        }
     }
 
     /// Whether this node is repairing damaged WAL segments (it neither votes nor serves reads).
@@ -827,6 +876,27 @@ fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), NodeError> {
 }
 
 /// Proposes a write and returns what applying it answered.
+/// How often the leader checks that a quorum still acknowledges it.
+const QUORUM_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Keeps `lost` true while this node leads other voters and none of the quorum acknowledged it
+/// within `lease` (openraft's leader lease: past it, it refuses new proposals too).
+async fn watch_quorum(
+    raft: RaftNode,
+    lease: Duration,
+    lost: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let now_lost = raft.quorum_lost(lease);
+        lost.send_if_modified(|l| std::mem::replace(l, now_lost) != now_lost);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(QUORUM_CHECK_EVERY) => {}
+        }
+    }
+}
+
 async fn propose_write(
     raft: &RaftNode,
     producer: Option<ProducerKey>,

@@ -77,6 +77,16 @@ impl Forwarder {
         }
         let leader = core.leader().filter(|(id, _)| *id != core.id());
         let forwarded = req.metadata().contains_key(FORWARDED_BY);
+        if let (Some((id, _)), Some(silent)) = (&leader, core.leader_silent()) {
+            return Err(to_status(ApiError::NotLeader {
+                message: format!(
+                    "node {} has not heard from the leader (node {id}) for {} ms; an election is due",
+                    core.id(),
+                    silent.as_millis()
+                ),
+                leader: None,
+            }));
+        }
         match leader {
             Some((id, addr)) if !forwarded => {
                 let channel = self.channel(&addr).map_err(to_status)?;
@@ -139,8 +149,17 @@ where
             .await
             .map(tonic::Response::new)
             .map_err(to_status),
-        Route::Leader { id, addr, channel } => remote(channel, forwarded(core, req))
-            .await
-            .map_err(|s| leader_failed(s, id, &addr)),
+        // A leader that goes silent mid-call (cut off, dead) leaves the call's outcome unknown:
+        // answered so at once rather than at the caller's deadline.
+        Route::Leader { id, addr, channel } => tokio::select! {
+            r = remote(channel, forwarded(core, req)) => r.map_err(|s| leader_failed(s, id, &addr)),
+            () = core.until_leader_silent() => Err(to_status(ApiError::OutcomeUnknown {
+                message: format!(
+                    "node {} lost contact with the leader (node {id} at {addr}) while it handled the request; its outcome is unknown",
+                    core.id()
+                ),
+                leader: None,
+            })),
+        },
     }
 }

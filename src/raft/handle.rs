@@ -279,6 +279,27 @@ impl RaftNode {
         Ok(())
     }
 
+    /// Whether this node leads other voters without a quorum's acknowledgement within `lease`.
+    pub fn quorum_lost(&self, lease: Duration) -> bool {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        if m.current_leader != Some(self.id) {
+            return false;
+        }
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .all(|v| v == self.id)
+        {
+            return false;
+        }
+        // No acknowledgement yet: a leader just elected (openraft counts its lease from the
+        // vote then); not a lost quorum.
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| openraft::Instant::elapsed(&**t) > lease)
+    }
+
     /// Turns this node's election timer on or off: off, it never campaigns (a node repairing
     /// its log must not become leader).
     pub fn allow_elections(&self, on: bool) {
