@@ -147,6 +147,43 @@ async fn a_keyed_write_cut_off_with_its_leader_is_retryable_and_lands_once() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_answers_its_waiting_writes_before_the_partition_heals() {
+    let c = TestCluster::start(3).await;
+    let old = c.leader().await;
+    c.write(None, vec![record("t", "warm-up")]).await;
+    c.isolate(old);
+    let key = ProducerKey { id: 78, seq: 1 };
+    // Proposed at once, inside the leader's lease: it waits for a quorum that never comes.
+    let stuck = {
+        let core = c.nodes[&old].core().clone();
+        tokio::spawn(async move { core.write(Some(key), vec![record("t", "wait")]).await })
+    };
+    // Still cut off, the old leader answers: outcome unknown (or, had the lease run out before
+    // the proposal, not the leader). Both are retryable; neither waits for the heal.
+    match tokio::time::timeout(DEADLINE, stuck)
+        .await
+        .expect("answered while the partition lasts")
+        .unwrap()
+    {
+        Err(NodeError::Raft(
+            RaftOpError::OutcomeUnknown { .. } | RaftOpError::NotLeader { .. },
+        )) => {}
+        other => panic!("a cut-off leader must answer retryable, got: {other:?}"),
+    }
+    let majority: Vec<NodeId> = c.nodes.keys().copied().filter(|id| *id != old).collect();
+    let new = c.leader_among(&majority).await;
+    let w = c.nodes[&new]
+        .write(Some(key), vec![record("t", "wait")])
+        .await
+        .expect("the retry lands on the new leader");
+    c.heal();
+    for (id, n) in copies_everywhere(&c, w.last_seq + 1, b"wait").await {
+        assert_eq!(n, 1, "node {id} holds {n} copies");
+    }
+    c.shutdown().await;
+}
+
 /// Elections that take a few seconds: a restarted node is back well before.
 fn unhurried_elections(cfg: &mut replog::node::NodeConfig) {
     cfg.raft.election_timeout_min = Duration::from_secs(3);
