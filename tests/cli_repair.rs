@@ -15,11 +15,15 @@ const SYNC: Duration = Duration::from_secs(60);
 const CONFIG: &str =
     "wal:\n  segment_size: 64KiB\nrepair:\n  scrub_interval: 1s\n  scrub_rate: 64MiB\n";
 
-fn start(id: u64, dir: &Path, listen: &str, init: bool) -> ServeProc {
+/// Restarts node `id` on its old address (the others know it there).
+fn restart(id: u64, dir: &Path, listen: &str) -> ServeProc {
     let cfg = dir.join("replog.yaml");
-    let cfg = cfg.to_str().unwrap();
-    let mode = if init { "--init" } else { "--no-init" };
-    ServeProc::start(id, dir, listen, &["--config", cfg, mode])
+    ServeProc::start(
+        id,
+        dir,
+        listen,
+        &["--config", cfg.to_str().unwrap(), "--no-init"],
+    )
 }
 
 /// A sealed segment in the middle of a node's WAL (the segments are listed by file name).
@@ -66,25 +70,9 @@ fn damaged_segments_of_the_leader_and_of_a_follower_are_repaired_from_replicas()
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::write(dir.join("replog.yaml"), CONFIG).unwrap();
-    let mut nodes = vec![start(1, dir, "127.0.0.1:0", true)];
-    for id in 2..=3 {
-        let p = start(id, dir, "127.0.0.1:0", false);
-        ok(&[
-            "cluster",
-            "add-node",
-            "--id",
-            &id.to_string(),
-            "--addr",
-            &p.addr,
-            "--endpoints",
-            &nodes[0].addr,
-        ]);
-        nodes.push(p);
-    }
+    let cfg = dir.join("replog.yaml");
+    let mut nodes = start_cluster_with(dir, 3, &["--config", cfg.to_str().unwrap()]);
     let ids = [1, 2, 3];
-    wait_until("every member in sync at the start", SYNC, || {
-        all_in_sync(&status(&nodes[0].addr), &ids)
-    });
     write_lines(&nodes[0].addr, "a", 3000);
 
     // The leader: the scrubber finds the damage, leadership moves, the segment is refetched.
@@ -109,7 +97,7 @@ fn damaged_segments_of_the_leader_and_of_a_follower_are_repaired_from_replicas()
     std::fs::remove_file(seg.with_extension("idx")).unwrap();
     // On its old address: the others know it there.
     let (id, addr) = (nodes[f].id, nodes[f].addr.clone());
-    nodes[f] = start(id, dir, &addr, false);
+    nodes[f] = restart(id, dir, &addr);
     write_lines(&nodes[other].addr, "b", 200);
     wait_until("the damaged follower repaired", SYNC, || {
         repaired(&nodes[f], 1.0)

@@ -13,28 +13,8 @@ use common::process::*;
 
 const SYNC: Duration = Duration::from_secs(60);
 
-/// Node 1 initialises a cluster; nodes 2..=n start empty and are added with `cluster add-node`.
 fn start_cluster(dir: &std::path::Path, n: u64) -> Vec<ServeProc> {
-    let mut nodes = vec![ServeProc::start(1, dir, "127.0.0.1:0", &["--init"])];
-    for id in 2..=n {
-        let p = ServeProc::start(id, dir, "127.0.0.1:0", &["--no-init"]);
-        ok(&[
-            "cluster",
-            "add-node",
-            "--id",
-            &id.to_string(),
-            "--addr",
-            &p.addr,
-            "--endpoints",
-            &nodes[0].addr,
-        ]);
-        nodes.push(p);
-    }
-    let ids: Vec<u64> = (1..=n).collect();
-    wait_until("every member in sync", SYNC, || {
-        all_in_sync(&status(&nodes[0].addr), &ids)
-    });
-    nodes
+    start_cluster_with(dir, n, &[])
 }
 
 fn leader_of(nodes: &[ServeProc]) -> usize {

@@ -116,25 +116,16 @@ pub(crate) async fn run(core: Arc<Core>, max_fetch_bytes: usize, mut stop: watch
             }
             continue;
         }
-        let mut repaired = 0;
-        for d in damaged.iter().rev() {
-            match repair_one(&core, d, max_fetch_bytes).await {
-                Ok(from) => {
-                    repaired += 1;
-                    tracing::info!(
-                        segment = d.segment,
-                        from,
-                        "WAL segment repaired from a replica"
-                    );
-                }
-                Err(e) => {
-                    if complained.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
-                        complained = Some(Instant::now());
-                        tracing::error!(segment = d.segment, error = %e, "cannot repair a damaged WAL segment yet");
-                    }
-                }
-            }
-        }
+        let peers = peers_leader_first(&core);
+        let repaired = repair_all(
+            &core.net,
+            &core.wal,
+            &peers,
+            &damaged,
+            max_fetch_bytes,
+            &mut complained,
+        )
+        .await;
         if repaired == 0 {
             pause(&mut stop, RETRY_PAUSE).await;
         }
@@ -184,8 +175,8 @@ fn leave(core: &Core) {
     tracing::info!("WAL repaired: voting and serving reads again");
 }
 
-/// Fetches `d`'s frames from the leader, else from any other member, and repairs the segment.
-async fn repair_one(core: &Core, d: &DamagedSegment, max_bytes: usize) -> Result<NodeId, String> {
+/// The other members, the leader first (it holds every committed entry).
+fn peers_leader_first(core: &Core) -> Vec<(NodeId, String)> {
     let status = core.status();
     let mut peers: Vec<(NodeId, String)> = status
         .members
@@ -193,9 +184,40 @@ async fn repair_one(core: &Core, d: &DamagedSegment, max_bytes: usize) -> Result
         .filter(|(id, _)| **id != core.id)
         .map(|(id, a)| (*id, a.clone()))
         .collect();
-    // The leader first: it holds every committed entry.
     peers.sort_by_key(|(id, _)| Some(*id) != status.leader);
-    fetch_and_repair(&core.net, &core.wal, &peers, d, max_bytes).await
+    peers
+}
+
+/// One pass over `damaged`, newest first (a repaired successor anchors its predecessor);
+/// failures are logged at most every `COMPLAIN_EVERY`. Returns how many were repaired.
+async fn repair_all(
+    net: &Network,
+    wal: &WalHandle,
+    peers: &[(NodeId, String)],
+    damaged: &[DamagedSegment],
+    max_bytes: usize,
+    complained: &mut Option<Instant>,
+) -> usize {
+    let mut repaired = 0;
+    for d in damaged.iter().rev() {
+        match fetch_and_repair(net, wal, peers, d, max_bytes).await {
+            Ok(from) => {
+                repaired += 1;
+                tracing::info!(
+                    segment = d.segment,
+                    from,
+                    "WAL segment repaired from a replica"
+                );
+            }
+            Err(e) => {
+                if complained.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
+                    *complained = Some(Instant::now());
+                    tracing::error!(segment = d.segment, error = %e, "cannot repair a damaged WAL segment yet");
+                }
+            }
+        }
+    }
+    repaired
 }
 
 /// Asks `peers` in turn for `d`'s frames until one's repair the segment; returns that peer.
@@ -261,25 +283,7 @@ pub(crate) async fn before_raft(
             return;
         }
         metrics.repairing.set(1);
-        let mut repaired = 0;
-        for d in damaged.iter().rev() {
-            match fetch_and_repair(&net, &wal, &peers, d, max_bytes).await {
-                Ok(from) => {
-                    repaired += 1;
-                    tracing::info!(
-                        segment = d.segment,
-                        from,
-                        "WAL segment repaired from a replica"
-                    );
-                }
-                Err(e) => {
-                    if complained.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
-                        complained = Some(Instant::now());
-                        tracing::error!(segment = d.segment, error = %e, "cannot repair a damaged WAL segment yet");
-                    }
-                }
-            }
-        }
+        let repaired = repair_all(&net, &wal, &peers, &damaged, max_bytes, &mut complained).await;
         if repaired == 0 {
             tokio::time::sleep(RETRY_PAUSE).await;
         }

@@ -231,6 +231,32 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Node 1 initialises a cluster; nodes 2..=n start empty and are added with `cluster
+/// add-node`; returns once every member is in sync. `extra` goes to every `replog serve`.
+pub fn start_cluster_with(dir: &Path, n: u64, extra: &[&str]) -> Vec<ServeProc> {
+    let with = |mode: &'static str| [extra, &[mode]].concat();
+    let mut nodes = vec![ServeProc::start(1, dir, "127.0.0.1:0", &with("--init"))];
+    for id in 2..=n {
+        let p = ServeProc::start(id, dir, "127.0.0.1:0", &with("--no-init"));
+        ok(&[
+            "cluster",
+            "add-node",
+            "--id",
+            &id.to_string(),
+            "--addr",
+            &p.addr,
+            "--endpoints",
+            &nodes[0].addr,
+        ]);
+        nodes.push(p);
+    }
+    let ids: Vec<u64> = (1..=n).collect();
+    wait_until("every member in sync", Duration::from_secs(60), || {
+        all_in_sync(&status(&nodes[0].addr), &ids)
+    });
+    nodes
+}
+
 /// `cluster status -o json` from `endpoint`.
 pub fn status(endpoint: &str) -> serde_json::Value {
     let out = ok(&["cluster", "status", "-o", "json", "--endpoints", endpoint]);
