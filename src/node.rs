@@ -166,9 +166,10 @@ pub struct Core {
     /// Peer connections outside openraft (fetching frames for a repair).
     net: Network,
     repair: repair::RepairState,
-    /// True while this node leads without a quorum's acknowledgement within the leader lease:
-    /// writes waiting on it are answered "outcome unknown" (see `Core::unless_quorum_lost`).
-    quorum_lost: watch::Receiver<bool>,
+    /// Contact lost for longer than the leader lease (`watch_contact`): calls waiting on the
+    /// leader are then answered "outcome unknown". Two flags, each only ever set in its role,
+    /// so a flag left over from the other role never answers a call.
+    lost: ContactFlags,
     /// openraft's leader lease (`election_timeout_max`): a follower that has not heard from the
     /// leader for longer stops forwarding to it.
     leader_lease: Duration,
@@ -284,6 +285,7 @@ impl Node {
         let raft = RaftNode::new(cfg.id, raft);
         let (stop, stop_rx) = watch::channel(false);
         let (quorum_tx, quorum_lost) = watch::channel(false);
+        let (silent_tx, leader_silent) = watch::channel(false);
         let core = Arc::new(Core {
             id: cfg.id,
             advertise,
@@ -295,7 +297,10 @@ impl Node {
             contact: Arc::default(),
             net,
             repair: repair::RepairState::default(),
-            quorum_lost,
+            lost: ContactFlags {
+                quorum_lost,
+                leader_silent,
+            },
             leader_lease: cfg.raft.election_timeout_max,
             limits: cfg.limits.clone(),
             metrics,
@@ -307,10 +312,9 @@ impl Node {
         };
         repair::enter_if_damaged(&core);
         let mut tasks = spawn_tasks(&cfg, &core, listener, metrics_listener, retention_hours);
-        tasks.push(tokio::spawn(watch_quorum(
-            core.raft.clone(),
-            cfg.raft.election_timeout_max,
-            quorum_tx,
+        tasks.push(tokio::spawn(watch_contact(
+            core.clone(),
+            [quorum_tx, silent_tx],
             stop_rx.clone(),
         )));
         let node = Node {
@@ -497,7 +501,7 @@ impl Core {
         }
         match producer {
             None => Ok(self
-                .unless_quorum_lost(propose_write(&self.raft, None, records))
+                .unless_contact_lost(propose_write(&self.raft, None, records))
                 .await?),
             Some(key) => self.write_keyed(key, records).await,
         }
@@ -508,14 +512,13 @@ impl Core {
     /// when the partition heals. openraft keeps such a proposal pending (it may still commit if
     /// the quorum comes back), and a retry elsewhere finds a new leader. A keyed proposal goes on
     /// in its own task and keeps its key until it ends, so a retry here waits for it.
-    async fn unless_quorum_lost<T>(
+    async fn unless_contact_lost<T>(
         &self,
         outcome: impl Future<Output = Result<T, RaftOpError>>,
     ) -> Result<T, RaftOpError> {
-        let mut lost = self.quorum_lost.clone();
         tokio::select! {
             r = outcome => r,
-            Ok(_) = lost.wait_for(|l| *l) => Err(RaftOpError::OutcomeUnknown { leader: None }),
+            () = until(&self.lost.quorum_lost) => Err(RaftOpError::OutcomeUnknown { leader: None }),
         }
     }
 
@@ -545,7 +548,7 @@ impl Core {
                     });
                 }
                 producers::Step::Wait { seq, outcome } => {
-                    let result = self.unless_quorum_lost(producers::outcome(outcome)).await;
+                    let result = self.unless_contact_lost(producers::outcome(outcome)).await;
                     if seq == key.seq {
                         // A retry of a write in flight: the first attempt's outcome.
                         let w = result?;
@@ -566,7 +569,9 @@ impl Core {
                         let result = propose_write(&raft, Some(key), records).await;
                         publish.finish(result);
                     });
-                    return Ok(self.unless_quorum_lost(producers::outcome(outcome)).await?);
+                    return Ok(self
+                        .unless_contact_lost(producers::outcome(outcome))
+                        .await?);
                 }
             }
         }
@@ -698,14 +703,10 @@ impl Core {
         self.contact.since().filter(|d| *d > self.leader_lease)
     }
 
-    /// Resolves once this follower has not heard from the leader for longer than the lease.
+    /// On a follower: resolves once the leader has been silent for longer than the lease;
+    /// never if the node stops.
     pub async fn until_leader_silent(&self) {
-        loop {
-            if self.leader_silent().is_some() {
-                return;
-            }
-            tokio::time::sleep(QUORUM_CHECK_EVERY).await;
-        }
+        until(&self.lost.leader_silent).await
     }
 
     /// Whether this node is repairing damaged WAL segments (it neither votes nor serves reads).
@@ -875,28 +876,49 @@ fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), NodeError> {
     }
 }
 
-/// Proposes a write and returns what applying it answered.
-/// How often the leader checks that a quorum still acknowledges it.
-const QUORUM_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often a node checks its contact with the quorum (as leader) or the leader.
+const CONTACT_CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// Keeps `lost` true while this node leads other voters and none of the quorum acknowledged it
-/// within `lease` (openraft's leader lease: past it, it refuses new proposals too).
-async fn watch_quorum(
-    raft: RaftNode,
-    lease: Duration,
-    lost: watch::Sender<bool>,
+/// See `Core::lost`.
+struct ContactFlags {
+    /// As leader: no quorum acknowledged it within the lease (openraft refuses new proposals
+    /// then too).
+    quorum_lost: watch::Receiver<bool>,
+    /// As follower: the leader has been silent for longer than the lease.
+    leader_silent: watch::Receiver<bool>,
+}
+
+/// Resolves once `flag` is true; never if its sender is gone (the node stops).
+async fn until(flag: &watch::Receiver<bool>) {
+    if flag.clone().wait_for(|l| *l).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Keeps the [`ContactFlags`] current, checking every `CONTACT_CHECK_EVERY`.
+async fn watch_contact(
+    core: Arc<Core>,
+    [quorum_lost, leader_silent]: [watch::Sender<bool>; 2],
     mut stop: watch::Receiver<bool>,
 ) {
+    let set = |flag: &watch::Sender<bool>, v: bool| {
+        flag.send_if_modified(|l| std::mem::replace(l, v) != v);
+    };
     loop {
-        let now_lost = raft.quorum_lost(lease);
-        lost.send_if_modified(|l| std::mem::replace(l, now_lost) != now_lost);
+        let leads = core.is_leader();
+        set(
+            &quorum_lost,
+            leads && core.raft.quorum_lost(core.leader_lease),
+        );
+        set(&leader_silent, !leads && core.leader_silent().is_some());
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(QUORUM_CHECK_EVERY) => {}
+            () = tokio::time::sleep(CONTACT_CHECK_EVERY) => {}
         }
     }
 }
 
+/// Proposes a write and returns what applying it answered.
 async fn propose_write(
     raft: &RaftNode,
     producer: Option<ProducerKey>,
