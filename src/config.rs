@@ -24,6 +24,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized};
 use serde::{Deserialize, Serialize};
 
+use crate::core::{Limits, RepairConfig};
 use crate::node::NodeConfig;
 use crate::raft::RaftTiming;
 use crate::raft::network::NetConfig;
@@ -60,7 +61,7 @@ pub struct Config {
     pub raft: RaftSection,
     pub limits: Limits,
     /// Scrubbing and self-repair of damaged WAL segments.
-    pub repair: crate::node::RepairConfig,
+    pub repair: RepairConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,106 +155,6 @@ impl Default for RaftSection {
     }
 }
 
-/// What one request, stream or client may take. Each refusal names the key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Data bytes of one entry. Default 1MiB (Kafka's default message size).
-    pub max_entry_bytes: ByteSize,
-    /// Entries in one `WriteBatch`. Default 10000.
-    pub max_batch_entries: usize,
-    /// Data bytes of one `WriteBatch`. Default 8MiB (below the WAL's 16MiB frame limit).
-    pub max_batch_bytes: ByteSize,
-    /// Largest gRPC message, both directions, client API and Raft. Default 64MiB.
-    pub max_message_bytes: ByteSize,
-    /// Replay streams open at once on a node. Default 256.
-    pub max_replay_streams: usize,
-    /// Requests (HTTP/2 streams) in flight at once on one client connection; more wait for the
-    /// client's connection to free a slot (HTTP/2 flow control). Default 1024.
-    pub max_concurrent_streams: u32,
-    /// Entries per replay message at most. Default 1024.
-    pub replay_batch_entries: usize,
-    /// Replay messages buffered per stream before the reader waits for the client. Default 8.
-    pub replay_buffer_messages: usize,
-    /// How long a replay with `min_sequence` waits for this node to apply it. Default 10s.
-    #[serde(with = "humantime_serde")]
-    pub min_sequence_wait: Duration,
-    /// A replica serves replay only if it heard from the leader within this. Default 3s.
-    #[serde(with = "humantime_serde")]
-    pub max_leader_silence: Duration,
-    /// ... and is at most this many entries behind what it knows is committed. Default 10000.
-    pub max_lag_entries: u64,
-    /// Producers remembered for idempotent retries. Default 100000.
-    pub max_producers: usize,
-    /// Named checkpoints at most. Default 10000.
-    pub max_checkpoints: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_entry_bytes: ByteSize::mib(1),
-            max_batch_entries: 10_000,
-            max_batch_bytes: ByteSize::mib(8),
-            max_message_bytes: ByteSize::mib(64),
-            max_replay_streams: 256,
-            max_concurrent_streams: 1024,
-            replay_batch_entries: 1024,
-            replay_buffer_messages: 8,
-            min_sequence_wait: Duration::from_secs(10),
-            max_leader_silence: Duration::from_secs(3),
-            max_lag_entries: 10_000,
-            max_producers: crate::raft::state_machine::DEFAULT_MAX_PRODUCERS,
-            max_checkpoints: 10_000,
-        }
-    }
-}
-
-impl Limits {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let pos = |key: &str, v: u64| {
-            if v == 0 {
-                Err(bad(&format!("limits.{key}"), "must be at least 1"))
-            } else {
-                Ok(())
-            }
-        };
-        pos("max_entry_bytes", self.max_entry_bytes.as_u64())?;
-        pos("max_batch_entries", self.max_batch_entries as u64)?;
-        pos("max_batch_bytes", self.max_batch_bytes.as_u64())?;
-        pos("max_replay_streams", self.max_replay_streams as u64)?;
-        pos(
-            "max_concurrent_streams",
-            u64::from(self.max_concurrent_streams),
-        )?;
-        pos("replay_batch_entries", self.replay_batch_entries as u64)?;
-        pos("replay_buffer_messages", self.replay_buffer_messages as u64)?;
-        pos("max_lag_entries", self.max_lag_entries)?;
-        pos("max_producers", self.max_producers as u64)?;
-        pos("max_checkpoints", self.max_checkpoints as u64)?;
-        let msg = self.max_message_bytes.as_u64();
-        if !(4 << 20..=1 << 30).contains(&msg) {
-            return Err(bad(
-                "limits.max_message_bytes",
-                format!("{msg} bytes is outside 4MiB..=1GiB"),
-            ));
-        }
-        if self.max_batch_bytes.as_u64() + (1 << 20) > msg {
-            return Err(bad(
-                "limits.max_batch_bytes",
-                "must be at least 1MiB below limits.max_message_bytes",
-            ));
-        }
-        if self.max_entry_bytes > self.max_batch_bytes {
-            return Err(bad(
-                "limits.max_entry_bytes",
-                "must not exceed limits.max_batch_bytes",
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Values given as command-line flags; `None` leaves the file/env value.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FlagOverrides {
@@ -334,7 +235,9 @@ impl Config {
             check_host_port("cluster.join", j)?;
         }
         self.node_config()?.raft_config_check()?;
-        self.limits.validate()?;
+        self.limits
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
         self.check_batch_fits_a_frame()
     }
 
@@ -343,7 +246,7 @@ impl Config {
     fn check_batch_fits_a_frame(&self) -> Result<(), ConfigError> {
         use crate::wal::frame::FRAME_HEADER_LEN;
         use crate::wal::record::RECORD_HEADER_LEN;
-        let per_entry = (RECORD_HEADER_LEN + crate::api::NAME_MAX_CHARS) as u64;
+        let per_entry = (RECORD_HEADER_LEN + crate::wire::NAME_MAX_CHARS) as u64;
         let l = &self.limits;
         let worst = l.max_batch_bytes.as_u64()
             + l.max_batch_entries as u64 * per_entry

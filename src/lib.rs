@@ -5,12 +5,16 @@
 //!   store. Plain threads and files: it uses neither tokio, openraft nor prost.
 //! - [`raft`]: everything that knows openraft: the log store over the WAL, the state machine in
 //!   sled, snapshots made of segment files, the Raft gRPC network (client and service).
-//! - [`node`]: one node wired together (storage, Raft, server, background tasks) and its
-//!   shutdown.
-//! - [`api`]: the public gRPC services (`LogService`, `AdminService`, health, reflection),
-//!   forwarding to the leader, and the one mapping of errors to status codes.
+//! - [`core`]: the node's use cases (writes, checkpoints, truncation, membership, replay, the
+//!   in-sync rule) with their own request/result types and one typed error.
+//! - [`node`]: one node wired together (storage, Raft, the core, the server, background tasks)
+//!   and its shutdown.
+//! - [`api`]: the public gRPC services (`LogService`, `AdminService`, health, reflection), a
+//!   thin adapter over the core: decode, call, map the error to a status (in one function).
+//! - [`wire`]: the wire contract shared by the API and the client (error details, leader hints,
+//!   code names, name and operation rules); [`checksum`]: the entry checksum.
 //! - [`client`]: the Rust client (leader following, retries with idempotency keys, replay
-//!   streams with checksum verification).
+//!   streams with checksum verification); it uses only the protos, `wire` and `checksum`.
 //! - [`config`]: the node's YAML config with env and flag overrides; [`metrics`]: the
 //!   Prometheus registry and `/metrics`.
 //! - [`cli`]: the `replog` command line (`serve`, `dev`, client commands, `wal ...`, benches).
@@ -18,13 +22,16 @@
 //!   included below, and the internal `replog.raft.v1` service.
 
 pub mod api;
+pub mod checksum;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod core;
 pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod wal;
+pub mod wire;
 
 /// Generated protobuf types of package `replog.v1`.
 pub mod proto {

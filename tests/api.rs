@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::cluster::{TestCluster, eventually};
 use futures::StreamExt;
 use replog::client::{Client, ClientOptions, NewEntry};
+use replog::proto::Operation;
 use replog::proto::{ReplayRequest, replay_request::Start};
-use replog::wal::Operation;
 use tonic::Code;
 
 fn client(endpoints: &[String]) -> Client {
@@ -184,15 +184,15 @@ async fn a_replica_cut_off_refuses_reads_and_the_client_goes_elsewhere() {
     for (id, n) in &c.nodes {
         if *id == cut {
             for other in c.nodes.keys().filter(|o| **o != cut) {
-                n.switch().block(*other);
+                n.core().switch().block(*other);
             }
         } else {
-            n.switch().block(cut);
+            n.core().switch().block(cut);
         }
     }
     let cut_node = &c.nodes[&cut];
     eventually("the cut-off replica is out of sync", || async {
-        cut_node.replica_state() != replog::node::ReplicaState::InSync
+        cut_node.core().replica_state() != replog::core::ReplicaState::InSync
     })
     .await;
     // Asked directly, it refuses with UNAVAILABLE naming the leader (its vote still names it:
@@ -208,7 +208,7 @@ async fn a_replica_cut_off_refuses_reads_and_the_client_goes_elsewhere() {
         .expect_err("a cut-off replica served a replay");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
-        replog::api::error::leader_hint(&status),
+        replog::wire::leader_hint(&status),
         Some((leader, c.addrs[&leader].to_string())),
         "{status:?}"
     );
@@ -227,7 +227,7 @@ async fn a_replica_cut_off_refuses_reads_and_the_client_goes_elsewhere() {
             .contains(&format!("http://{}", c.addrs[&leader]))
     );
     for n in c.nodes.values() {
-        n.switch().heal();
+        n.core().switch().heal();
     }
     c.shutdown().await;
 }

@@ -87,6 +87,7 @@ async fn a_new_leader_takes_over_and_the_old_one_catches_up() {
     c.wait_applied(201).await;
     // sled kept its state: the restarted node applied what it missed, not the whole log.
     let reapplied = c.nodes[&old]
+        .core()
         .state()
         .applied_since_open
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -117,7 +118,7 @@ async fn a_cut_off_minority_cannot_commit_and_heals_without_losing_writes() {
     let isolated = &c.nodes[&leader];
     let stuck = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        isolated.write(None, vec![record("t", "lost?")]),
+        isolated.core().write(None, vec![record("t", "lost?")]),
     )
     .await;
     assert!(
@@ -128,6 +129,7 @@ async fn a_cut_off_minority_cannot_commit_and_heals_without_losing_writes() {
     let new = c.leader_among(&majority).await;
     for i in 0..50 {
         let w = c.nodes[&new]
+            .core()
             .write(None, vec![record("t", format!("b-{i}"))])
             .await
             .unwrap();
@@ -170,12 +172,14 @@ async fn a_follower_behind_a_truncation_receives_the_retained_segments() {
     let leader = c.leader().await;
     let cut = last.last_seq - 20_000;
     let resp = c.nodes[&leader]
-        .command(Request::Truncate { before: cut })
+        .core()
+        .raft()
+        .propose(Request::Truncate { before: cut })
         .await
         .unwrap();
     assert_eq!(resp, replog::raft::Response::Truncated { log_start: cut });
     eventually("the leader deletes segments below the cut", || {
-        let start = c.nodes[&leader].log_start().unwrap();
+        let start = c.nodes[&leader].core().log_start().unwrap();
         async move { start > 1 && start <= cut }
     })
     .await;
@@ -184,11 +188,12 @@ async fn a_follower_behind_a_truncation_receives_the_retained_segments() {
     let reference = c.entries(leader).await;
     assert_eq!(
         reference.first().map(|e| e.sequence_number),
-        Some(c.nodes[&leader].log_start().unwrap())
+        Some(c.nodes[&leader].core().log_start().unwrap())
     );
     assert!(reference.first().unwrap().sequence_number <= cut);
     assert_eq!(reference.last().unwrap().sequence_number, last.last_seq);
     let installs = c.nodes[&lagging]
+        .core()
         .state()
         .snapshots_installed
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -223,9 +228,13 @@ async fn a_node_added_later_gets_everything_and_a_removed_one_stops_receiving() 
         c.write(None, vec![record("t", format!("{i}"))]).await;
     }
     let leader = c.leader().await;
-    let addr = c.start_new(4).await.advertise().to_owned();
-    c.nodes[&leader].add_node(4, &addr).await.unwrap();
-    assert_eq!(c.nodes[&leader].voters(), vec![1, 2, 3, 4]);
+    let addr = c.start_new(4).await.core().advertise().to_owned();
+    c.nodes[&leader]
+        .core()
+        .add_node(4, &addr, false)
+        .await
+        .unwrap();
+    assert_eq!(c.nodes[&leader].core().voters(), vec![1, 2, 3, 4]);
     c.wait_applied(301).await;
     let reference = c.entries(leader).await;
     assert_eq!(c.entries(4).await, reference);
@@ -235,22 +244,22 @@ async fn a_node_added_later_gets_everything_and_a_removed_one_stops_receiving() 
         .keys()
         .find(|id| **id != leader && **id != 4)
         .unwrap();
-    c.nodes[&leader].remove_node(removed).await.unwrap();
-    let before = c.nodes[&removed].state().read(|i| i.next_seq);
+    c.nodes[&leader].core().remove_node(removed).await.unwrap();
+    let before = c.nodes[&removed].core().state().read(|i| i.next_seq);
     for i in 0..50 {
         c.write(None, vec![record("t", format!("late-{i}"))]).await;
     }
     let leader = c.leader_among(&[leader, 4]).await;
-    let next = c.nodes[&leader].state().read(|i| i.next_seq);
+    let next = c.nodes[&leader].core().state().read(|i| i.next_seq);
     for id in [leader, 4] {
-        let mut rx = c.nodes[&id].state().applied_seq();
+        let mut rx = c.nodes[&id].core().state().applied_seq();
         tokio::time::timeout(DEADLINE, rx.wait_for(|s| *s >= next))
             .await
             .unwrap()
             .unwrap();
     }
     assert_eq!(
-        c.nodes[&removed].state().read(|i| i.next_seq),
+        c.nodes[&removed].core().state().read(|i| i.next_seq),
         before,
         "a removed node received entries"
     );
@@ -301,11 +310,21 @@ async fn retention_truncates_the_same_expired_prefix_on_every_replica() {
         cfg.retention_check_interval = std::time::Duration::from_millis(100);
     })
     .await;
+    // Records stamped two hours ago, proposed as they are (the core stamps the time now).
     let two_hours_ago = replog::wal::now_us() - 2 * 3_600_000_000;
+    let leader = c.leader().await;
     for i in 0..100 {
-        let mut r = record("t", vec![b'o'; 500]);
-        r.timestamp = two_hours_ago + i;
-        c.write(None, vec![r]).await;
+        let r = replog::raft::types::WriteRecord {
+            tenant_id: "t".to_owned(),
+            operation: replog::wal::Operation::Insert,
+            data: vec![b'o'; 500],
+            timestamp: two_hours_ago + i,
+        };
+        let write = Request::Write {
+            producer: None,
+            records: vec![r],
+        };
+        c.nodes[&leader].core().raft().propose(write).await.unwrap();
     }
     let mut first_fresh = None;
     for i in 0..100 {
@@ -318,12 +337,17 @@ async fn retention_truncates_the_same_expired_prefix_on_every_replica() {
         let starts: Vec<(u64, u64)> = c
             .nodes
             .values()
-            .map(|n| (n.state().read(|i| i.log_start), n.log_start().unwrap()))
+            .map(|n| {
+                (
+                    n.core().state().read(|i| i.log_start),
+                    n.core().log_start().unwrap(),
+                )
+            })
             .collect();
         async move { starts.iter().all(|s| *s == starts[0] && s.0 > 1 && s.1 > 1) }
     })
     .await;
-    let cut = c.nodes[&1].state().read(|i| i.log_start);
+    let cut = c.nodes[&1].core().state().read(|i| i.log_start);
     assert!(
         cut <= first_fresh,
         "retention cut {cut} is past the first fresh record {first_fresh}"
@@ -372,7 +396,7 @@ async fn checkpoints_replicate_and_survive_restarts_and_bad_commands_are_refused
         tenant: Some("t".into()),
         sequence: w.last_seq,
     };
-    let resp = c.nodes[&leader].command(cp).await.unwrap();
+    let resp = c.nodes[&leader].core().raft().propose(cp).await.unwrap();
     assert_eq!(
         resp,
         replog::raft::Response::Checkpoint {
@@ -395,7 +419,12 @@ async fn checkpoints_replicate_and_survive_restarts_and_bad_commands_are_refused
             "truncate",
         ),
     ] {
-        let err = c.nodes[&leader].command(bad).await.unwrap_err();
+        let err = c.nodes[&leader]
+            .core()
+            .raft()
+            .propose(bad)
+            .await
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("last committed sequence number is"),
@@ -408,13 +437,14 @@ async fn checkpoints_replicate_and_survive_restarts_and_bad_commands_are_refused
     c.wait_applied(w.last_seq + 1).await;
     eventually("the restarted follower has the checkpoint", || {
         let cp = c.nodes[&follower]
+            .core()
             .state()
             .read(|i| i.checkpoints.get("consumer-1").map(|c| c.sequence));
         async move { cp == Some(w.last_seq) }
     })
     .await;
     for n in c.nodes.values() {
-        assert!(n.state().read(|i| !i.checkpoints.contains_key("x")));
+        assert!(n.core().state().read(|i| !i.checkpoints.contains_key("x")));
     }
     c.shutdown().await;
 }

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::*;
-use replog::node::NodeError;
-use replog::raft::{NodeId, RaftOpError};
+use replog::core::CoreError;
+use replog::raft::NodeId;
 use replog::wal::ProducerKey;
 
 /// How many entries with `data` each running node holds (after all applied `next_seq`).
@@ -125,6 +125,7 @@ async fn a_keyed_write_cut_off_with_its_leader_is_retryable_and_lands_once() {
     let majority: Vec<NodeId> = c.nodes.keys().copied().filter(|id| *id != old).collect();
     let new = c.leader_among(&majority).await;
     let w = c.nodes[&new]
+        .core()
         .write(Some(key), vec![record("t", "cut")])
         .await
         .expect("the new leader takes the retry");
@@ -136,9 +137,7 @@ async fn a_keyed_write_cut_off_with_its_leader_is_retryable_and_lands_once() {
         .unwrap()
     {
         Ok(first) => assert_eq!(first.first_seq, w.first_seq),
-        Err(NodeError::Raft(
-            RaftOpError::OutcomeUnknown { .. } | RaftOpError::NotLeader { .. },
-        )) => {}
+        Err(CoreError::OutcomeUnknown { .. } | CoreError::NotLeader { .. }) => {}
         Err(e) => panic!("the cut-off attempt must end retryable, got: {e}"),
     }
     for (id, n) in copies_everywhere(&c, w.last_seq + 1, b"cut").await {
@@ -166,14 +165,13 @@ async fn a_leader_cut_off_answers_its_waiting_writes_before_the_partition_heals(
         .expect("answered while the partition lasts")
         .unwrap()
     {
-        Err(NodeError::Raft(
-            RaftOpError::OutcomeUnknown { .. } | RaftOpError::NotLeader { .. },
-        )) => {}
+        Err(CoreError::OutcomeUnknown { .. } | CoreError::NotLeader { .. }) => {}
         other => panic!("a cut-off leader must answer retryable, got: {other:?}"),
     }
     let majority: Vec<NodeId> = c.nodes.keys().copied().filter(|id| *id != old).collect();
     let new = c.leader_among(&majority).await;
     let w = c.nodes[&new]
+        .core()
         .write(Some(key), vec![record("t", "wait")])
         .await
         .expect("the retry lands on the new leader");
@@ -202,7 +200,9 @@ async fn a_restarted_leader_does_not_propose_again_a_key_it_held_before() {
     // never seen the key in flight.
     let first = tokio::time::timeout(
         Duration::from_millis(300),
-        c.nodes[&leader].write(Some(key), vec![record("t", "held")]),
+        c.nodes[&leader]
+            .core()
+            .write(Some(key), vec![record("t", "held")]),
     )
     .await;
     assert!(first.is_err(), "a write cannot commit while cut off");

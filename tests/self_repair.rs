@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
 use common::cluster::*;
-use replog::node::ReplicaState;
+use replog::core::ReplicaState;
 use replog::raft::NodeId;
 use replog::wal::{Entry, SegmentStatus};
 
@@ -27,6 +27,7 @@ async fn fill(c: &TestCluster, tag: &str, n: usize) -> u64 {
 /// A sealed segment in the middle of node `id`'s WAL: `(id, path)`.
 fn middle_sealed(c: &TestCluster, id: NodeId) -> (u64, PathBuf) {
     let segs: Vec<_> = c.nodes[&id]
+        .core()
         .wal()
         .unwrap()
         .segments()
@@ -73,10 +74,10 @@ fn key(entries: &[Entry]) -> Vec<(u64, Vec<u8>)> {
 async fn all_repaired_and_identical(c: &TestCluster, repaired: NodeId, upto: u64) {
     eventually("the damaged node repaired and in sync", || {
         let n = &c.nodes[&repaired];
-        let done = !n.is_repairing()
-            && n.metrics.repairing.get() == 0
-            && n.wal().unwrap().damaged_segments().is_empty()
-            && n.replica_state() == ReplicaState::InSync;
+        let done = !n.core().is_repairing()
+            && n.core().metrics().repairing.get() == 0
+            && n.core().wal().unwrap().damaged_segments().is_empty()
+            && n.core().replica_state() == ReplicaState::InSync;
         async move { done }
     })
     .await;
@@ -86,7 +87,7 @@ async fn all_repaired_and_identical(c: &TestCluster, repaired: NodeId, upto: u64
     for id in c.nodes.keys() {
         assert_eq!(key(&c.entries(*id).await), reference, "node {id}'s replay");
     }
-    let wal = c.nodes[&repaired].wal().unwrap();
+    let wal = c.nodes[&repaired].core().wal().unwrap();
     assert_eq!(wal.metrics().segments_repaired.get(), 1);
     assert_eq!(wal.metrics().damaged_segments.get(), 0);
 }
@@ -120,15 +121,15 @@ async fn a_cut_off_follower_stays_in_the_repair_state_until_it_can_fetch() {
     flip_byte(&path);
     c.isolate(f);
     let n = &c.nodes[&f];
-    assert!(n.committed_entries(0, usize::MAX).await.is_err());
-    assert!(n.wal().unwrap().is_damaged(seg));
+    assert!(n.core().committed_entries(0, usize::MAX).await.is_err());
+    assert!(n.core().wal().unwrap().is_damaged(seg));
     eventually("the node enters the repair state", || {
-        let r = n.is_repairing() && n.metrics.repairing.get() == 1;
+        let r = n.core().is_repairing() && n.core().metrics().repairing.get() == 1;
         async move { r }
     })
     .await;
     assert!(
-        matches!(n.replica_state(), ReplicaState::Behind(why) if why.contains("repairing")),
+        matches!(n.core().replica_state(), ReplicaState::Behind(why) if why.contains("repairing")),
         "a repairing node serves no reads"
     );
     let vote = vote_answer(c.addrs[&f]).await;
@@ -154,14 +155,17 @@ async fn a_leader_that_finds_a_damaged_segment_steps_down_and_repairs() {
     flip_byte(&path);
     // A read of the damaged range finds it (the index still vouches for the segment).
     let err = c.nodes[&leader]
+        .core()
         .committed_entries(0, usize::MAX)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("corrupted"), "{err}");
-    assert!(c.nodes[&leader].wal().unwrap().is_damaged(seg));
+    assert!(c.nodes[&leader].core().wal().unwrap().is_damaged(seg));
     eventually("the damaged leader hands leadership over", || {
-        let moved = !c.nodes[&leader].is_leader()
-            && c.nodes.iter().any(|(id, n)| *id != leader && n.is_leader());
+        let moved = !c.nodes[&leader].core().is_leader()
+            && c.nodes
+                .iter()
+                .any(|(id, n)| *id != leader && n.core().is_leader());
         async move { moved }
     })
     .await;

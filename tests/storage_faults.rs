@@ -80,8 +80,8 @@ async fn fault_on_a_live_node(victim: Victim, fault: Fault) {
     // The faulty node stopped or refused: it does not hold what was acknowledged meanwhile.
     let last = acked.last().unwrap().0;
     let faulty = &c.nodes[&id];
-    let stopped = faulty.raft().fatal().is_some();
-    let behind = faulty.next_seq() <= last;
+    let stopped = faulty.core().raft().fatal().is_some();
+    let behind = faulty.core().next_seq() <= last;
     assert!(
         stopped || behind,
         "{fault:?} on the {victim:?}: node {id} neither stopped nor refused"

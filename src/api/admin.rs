@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::error::ApiError;
 use super::forward::{Forwarder, on_leader};
 use super::observed;
-use crate::node::{Core, ReplicaState};
+use crate::core::{Core, CoreError, Membership, NodeStatus};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::{
@@ -20,12 +19,9 @@ use crate::proto::{
     NodeStatusRequest, RemoveNodeRequest, RemoveNodeResponse, TransferLeaderRequest,
     TransferLeaderResponse,
 };
-use crate::raft::NodeId;
 
 /// How long `ClusterStatus` waits for each member's answer.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a leadership transfer may take before the call fails.
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AdminApi {
     core: Arc<Core>,
@@ -39,34 +35,10 @@ impl AdminApi {
 
     /// This node as it sees itself.
     fn own_status(&self) -> Member {
-        let c = &self.core;
-        let s = c.status();
-        let (log_start, commit_sequence) = c
-            .state()
-            .read(|i| (i.log_start, i.next_seq.saturating_sub(1)));
-        Member {
-            id: c.id(),
-            address: c.advertise().to_owned(),
-            role: if c.is_repairing() {
-                "repairing".to_owned()
-            } else {
-                s.role.to_owned()
-            },
-            voter: s.voters.contains(&c.id()),
-            term: s.term,
-            last_index: s.last_log_index.unwrap_or(0),
-            commit_index: s.committed.map_or(0, |l| l.index),
-            applied_index: s.applied.map_or(0, |l| l.index),
-            lag: 0,
-            in_sync: c.replica_state() == ReplicaState::InSync,
-            leader_id: s.leader.unwrap_or(0),
-            error: String::new(),
-            log_start,
-            commit_sequence,
-        }
+        to_member(self.core.node_status())
     }
 
-    async fn member_status(&self, id: NodeId, addr: String) -> Member {
+    async fn member_status(&self, id: u64, addr: String) -> Member {
         if id == self.core.id() {
             return self.own_status();
         }
@@ -97,7 +69,7 @@ impl AdminApi {
     }
 
     async fn cluster_status(&self) -> ClusterStatusResponse {
-        let s = self.core.status();
+        let s = self.core.membership();
         let asks = s
             .members
             .iter()
@@ -130,88 +102,50 @@ impl AdminApi {
         }
     }
 
-    fn membership(&self) -> (Vec<NodeId>, Vec<NodeId>) {
-        let s = self.core.status();
-        let learners = s
-            .members
-            .keys()
-            .filter(|id| !s.voters.contains(id))
-            .copied()
-            .collect();
-        (s.voters, learners)
-    }
-
-    async fn add_node_local(&self, r: AddNodeRequest) -> Result<AddNodeResponse, ApiError> {
-        if r.id == 0 {
-            return Err(ApiError::InvalidArgument("node ids start at 1".to_owned()));
-        }
-        let addr_ok = r
-            .address
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !addr_ok {
-            return Err(ApiError::InvalidArgument(format!(
-                "address {:?} is not host:port",
-                r.address
-            )));
-        }
-        let s = self.core.status();
-        if let Some(existing) = s.members.get(&r.id)
-            && *existing != r.address
-        {
-            return Err(ApiError::FailedPrecondition(format!(
-                "node {} is already a member at {existing}; remove it first to change its address",
-                r.id
-            )));
-        }
-        if r.learner_only {
-            self.core.raft().add_learner(r.id, &r.address).await?;
-        } else if !s.voters.contains(&r.id) {
-            self.core.add_node(r.id, &r.address).await?;
-        }
-        let (voters, learners) = self.membership();
-        Ok(AddNodeResponse { voters, learners })
+    async fn add_node_local(&self, r: AddNodeRequest) -> Result<AddNodeResponse, CoreError> {
+        let m = self.core.add_node(r.id, &r.address, r.learner_only).await?;
+        Ok(AddNodeResponse {
+            learners: m.learners(),
+            voters: m.voters,
+        })
     }
 
     async fn remove_node_local(
         &self,
         r: RemoveNodeRequest,
-    ) -> Result<RemoveNodeResponse, ApiError> {
-        if !self.core.status().members.contains_key(&r.id) {
-            return Err(ApiError::NotFound(format!(
-                "node {} is not a member of the cluster",
-                r.id
-            )));
-        }
-        self.core.remove_node(r.id).await?;
-        let (voters, learners) = self.membership();
-        Ok(RemoveNodeResponse { voters, learners })
+    ) -> Result<RemoveNodeResponse, CoreError> {
+        let m: Membership = self.core.remove_node(r.id).await?;
+        Ok(RemoveNodeResponse {
+            learners: m.learners(),
+            voters: m.voters,
+        })
     }
 
     async fn transfer_local(
         &self,
         r: TransferLeaderRequest,
-    ) -> Result<TransferLeaderResponse, ApiError> {
-        let s = self.core.status();
-        if !s.members.contains_key(&r.to) {
-            return Err(ApiError::NotFound(format!(
-                "node {} is not a member of the cluster",
-                r.to
-            )));
-        }
-        if !s.voters.contains(&r.to) {
-            return Err(ApiError::FailedPrecondition(format!(
-                "node {} is a learner: only a voter can lead",
-                r.to
-            )));
-        }
-        if r.to != self.core.id() {
-            self.core
-                .raft()
-                .transfer_leader(r.to, TRANSFER_TIMEOUT)
-                .await?;
-        }
-        Ok(TransferLeaderResponse { leader_id: r.to })
+    ) -> Result<TransferLeaderResponse, CoreError> {
+        let leader_id = self.core.transfer_leader(r.to).await?;
+        Ok(TransferLeaderResponse { leader_id })
+    }
+}
+
+fn to_member(n: NodeStatus) -> Member {
+    Member {
+        id: n.id,
+        address: n.address,
+        role: n.role,
+        voter: n.voter,
+        term: n.term,
+        last_index: n.last_index,
+        commit_index: n.commit_index,
+        applied_index: n.applied_index,
+        lag: 0,
+        in_sync: n.in_sync,
+        leader_id: n.leader_id,
+        error: String::new(),
+        log_start: n.log_start,
+        commit_sequence: n.commit_sequence,
     }
 }
 

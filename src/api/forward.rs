@@ -10,12 +10,11 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use super::error::{ApiError, to_status};
-use crate::node::Core;
-use crate::raft::NodeId;
+use super::error::to_status;
+use crate::core::{Core, CoreError};
+use crate::wire::FORWARDED_BY;
 
-/// Header naming the node that forwarded a request.
-pub const FORWARDED_BY: &str = "replog-forwarded-by";
+type NodeId = u64;
 
 /// Channels kept at most (one per leader address seen; a cluster has a handful).
 const MAX_CHANNELS: usize = 64;
@@ -50,13 +49,13 @@ impl Forwarder {
     }
 
     /// The (reused) channel to a node.
-    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, CoreError> {
         let mut map = self.channels.lock();
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
-            ApiError::Unavailable(format!("the leader's address {addr:?} is not usable: {e}"))
+            CoreError::Unavailable(format!("the leader's address {addr:?} is not usable: {e}"))
         })?;
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
@@ -78,7 +77,7 @@ impl Forwarder {
         let leader = core.leader().filter(|(id, _)| *id != core.id());
         let forwarded = req.metadata().contains_key(FORWARDED_BY);
         if let (Some((id, _)), Some(silent)) = (&leader, core.leader_silent()) {
-            return Err(to_status(ApiError::NotLeader {
+            return Err(to_status(CoreError::NotLeader {
                 message: format!(
                     "node {} has not heard from the leader (node {id}) for {} ms; an election is due",
                     core.id(),
@@ -92,7 +91,7 @@ impl Forwarder {
                 let channel = self.channel(&addr).map_err(to_status)?;
                 Ok(Route::Leader { id, addr, channel })
             }
-            leader => Err(to_status(ApiError::NotLeader {
+            leader => Err(to_status(CoreError::NotLeader {
                 message: format!("node {} is not the leader", core.id()),
                 leader,
             })),
@@ -120,7 +119,7 @@ pub fn leader_failed(status: Status, id: NodeId, addr: &str) -> Status {
     if from_leader {
         return status;
     }
-    to_status(ApiError::NotLeader {
+    to_status(CoreError::NotLeader {
         message: format!(
             "forwarding to the leader (node {id} at {addr}) failed: {}",
             status.message()
@@ -140,7 +139,7 @@ pub async fn on_leader<Req, Resp, L, LF, R, RF>(
 ) -> Result<tonic::Response<Resp>, Status>
 where
     L: FnOnce(Req) -> LF,
-    LF: Future<Output = Result<Resp, ApiError>>,
+    LF: Future<Output = Result<Resp, CoreError>>,
     R: FnOnce(Channel, Request<Req>) -> RF,
     RF: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
@@ -153,7 +152,7 @@ where
         // answered so at once rather than at the caller's deadline.
         Route::Leader { id, addr, channel } => tokio::select! {
             r = remote(channel, forwarded(core, req)) => r.map_err(|s| leader_failed(s, id, &addr)),
-            () = core.until_leader_silent() => Err(to_status(ApiError::OutcomeUnknown {
+            () = core.until_leader_silent() => Err(to_status(CoreError::OutcomeUnknown {
                 message: format!(
                     "node {} lost contact with the leader (node {id} at {addr}) while it handled the request; its outcome is unknown",
                     core.id()

@@ -5,19 +5,17 @@
 //! in sync, and show committed (applied) entries only: a replay reads the local WAL below the
 //! state machine's next sequence number, which never passes what is durable locally.
 
-use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::{Request, Response, Status};
 
-use super::error::{ApiError, to_status};
+use super::error::to_status;
 use super::forward::{Forwarder, on_leader};
-use super::{check_name, observed, operation, require_in_sync};
-use crate::node::Core;
+use super::{observed, operation};
+use crate::core::{Core, CoreError, NewRecord, ReplayFrom, ReplayStart};
 use crate::proto::log_service_client::LogServiceClient;
 use crate::proto::log_service_server::LogService;
 use crate::proto::{
@@ -26,13 +24,7 @@ use crate::proto::{
     ReplayRequest, ReplayResponse, TruncateRequest, TruncateResponse, WriteBatchRequest,
     WriteRequest, WriteResponse, replay_request::Start,
 };
-use crate::raft::types::WriteRecord;
-use crate::raft::{Request as Command, Response as Outcome};
 use crate::wal::{EntryRef, ProducerKey, SegmentStatus, SequenceNumber};
-
-/// How long a new leader may take to apply the entries of earlier terms before a command that
-/// is checked against the state gives up.
-const LEADER_READY: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct LogApi {
     core: Arc<Core>,
@@ -44,7 +36,7 @@ type EntryStream = Pin<Box<dyn Stream<Item = Result<ReplayResponse, Status>> + S
 
 impl LogApi {
     pub fn new(core: Arc<Core>, fwd: Arc<Forwarder>) -> LogApi {
-        let replay_slots = Arc::new(Semaphore::new(core.limits.max_replay_streams));
+        let replay_slots = Arc::new(Semaphore::new(core.limits().max_replay_streams));
         LogApi {
             core,
             fwd,
@@ -62,49 +54,18 @@ impl LogApi {
             .max_encoding_message_size(max)
     }
 
-    /// Checks a batch against the limits and turns it into records stamped with one timestamp.
-    fn records(&self, entries: Vec<pb::EntryInput>) -> Result<Vec<WriteRecord>, ApiError> {
-        let l = &self.core.limits;
-        if entries.is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "a batch needs at least one entry".to_owned(),
-            ));
-        }
-        if entries.len() > l.max_batch_entries {
-            return Err(ApiError::ResourceExhausted(format!(
-                "a batch of {} entries exceeds limits.max_batch_entries ({})",
-                entries.len(),
-                l.max_batch_entries
-            )));
-        }
-        let mut total = 0u64;
-        let timestamp = crate::wal::now_us();
-        let mut out = Vec::with_capacity(entries.len());
-        for (i, e) in entries.into_iter().enumerate() {
-            check_name("tenant", &e.tenant)?;
-            let op = operation(e.operation)?;
-            let len = e.data.len() as u64;
-            if len > l.max_entry_bytes.as_u64() {
-                return Err(ApiError::ResourceExhausted(format!(
-                    "entry {i} has {len} bytes of data, more than limits.max_entry_bytes ({} bytes)",
-                    l.max_entry_bytes.as_u64()
-                )));
-            }
-            total += len;
-            out.push(WriteRecord {
-                tenant_id: e.tenant,
-                operation: op,
-                data: e.data,
-                timestamp,
-            });
-        }
-        if total > l.max_batch_bytes.as_u64() {
-            return Err(ApiError::ResourceExhausted(format!(
-                "a batch of {total} data bytes exceeds limits.max_batch_bytes ({} bytes)",
-                l.max_batch_bytes.as_u64()
-            )));
-        }
-        Ok(out)
+    /// Decodes a batch's entries (the core checks them against the limits).
+    fn records(entries: Vec<pb::EntryInput>) -> Result<Vec<NewRecord>, CoreError> {
+        entries
+            .into_iter()
+            .map(|e| {
+                Ok(NewRecord {
+                    operation: operation(e.operation)?,
+                    tenant: e.tenant,
+                    data: e.data,
+                })
+            })
+            .collect()
     }
 
     /// Validates and writes a batch on this node, the leader.
@@ -112,23 +73,18 @@ impl LogApi {
         &self,
         entries: Vec<pb::EntryInput>,
         producer: (Option<u64>, Option<u64>),
-    ) -> Result<WriteResponse, ApiError> {
+    ) -> Result<WriteResponse, CoreError> {
         let producer = match producer {
             (Some(id), Some(seq)) => Some(ProducerKey { id, seq }),
             (None, None) => None,
             _ => {
-                return Err(ApiError::InvalidArgument(
+                return Err(CoreError::InvalidArgument(
                     "producer_id and producer_seq go together".to_owned(),
                 ));
             }
         };
-        let records = self.records(entries)?;
-        let started = Instant::now();
+        let records = Self::records(entries)?;
         let w = self.core.write(producer, records).await?;
-        self.core
-            .metrics
-            .write_duration
-            .observe(started.elapsed().as_secs_f64());
         Ok(WriteResponse {
             first_sequence: w.first_seq,
             last_sequence: w.last_seq,
@@ -154,99 +110,20 @@ impl LogApi {
         .await
     }
 
-    /// Proposes a checkpoint on the leader, after checking it against the committed log.
     async fn create_checkpoint_local(
         &self,
         r: CreateCheckpointRequest,
-    ) -> Result<Checkpoint, ApiError> {
-        check_name("checkpoint name", &r.name)?;
-        if let Some(t) = &r.tenant {
-            check_name("tenant", t)?;
-        }
-        // A new leader checks against a state that includes every committed entry.
-        self.core.raft().wait_own_term_applied(LEADER_READY).await?;
-        let (next_seq, tenant_last, known, count) = self.core.state().read(|img| {
-            let tenant_last = r
-                .tenant
-                .as_ref()
-                .map(|t| img.tenants.get(t).map_or(0, |s| s.last_seq));
-            (
-                img.next_seq,
-                tenant_last,
-                img.checkpoints.contains_key(&r.name),
-                img.checkpoints.len(),
-            )
-        });
-        let max = self.core.limits.max_checkpoints;
-        if !known && count >= max {
-            return Err(ApiError::ResourceExhausted(format!(
-                "{count} checkpoints exist, the limit is limits.max_checkpoints ({max})"
-            )));
-        }
-        let sequence = match (r.sequence, tenant_last) {
-            (Some(s), _) => s,
-            (None, Some(0)) => {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "tenant {:?} has no committed entry to checkpoint",
-                    r.tenant.as_deref().unwrap_or_default()
-                )));
-            }
-            (None, Some(last)) => last,
-            (None, None) if next_seq <= 1 => {
-                return Err(ApiError::FailedPrecondition(
-                    "the log has no committed entry to checkpoint".to_owned(),
-                ));
-            }
-            (None, None) => next_seq - 1,
-        };
-        if sequence == 0 || sequence >= next_seq {
-            return Err(ApiError::FailedPrecondition(format!(
-                "checkpoint {:?} at sequence {sequence}: positions go from 1 to the last committed sequence number ({})",
-                r.name,
-                next_seq - 1
-            )));
-        }
-        let cmd = Command::Checkpoint {
-            name: r.name.clone(),
-            tenant: r.tenant.clone(),
-            sequence,
-        };
-        match self.core.command(cmd).await? {
-            Outcome::Checkpoint { sequence } => Ok(Checkpoint {
-                name: r.name,
-                tenant: r.tenant,
-                sequence,
-            }),
-            other => Err(ApiError::Internal(format!(
-                "unexpected reply to a checkpoint: {other:?}"
-            ))),
-        }
+    ) -> Result<Checkpoint, CoreError> {
+        let cp = self
+            .core
+            .create_checkpoint(r.name, r.tenant, r.sequence)
+            .await?;
+        Ok(to_proto_checkpoint(cp))
     }
 
-    async fn truncate_local(&self, r: TruncateRequest) -> Result<TruncateResponse, ApiError> {
-        self.core.raft().wait_own_term_applied(LEADER_READY).await?;
-        let next = self.core.next_seq();
-        if r.before == 0 {
-            return Err(ApiError::InvalidArgument(
-                "truncate needs `before` >= 1 (entries below it are dropped)".to_owned(),
-            ));
-        }
-        if r.before > next {
-            return Err(ApiError::FailedPrecondition(format!(
-                "cannot truncate before {}: it must be at most the last committed sequence number + 1 ({next})",
-                r.before
-            )));
-        }
-        match self
-            .core
-            .command(Command::Truncate { before: r.before })
-            .await?
-        {
-            Outcome::Truncated { log_start } => Ok(TruncateResponse { log_start }),
-            other => Err(ApiError::Internal(format!(
-                "unexpected reply to a truncation: {other:?}"
-            ))),
-        }
+    async fn truncate_local(&self, r: TruncateRequest) -> Result<TruncateResponse, CoreError> {
+        let log_start = self.core.truncate(r.before).await?;
+        Ok(TruncateResponse { log_start })
     }
 
     /// Checks the request and where it starts (waiting for `min_sequence`), so a bad replay
@@ -255,27 +132,34 @@ impl LogApi {
         &self,
         r: ReplayRequest,
         require_sync: bool,
-    ) -> Result<EntryStream, ApiError> {
-        if let Some(t) = &r.tenant {
-            check_name("tenant", t)?;
-        }
+    ) -> Result<EntryStream, CoreError> {
+        let start = ReplayStart {
+            from: match r.start {
+                None => ReplayFrom::LogStart,
+                Some(Start::FromSequence(s)) => ReplayFrom::Sequence(s),
+                Some(Start::Checkpoint(name)) => ReplayFrom::Checkpoint(name),
+            },
+            tenant: r.tenant,
+            min_sequence: r.min_sequence,
+            require_sync,
+        };
         let permit = self.replay_slots.clone().try_acquire_owned().map_err(|_| {
-            ApiError::ResourceExhausted(format!(
+            CoreError::ResourceExhausted(format!(
                 "{} replay streams are open on node {}, the limit is limits.max_replay_streams",
-                self.core.limits.max_replay_streams,
+                self.core.limits().max_replay_streams,
                 self.core.id()
             ))
         })?;
-        let (tx, rx) = mpsc::channel(self.core.limits.replay_buffer_messages);
+        let (from, tenant) = self.core.replay_start(&start).await?;
+        let (tx, rx) = mpsc::channel(self.core.limits().replay_buffer_messages);
         let reader = Replayer {
             core: self.core.clone(),
-            req: r,
-            require_sync,
+            limit: r.limit,
+            follow: r.follow,
             tx,
             _permit: permit,
         };
-        let start = reader.start().await?;
-        tokio::spawn(reader.run(start));
+        tokio::spawn(reader.run(from, tenant));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }
@@ -284,105 +168,56 @@ impl LogApi {
 /// waiting for the client (bounded channel) and, with `follow`, for new commits.
 struct Replayer {
     core: Arc<Core>,
-    req: ReplayRequest,
-    /// Replay asks for an in-sync replica; a segment read is about the node asked.
-    require_sync: bool,
+    /// Entries to send at most (0: no limit).
+    limit: u64,
+    follow: bool,
     tx: mpsc::Sender<Result<ReplayResponse, Status>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Replayer {
-    async fn run(self, start: (SequenceNumber, Option<String>)) {
+    async fn run(self, from: SequenceNumber, tenant: Option<String>) {
         let core = self.core.clone();
-        core.metrics.replay_streams.inc();
+        core.metrics().replay_streams.inc();
         let tx = self.tx.clone();
         let stopped = core.stopped();
         let r = tokio::select! {
-            r = self.stream(start) => r,
-            _ = stopped => Err(ApiError::Unavailable(format!("node {} is stopping", core.id()))),
+            r = self.stream(from, tenant) => r,
+            _ = stopped => Err(CoreError::Unavailable(format!("node {} is stopping", core.id()))),
             _ = tx.closed() => Ok(()),
         };
         if let Err(e) = r {
             let _ = tx.send(Err(to_status(e))).await;
         }
-        core.metrics.replay_streams.dec();
+        core.metrics().replay_streams.dec();
     }
 
-    /// Where the stream starts, after waiting for `min_sequence`.
-    async fn start(&self) -> Result<(SequenceNumber, Option<String>), ApiError> {
-        let core = &self.core;
-        let r = &self.req;
-        if r.min_sequence > 0 {
-            let mut applied = core.state().applied_seq();
-            let wait = core.limits.min_sequence_wait;
-            let reached =
-                tokio::time::timeout(wait, applied.wait_for(|next| *next > r.min_sequence));
-            match reached.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(ApiError::Unavailable("node stopping".to_owned())),
-                Err(_) => {
-                    return Err(ApiError::DeadlineExceeded(format!(
-                        "node {} has not applied sequence {} within {} ms (limits.min_sequence_wait)",
-                        core.id(),
-                        r.min_sequence,
-                        wait.as_millis()
-                    )));
-                }
-            }
-        }
-        if self.require_sync {
-            require_in_sync(core)?;
-        }
-        let log_start = core.readable_start()?;
-        let mut tenant = r.tenant.clone();
-        let from = match &r.start {
-            None | Some(Start::FromSequence(0)) => log_start,
-            Some(Start::FromSequence(s)) => *s,
-            Some(Start::Checkpoint(name)) => {
-                check_name("checkpoint name", name)?;
-                let cp = core
-                    .state()
-                    .read(|i| i.checkpoints.get(name).cloned())
-                    .ok_or_else(|| ApiError::NotFound(format!("checkpoint {name:?} not found")))?;
-                tenant = tenant.or(cp.tenant);
-                (cp.sequence + 1).max(log_start)
-            }
-        };
-        if from < log_start {
-            return Err(ApiError::OutOfRange {
-                requested: from,
-                log_start,
-            });
-        }
-        Ok((from, tenant))
-    }
-
-    async fn stream(&self, start: (SequenceNumber, Option<String>)) -> Result<(), ApiError> {
-        let (mut pos, tenant) = start;
+    async fn stream(
+        &self,
+        mut pos: SequenceNumber,
+        tenant: Option<String>,
+    ) -> Result<(), CoreError> {
         let tenant: Option<Arc<str>> = tenant.map(Into::into);
-        let mut left = if self.req.limit == 0 {
+        let mut left = if self.limit == 0 {
             u64::MAX
         } else {
-            self.req.limit
+            self.limit
         };
-        let mut applied = self.core.state().applied_seq();
-        let batch = self.core.limits.replay_batch_entries;
+        let mut applied = self.core.applied_watch();
+        let batch = self.core.limits().replay_batch_entries;
         loop {
             let upto = *applied.borrow_and_update();
             if pos < upto {
-                let chunk = read_chunk(
-                    &self.core,
-                    pos,
-                    upto,
-                    tenant.clone(),
-                    batch.min(left as usize),
-                )
-                .await?;
+                let max = batch.min(usize::try_from(left).unwrap_or(usize::MAX));
+                let chunk = self
+                    .core
+                    .read_chunk(pos, upto, tenant.clone(), max, to_proto)
+                    .await?;
                 pos = chunk.next;
                 let n = chunk.entries.len() as u64;
                 if n > 0 {
                     left -= n;
-                    self.core.metrics.replayed_entries.inc_by(n);
+                    self.core.metrics().replayed_entries.inc_by(n);
                     let msg = self.message(chunk.entries)?;
                     if self.tx.send(Ok(msg)).await.is_err() {
                         return Ok(());
@@ -393,74 +228,24 @@ impl Replayer {
                 }
                 continue;
             }
-            if !self.req.follow {
+            if !self.follow {
                 return Ok(());
             }
             if applied.changed().await.is_err() {
-                return Err(ApiError::Unavailable("node stopping".to_owned()));
+                return Err(CoreError::Unavailable("node stopping".to_owned()));
             }
         }
     }
 
-    fn message(&self, entries: Vec<pb::Entry>) -> Result<ReplayResponse, ApiError> {
-        let commit = self.core.next_seq() - 1;
-        let wal = self.core.wal()?;
+    fn message(&self, entries: Vec<pb::Entry>) -> Result<ReplayResponse, CoreError> {
+        let b = self.core.log_bounds()?;
         Ok(ReplayResponse {
             entries,
-            log_start: self.core.readable_start()?,
-            commit_sequence: commit,
-            last_sequence: wal.next_seq().saturating_sub(1),
+            log_start: b.log_start,
+            commit_sequence: b.commit_sequence,
+            last_sequence: b.last_sequence,
         })
     }
-}
-
-struct Chunk {
-    entries: Vec<pb::Entry>,
-    /// Where the next chunk starts.
-    next: SequenceNumber,
-}
-
-/// Reads up to `max` records of `tenant` (all tenants: `None`) in `from..upto` on a blocking
-/// thread.
-async fn read_chunk(
-    core: &Core,
-    from: SequenceNumber,
-    upto: SequenceNumber,
-    tenant: Option<Arc<str>>,
-    max: usize,
-) -> Result<Chunk, ApiError> {
-    let wal = core.wal()?;
-    // Records skipped by the tenant filter count too, so a chunk's work stays bounded.
-    let scan_max = max.saturating_mul(64).max(4096);
-    let read = tokio::task::spawn_blocking(move || {
-        let mut entries = Vec::new();
-        let mut next = from;
-        let mut scanned = 0usize;
-        wal.replay(from, |e| {
-            if e.sequence_number >= upto || entries.len() >= max || scanned >= scan_max {
-                return ControlFlow::Break(());
-            }
-            scanned += 1;
-            next = e.sequence_number + 1;
-            if tenant.as_deref().is_none_or(|t| t == e.tenant_id) {
-                entries.push(to_proto(&e));
-            }
-            ControlFlow::Continue(())
-        })?;
-        Ok::<_, crate::wal::WalError>(Chunk { entries, next })
-    });
-    let chunk = read
-        .await
-        .map_err(|e| ApiError::Internal(format!("replay task: {e}")))?
-        .map_err(|e| super::read_error(core, e))?;
-    if chunk.next == from && from < upto {
-        // The WAL holds no record at `from` although it is committed: it was truncated.
-        return Err(ApiError::OutOfRange {
-            requested: from,
-            log_start: core.readable_start()?,
-        });
-    }
-    Ok(chunk)
 }
 
 pub fn to_proto(e: &EntryRef<'_>) -> pb::Entry {
@@ -471,6 +256,31 @@ pub fn to_proto(e: &EntryRef<'_>) -> pb::Entry {
         operation: e.operation as i32,
         data: e.data.to_vec(),
         checksum: e.checksum,
+    }
+}
+
+fn to_proto_checkpoint(c: crate::core::Checkpoint) -> Checkpoint {
+    Checkpoint {
+        name: c.name,
+        tenant: c.tenant,
+        sequence: c.sequence,
+    }
+}
+
+fn to_proto_segment(s: crate::wal::Segment) -> pb::Segment {
+    pb::Segment {
+        id: s.id,
+        start_sequence: s.start_seq,
+        end_sequence: s.end_seq.unwrap_or(0),
+        entries: s.end_seq.map_or(0, |e| e + 1 - s.start_seq),
+        size_bytes: s.size,
+        status: match s.status {
+            SegmentStatus::Active => "active",
+            SegmentStatus::Sealed => "sealed",
+        }
+        .to_owned(),
+        max_timestamp_us: s.max_timestamp,
+        path: s.file_path.display().to_string(),
     }
 }
 
@@ -537,20 +347,8 @@ impl LogService for LogApi {
     ) -> Result<Response<Checkpoint>, Status> {
         observed(&self.core, "GetCheckpoint", async {
             let name = req.into_inner().name;
-            let r = check_name("checkpoint name", &name)
-                .and_then(|_| require_in_sync(&self.core))
-                .and_then(|_| {
-                    self.core
-                        .state()
-                        .read(|i| i.checkpoints.get(&name).cloned())
-                        .ok_or_else(|| ApiError::NotFound(format!("checkpoint {name:?} not found")))
-                });
-            let cp = r.map_err(to_status)?;
-            Ok(Response::new(Checkpoint {
-                name,
-                tenant: cp.tenant,
-                sequence: cp.sequence,
-            }))
+            let cp = self.core.checkpoint(&name).map_err(to_status)?;
+            Ok(Response::new(to_proto_checkpoint(cp)))
         })
         .await
     }
@@ -561,18 +359,11 @@ impl LogService for LogApi {
     ) -> Result<Response<ListCheckpointsResponse>, Status> {
         observed(&self.core, "ListCheckpoints", async {
             let tenant = req.into_inner().tenant;
-            require_in_sync(&self.core).map_err(to_status)?;
-            let checkpoints = self.core.state().read(|i| {
-                i.checkpoints
-                    .iter()
-                    .filter(|(_, c)| tenant.is_none() || c.tenant == tenant)
-                    .map(|(name, c)| Checkpoint {
-                        name: name.clone(),
-                        tenant: c.tenant.clone(),
-                        sequence: c.sequence,
-                    })
-                    .collect()
-            });
+            let list = self
+                .core
+                .checkpoints(tenant.as_deref())
+                .map_err(to_status)?;
+            let checkpoints = list.into_iter().map(to_proto_checkpoint).collect();
             Ok(Response::new(ListCheckpointsResponse { checkpoints }))
         })
         .await
@@ -601,31 +392,9 @@ impl LogService for LogApi {
         _req: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         observed(&self.core, "ListSegments", async {
-            let wal = self.core.wal().map_err(|e| to_status(e.into()))?;
-            let log_start = self
-                .core
-                .readable_start()
-                .map_err(|e| to_status(e.into()))?;
-            let segments = wal
-                .segments()
-                .into_iter()
-                .map(|s| pb::Segment {
-                    id: s.id,
-                    start_sequence: s.start_seq,
-                    end_sequence: s.end_seq.unwrap_or(0),
-                    entries: s.end_seq.map_or(0, |e| e + 1 - s.start_seq),
-                    size_bytes: s.size,
-                    status: match s.status {
-                        SegmentStatus::Active => "active",
-                        SegmentStatus::Sealed => "sealed",
-                    }
-                    .to_owned(),
-                    max_timestamp_us: s.max_timestamp,
-                    path: s.file_path.display().to_string(),
-                })
-                .collect();
+            let (segments, log_start) = self.core.segments().map_err(to_status)?;
             Ok(Response::new(ListSegmentsResponse {
-                segments,
+                segments: segments.into_iter().map(to_proto_segment).collect(),
                 log_start,
             }))
         })
@@ -640,28 +409,7 @@ impl LogService for LogApi {
     ) -> Result<Response<EntryStream>, Status> {
         observed(&self.core, "ReadSegment", async {
             let id = req.into_inner().id;
-            let seg = self
-                .core
-                .wal()
-                .map_err(|e| to_status(e.into()))?
-                .segments()
-                .into_iter()
-                .find(|s| s.id == id)
-                .ok_or_else(|| {
-                    to_status(ApiError::NotFound(format!(
-                        "segment {id} not found on node {}",
-                        self.core.id()
-                    )))
-                })?;
-            let from = seg.start_seq.max(
-                self.core
-                    .readable_start()
-                    .map_err(|e| to_status(e.into()))?,
-            );
-            let upto = seg
-                .end_seq
-                .map_or(from, |e| e + 1)
-                .min(self.core.next_seq());
+            let (from, upto) = self.core.segment_range(id).map_err(to_status)?;
             let req = ReplayRequest {
                 start: Some(Start::FromSequence(from)),
                 limit: upto.saturating_sub(from),

@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use super::CliError;
 use super::output::Format;
+use crate::core::NewRecord;
 use crate::node::{Node, NodeConfig};
-use crate::raft::types::WriteRecord;
+use crate::proto;
 use crate::wal::{Operation, Preallocate, SyncPolicy, WalConfig};
 
 #[derive(Args, Debug)]
@@ -105,7 +106,7 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let leader = loop {
-        if let Some(n) = nodes.iter().position(|n| n.is_leader()) {
+        if let Some(n) = nodes.iter().position(|n| n.core().is_leader()) {
             break n;
         }
         if Instant::now() > deadline {
@@ -118,15 +119,19 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
     let mut leader = leader;
     let mut tries = 0;
     while let Err(e) = nodes[leader]
+        .core()
         .write(None, vec![record(args.entry_size)])
         .await
     {
         tries += 1;
         if tries > 100 {
-            return Err(fail(e));
+            return Err(CliError::failure(e.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        leader = nodes.iter().position(|n| n.is_leader()).unwrap_or(leader);
+        leader = nodes
+            .iter()
+            .position(|n| n.core().is_leader())
+            .unwrap_or(leader);
     }
     let started = Instant::now();
     let until = started + args.duration;
@@ -152,12 +157,15 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
             let (mut at, mut errors) = (leader, 0u64);
             while Instant::now() < until {
                 let t = Instant::now();
-                match nodes[at].write(None, vec![record(size)]).await {
+                match nodes[at].core().write(None, vec![record(size)]).await {
                     Ok(_) => drop(h.record(t.elapsed().as_micros() as u64)),
                     Err(_) => {
                         // Follow a leader change; the failed attempt is not counted.
                         errors += 1;
-                        at = nodes.iter().position(|n| n.is_leader()).unwrap_or(at);
+                        at = nodes
+                            .iter()
+                            .position(|n| n.core().is_leader())
+                            .unwrap_or(at);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
@@ -207,7 +215,7 @@ async fn grpc_client(
     while Instant::now() < until {
         let t = Instant::now();
         match client
-            .write("bench", Operation::Insert, vec![b'x'; size])
+            .write("bench", proto::Operation::Insert, vec![b'x'; size])
             .await
         {
             Ok(_) => drop(h.record(t.elapsed().as_micros() as u64)),
@@ -217,12 +225,11 @@ async fn grpc_client(
     (h, errors)
 }
 
-fn record(size: usize) -> WriteRecord {
-    WriteRecord {
-        tenant_id: "bench".to_owned(),
+fn record(size: usize) -> NewRecord {
+    NewRecord {
+        tenant: "bench".to_owned(),
         operation: Operation::Insert,
         data: vec![b'x'; size],
-        timestamp: crate::wal::now_us(),
     }
 }
 

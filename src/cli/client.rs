@@ -62,12 +62,12 @@ pub enum OpArg {
     Delete,
 }
 
-impl From<OpArg> for Operation {
-    fn from(o: OpArg) -> Operation {
+impl From<OpArg> for pb::Operation {
+    fn from(o: OpArg) -> pb::Operation {
         match o {
-            OpArg::Insert => Operation::Insert,
-            OpArg::Update => Operation::Update,
-            OpArg::Delete => Operation::Delete,
+            OpArg::Insert => pb::Operation::Insert,
+            OpArg::Update => pb::Operation::Update,
+            OpArg::Delete => pb::Operation::Delete,
         }
     }
 }
@@ -223,7 +223,7 @@ fn print_json(v: &impl Serialize) -> Result<(), CliError> {
 
 pub async fn write(a: &WriteArgs) -> Result<(), CliError> {
     let client = a.client.client()?;
-    let op = Operation::from(a.op);
+    let op = pb::Operation::from(a.op);
     let entry = |data: Vec<u8>| NewEntry {
         tenant: a.tenant.clone(),
         operation: op,

@@ -105,9 +105,9 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
             .unwrap_or_default();
         let line = format!(
             "replog node {} serving gRPC on {} (advertised as {}){metrics}; data in {}",
-            node.id(),
+            node.core().id(),
             node.addr(),
-            node.advertise(),
+            node.core().advertise(),
             cfg.node.data_dir.display()
         );
         // Scripts wait for this line; with JSON logs it is a log event like the others.
@@ -136,19 +136,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// Waits for SIGINT/SIGTERM (returns `None`) or for Raft to stop on a storage error (returns
 /// why: an fsync failure is fatal for the node).
 async fn wait_for_stop(node: &Node) -> Option<String> {
-    let mut watch = node.raft().watch();
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        if let Some(why) = node.raft().fatal() {
-            return Some(why);
-        }
-        tokio::select! {
-            _ = &mut signal => return None,
-            alive = watch.changed() => if !alive {
-                return Some("raft stopped".to_owned());
-            },
-        }
+    tokio::select! {
+        _ = shutdown_signal() => None,
+        why = node.failure() => Some(why),
     }
 }
 

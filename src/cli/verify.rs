@@ -24,7 +24,6 @@ use super::client::ClientArgs;
 use super::output::Format;
 use crate::client::{Client, NewEntry};
 use crate::proto::{self as pb, ReplayRequest, replay_request::Start};
-use crate::wal::Operation;
 
 /// The prefix of every entry `verify` writes.
 const MAGIC: &str = "replog-verify";
@@ -193,7 +192,7 @@ fn producer_id(run: u64, p: u32) -> u64 {
 
 pub async fn verify(a: &VerifyArgs) -> Result<(), CliError> {
     let client = a.client.client()?;
-    crate::api::check_name("tenant", &a.tenant).map_err(|e| CliError::usage(e.to_string()))?;
+    crate::wire::check_name("tenant", &a.tenant).map_err(|e| CliError::usage(e.to_string()))?;
     let format = a.client.format(Format::Table);
     let run = random_run_id();
     let from = commit_point(&client).await? + 1;
@@ -308,7 +307,7 @@ async fn writer(
         log.attempted = seq;
         let entry = NewEntry {
             tenant: tenant.clone(),
-            operation: Operation::Insert,
+            operation: pb::Operation::Insert,
             data: entry_data(run, p, seq, size),
         };
         match client.write_batch_keyed(vec![entry], id, seq).await {

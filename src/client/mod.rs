@@ -10,7 +10,8 @@
 //! - Replay is a [`Stream`] of entries whose checksums are verified; it resumes after the last
 //!   entry received when the node serving it goes away.
 //!
-//! It knows nothing of the server's internals: only the `replog.v1` protos.
+//! It knows nothing of the server's internals: only the `replog.v1` protos, the wire contract
+//! ([`crate::wire`]) and the entry checksum ([`crate::checksum`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -21,7 +22,6 @@ use futures::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
-use crate::api::error::leader_hint;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::log_service_client::LogServiceClient;
 use crate::proto::{
@@ -31,7 +31,7 @@ use crate::proto::{
     RemoveNodeResponse, ReplayRequest, ReplayResponse, TransferLeaderRequest, TruncateRequest,
     WriteBatchRequest, WriteResponse, replay_request::Start,
 };
-use crate::wal::Operation;
+use crate::wire::{self, leader_hint};
 
 /// Endpoints remembered at most (the given ones plus leaders named by the cluster).
 const MAX_ENDPOINTS: usize = 64;
@@ -69,7 +69,7 @@ impl Default for ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The cluster's answer (after retries, for retryable codes).
-    #[error("{} ({})", .0.message(), crate::api::code_name(.0.code()))]
+    #[error("{} ({})", .0.message(), wire::code_name(.0.code()))]
     Rpc(Status),
     /// An entry's checksum does not match its fields: it was damaged on the way.
     #[error("entry {sequence}: checksum mismatch (got {got:#010x}, computed {computed:#010x})")]
@@ -100,7 +100,7 @@ impl ClientError {
 #[derive(Clone, Debug)]
 pub struct NewEntry {
     pub tenant: String,
-    pub operation: Operation,
+    pub operation: pb::Operation,
     pub data: Vec<u8>,
 }
 
@@ -342,7 +342,7 @@ impl Client {
         // A random id; the time as a fallback keeps ids distinct between processes.
         let id = match getrandom::fill(&mut b) {
             Ok(()) => u64::from_le_bytes(b),
-            Err(_) => crate::wal::now_us() ^ u64::from(std::process::id()) << 40,
+            Err(_) => now_us() ^ u64::from(std::process::id()) << 40,
         };
         Producer { id, next_seq: 1 }
     }
@@ -358,7 +358,7 @@ impl Client {
     pub async fn write(
         &self,
         tenant: &str,
-        operation: Operation,
+        operation: pb::Operation,
         data: Vec<u8>,
     ) -> Result<WriteResponse, ClientError> {
         self.write_batch(vec![NewEntry {
@@ -395,7 +395,7 @@ impl Client {
                 .into_iter()
                 .map(|e| pb::EntryInput {
                     tenant: e.tenant,
-                    operation: proto_operation(e.operation) as i32,
+                    operation: e.operation as i32,
                     data: e.data,
                 })
                 .collect(),
@@ -623,24 +623,25 @@ impl Client {
     }
 }
 
-pub fn proto_operation(op: Operation) -> pb::Operation {
-    match op {
-        Operation::Insert => pb::Operation::Insert,
-        Operation::Update => pb::Operation::Update,
-        Operation::Delete => pb::Operation::Delete,
-    }
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Checks an entry's checksum against its fields.
 pub fn verify(e: &pb::Entry) -> Result<(), ClientError> {
-    let op = u8::try_from(e.operation)
-        .ok()
-        .and_then(|v| Operation::try_from(v).ok())
-        .ok_or_else(|| {
-            ClientError::Protocol(format!("entry {}: operation {}", e.sequence, e.operation))
-        })?;
-    let computed =
-        crate::wal::record::entry_checksum(e.sequence, e.timestamp_us, op, &e.tenant, &e.data);
+    let op = wire::operation(e.operation).map_err(|_| {
+        ClientError::Protocol(format!("entry {}: operation {}", e.sequence, e.operation))
+    })?;
+    let computed = crate::checksum::entry_checksum(
+        e.sequence,
+        e.timestamp_us,
+        wire::operation_code(op),
+        &e.tenant,
+        &e.data,
+    );
     if computed != e.checksum {
         return Err(ClientError::Checksum {
             sequence: e.sequence,

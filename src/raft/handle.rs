@@ -2,14 +2,16 @@
 //! membership, purge), so openraft's types stay inside `src/raft/`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, RaftError};
 
+use super::network::Network;
 use super::types::{LogId, Request, Response, TypeConfig};
-use super::{NodeId, Raft};
+use super::{LogStore, NodeId, Raft, RaftTiming, StateMachine, openraft_config};
 
 /// Why a Raft operation did not happen.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -102,9 +104,32 @@ impl StatusWatch {
     }
 }
 
+/// What [`RaftNode::start`] needs besides the storage.
+pub struct StartRaft<'a> {
+    pub id: NodeId,
+    pub cluster_name: &'a str,
+    pub timing: &'a RaftTiming,
+    pub max_payload_entries: u64,
+    pub network: Network,
+}
+
 impl RaftNode {
     pub fn new(id: NodeId, raft: Raft) -> RaftNode {
         RaftNode { id, raft }
+    }
+
+    /// Starts Raft on a node's opened storage (openraft reads the log to restore its state).
+    pub async fn start(
+        s: StartRaft<'_>,
+        log_store: LogStore,
+        state_machine: StateMachine,
+    ) -> Result<RaftNode, RaftOpError> {
+        let cfg = openraft_config(s.cluster_name, s.timing, s.max_payload_entries)
+            .map_err(RaftOpError::Rejected)?;
+        let raft = Raft::new(s.id, Arc::new(cfg), s.network, log_store, state_machine)
+            .await
+            .map_err(|e| RaftOpError::Stopped(e.to_string()))?;
+        Ok(RaftNode::new(s.id, raft))
     }
 
     /// The openraft handle (for the Raft gRPC service).

@@ -311,3 +311,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .await
         .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))
 }
+
+impl RaftServer {
+    /// This server as the tonic service `replog.raft.v1.RaftService`, with messages of up to
+    /// `max_message_bytes` both ways.
+    pub fn into_service(
+        self,
+        max_message_bytes: usize,
+    ) -> crate::proto::raft::raft_service_server::RaftServiceServer<RaftServer> {
+        crate::proto::raft::raft_service_server::RaftServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+}

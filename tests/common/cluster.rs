@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use replog::node::{Node, NodeConfig, NodeError, NodeFs, Written};
-use replog::raft::types::WriteRecord;
+use replog::core::{NewRecord, Written};
+use replog::node::{Node, NodeConfig, NodeError, NodeFs};
 use replog::raft::{NodeId, RaftTiming};
 use replog::wal::fs::MemFs;
 use replog::wal::{Entry, Operation, ProducerKey, SyncPolicy, WalConfig};
@@ -35,12 +35,11 @@ pub struct TestCluster {
     pub mem: BTreeMap<NodeId, MemFs>,
 }
 
-pub fn record(tenant: &str, data: impl Into<Vec<u8>>) -> WriteRecord {
-    WriteRecord {
-        tenant_id: tenant.to_owned(),
+pub fn record(tenant: &str, data: impl Into<Vec<u8>>) -> NewRecord {
+    NewRecord {
+        tenant: tenant.to_owned(),
         operation: Operation::Insert,
         data: data.into(),
-        timestamp: replog::wal::now_us(),
     }
 }
 
@@ -195,11 +194,11 @@ impl TestCluster {
         eventually("a leader that the nodes agree on", || {
             let views: Vec<Option<NodeId>> = among
                 .iter()
-                .map(|id| self.nodes[id].leader().map(|l| l.0))
+                .map(|id| self.nodes[id].core().leader().map(|l| l.0))
                 .collect();
             let agreed =
                 views[0].filter(|l| views.iter().all(|v| *v == Some(*l)) && among.contains(l));
-            let is_leader = agreed.is_some_and(|l| self.nodes[&l].is_leader());
+            let is_leader = agreed.is_some_and(|l| self.nodes[&l].core().is_leader());
             found = agreed.filter(|_| is_leader);
             async move { is_leader }
         })
@@ -212,10 +211,10 @@ impl TestCluster {
         for (id, n) in &self.nodes {
             if *id == node {
                 for other in self.nodes.keys().filter(|o| **o != node) {
-                    n.switch().block(*other);
+                    n.core().switch().block(*other);
                 }
             } else {
-                n.switch().block(node);
+                n.core().switch().block(node);
             }
         }
     }
@@ -223,7 +222,7 @@ impl TestCluster {
     /// Removes every cut.
     pub fn heal(&self) {
         for n in self.nodes.values() {
-            n.switch().heal();
+            n.core().switch().heal();
         }
     }
 
@@ -233,7 +232,7 @@ impl TestCluster {
     }
 
     /// Writes through whoever leads, retrying through leader changes.
-    pub async fn write(&self, producer: Option<ProducerKey>, records: Vec<WriteRecord>) -> Written {
+    pub async fn write(&self, producer: Option<ProducerKey>, records: Vec<NewRecord>) -> Written {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             // Every leader some live node knows of (a node whose Raft stopped on a storage
@@ -241,14 +240,14 @@ impl TestCluster {
             let mut leaders: Vec<NodeId> = self
                 .nodes
                 .values()
-                .filter(|n| n.raft().fatal().is_none())
-                .filter_map(|n| n.leader().map(|l| l.0))
+                .filter(|n| n.core().raft().fatal().is_none())
+                .filter_map(|n| n.core().leader().map(|l| l.0))
                 .collect();
             leaders.dedup();
             for node in leaders.iter().filter_map(|l| self.nodes.get(l)) {
-                match node.write(producer, records.clone()).await {
+                match node.core().write(producer, records.clone()).await {
                     Ok(w) => return w,
-                    Err(e) => eprintln!("write via node {}: {e}; retrying", node.id()),
+                    Err(e) => eprintln!("write via node {}: {e}; retrying", node.core().id()),
                 }
             }
             assert!(
@@ -262,15 +261,18 @@ impl TestCluster {
     /// Waits until every running node has applied up to `next_seq`.
     pub async fn wait_applied(&self, next_seq: u64) {
         for node in self.nodes.values() {
-            let mut rx = node.state().applied_seq();
+            let mut rx = node.core().state().applied_seq();
             let _ = tokio::time::timeout(DEADLINE, rx.wait_for(|s| *s >= next_seq))
                 .await
-                .unwrap_or_else(|_| panic!("node {} did not apply up to {next_seq}", node.id()));
+                .unwrap_or_else(|_| {
+                    panic!("node {} did not apply up to {next_seq}", node.core().id())
+                });
         }
     }
 
     pub async fn entries(&self, id: NodeId) -> Vec<Entry> {
         self.nodes[&id]
+            .core()
             .committed_entries(0, usize::MAX)
             .await
             .unwrap()

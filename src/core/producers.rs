@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{NodeError, Written};
+use super::{CoreError, Written};
 use crate::raft::RaftOpError;
 use crate::raft::state_machine::{ProducerState, SmShared};
 use crate::wal::ProducerKey;
@@ -117,10 +117,6 @@ impl Ledger {
         self.pending.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Decides, under one lock, what a keyed write does: the ledger is looked at before the
     /// table, and an entry leaves the ledger only after it is applied, so a key is never
     /// missed between the two. `ready` says this node still leads with its own term applied.
@@ -129,7 +125,7 @@ impl Ledger {
         key: ProducerKey,
         sm: &SmShared,
         ready: impl FnOnce() -> bool,
-    ) -> Result<Step, NodeError> {
+    ) -> Result<Step, CoreError> {
         let mut map = self.pending.lock();
         if let Some(p) = map.get(&key.id) {
             return Ok(Step::Wait {
@@ -144,7 +140,7 @@ impl Ledger {
             return Ok(Step::NotReady);
         }
         if map.len() >= self.max {
-            return Err(NodeError::Overloaded(format!(
+            return Err(CoreError::Unavailable(format!(
                 "{} producers have a write in flight on this leader (the bound is max_producers)",
                 map.len()
             )));

@@ -1,0 +1,387 @@
+//! One replog node wired together: storage (WAL, sled), Raft, the [`Core`] of use cases, the
+//! gRPC server and the background tasks ([`tasks`]); and its shutdown.
+//!
+//! [`Node::start`] returns once the server listens (so `listen` may use port 0); [`run`] starts
+//! a node and stops it when the shutdown future resolves. Stopping ends every task, shuts Raft
+//! down and closes the WAL (flushed and fsync'd). This module knows nothing of openraft: it
+//! starts Raft through [`RaftNode::start`] and talks to it through [`RaftNode`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::core::{Core, Limits, Parts, RepairConfig, contact, repair};
+use crate::metrics::NodeMetrics;
+use crate::raft::handle::StartRaft;
+use crate::raft::network::{NetConfig, NetSwitch, Network};
+use crate::raft::state_machine::DEFAULT_MAX_PRODUCERS;
+use crate::raft::{NodeId, RaftNode, RaftOpError, RaftTiming, Storage};
+use crate::wal::{WalConfig, WalError};
+
+pub mod tasks;
+
+/// How long a stopping node lets in-flight RPCs finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Where the gRPC server binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The address other nodes and clients use; defaults to the bound address.
+    pub advertise: Option<String>,
+    /// Holds `wal/`, `sled/`, `RAFT_META`, `SM_SNAPSHOT`.
+    pub data_dir: PathBuf,
+    /// WAL settings; its `directory` is replaced by `<data_dir>/wal`. Its `retention_hours` is
+    /// applied by the cluster (a replicated truncation proposed by the leader), not by each
+    /// node's WAL on its own.
+    pub wal: WalConfig,
+    pub raft: RaftTiming,
+    pub net: NetConfig,
+    /// Initial voters (`id -> address`, including this node) when bootstrapping a new cluster;
+    /// ignored once the node is initialized.
+    pub initial_members: Option<BTreeMap<NodeId, String>>,
+    /// Bound of the idempotency table (default 100,000 producers).
+    pub max_producers: usize,
+    /// Entries per AppendEntries at most (bytes are capped by `net.append_max_bytes`).
+    pub max_payload_entries: u64,
+    /// How often the leader checks retention (default 60 s).
+    pub retention_check_interval: Duration,
+    pub cluster_name: String,
+    /// Where `/metrics` is served over HTTP (`None`: not served).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Limits of the public API.
+    pub limits: Limits,
+    /// Endpoints of a cluster to ask, once started, to add this (uninitialized) node.
+    pub join: Vec<String>,
+    /// Without `initial_members`: initialize a single-node cluster of this node (at its
+    /// advertised address) if it was never initialized.
+    pub init: bool,
+    /// The file system of the log and the Raft metadata (default: the OS's). Tests put a
+    /// fault-injecting one here to fail fsyncs, fill the disk or tear writes on a live node.
+    pub file_system: Option<NodeFs>,
+    /// Scrubbing and self-repair of damaged WAL segments.
+    pub repair: RepairConfig,
+}
+
+/// A file system for [`NodeConfig::file_system`].
+#[derive(Clone)]
+pub struct NodeFs(pub Arc<dyn crate::wal::fs::FileSystem>);
+
+impl std::fmt::Debug for NodeFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeFs(..)")
+    }
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> NodeConfig {
+        let data_dir = data_dir.into();
+        NodeConfig {
+            id,
+            listen,
+            advertise: None,
+            wal: WalConfig::new(data_dir.join("wal")),
+            data_dir,
+            raft: RaftTiming::default(),
+            net: NetConfig::default(),
+            initial_members: None,
+            max_producers: DEFAULT_MAX_PRODUCERS,
+            max_payload_entries: 4096,
+            retention_check_interval: Duration::from_secs(60),
+            cluster_name: "replog".to_owned(),
+            metrics_listen: None,
+            limits: Limits::default(),
+            join: Vec::new(),
+            init: false,
+            file_system: None,
+            repair: RepairConfig::default(),
+        }
+    }
+}
+
+/// Why a node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Raft(#[from] RaftOpError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running node.
+pub struct Node {
+    core: Arc<Core>,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    db: sled::Db,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the storage, starts Raft and the gRPC server. Returns once the server listens.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        Self::start_on(cfg, listener).await
+    }
+
+    /// Like [`Node::start`], on a listener the caller bound (to know every address first).
+    pub async fn start_on(
+        cfg: NodeConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Node, NodeError> {
+        let metrics = NodeMetrics::new().map_err(|e| NodeError::Config(e.to_string()))?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+                NodeError::Config(format!("cannot listen for metrics on {a}: {e}"))
+            })?),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let addr = listener.local_addr()?;
+        let (core, db, stop, senders) = open_core(&cfg, addr, metrics).await?;
+        repair::enter_if_damaged(&core);
+        let mut tasks = tasks::spawn(&cfg, &core, listener, metrics_listener);
+        tasks.push(tokio::spawn(contact::watch(core.clone(), senders)));
+        let node = Node {
+            core,
+            addr,
+            metrics_addr,
+            db,
+            stop,
+            tasks,
+        };
+        if let Err(e) = node.bootstrap(&cfg).await {
+            let _ = node.shutdown().await;
+            return Err(e);
+        }
+        tracing::info!(id = cfg.id, %addr, ?metrics_addr, "node started");
+        Ok(node)
+    }
+
+    /// Initializes a new cluster when the config asks for it (`initial_members` or `init`); a
+    /// no-op on a node that was initialized before.
+    async fn bootstrap(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
+        let raft = self.core.raft();
+        if let Some(members) = &cfg.initial_members {
+            if !members.contains_key(&cfg.id) {
+                return Err(NodeError::Config(format!(
+                    "initial members {members:?} do not include this node ({})",
+                    cfg.id
+                )));
+            }
+            raft.bootstrap(members).await?;
+        } else if cfg.init {
+            let me = BTreeMap::from([(cfg.id, self.core.advertise().to_owned())]);
+            raft.bootstrap(&me).await?;
+        }
+        Ok(())
+    }
+
+    /// The address the gRPC server is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address `/metrics` is served on, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The node's use cases (what its services call).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Resolves when Raft stops on its own (a storage error such as a failed fsync is fatal
+    /// for the node), with why.
+    pub async fn failure(&self) -> String {
+        let raft = self.core.raft();
+        let mut watch = raft.watch();
+        loop {
+            if let Some(why) = raft.fatal() {
+                return why;
+            }
+            if !watch.changed().await {
+                return "raft stopped".to_owned();
+            }
+        }
+    }
+
+    /// Stops the node: tasks, Raft, then the WAL (flushed and fsync'd) and sled.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.stop.send(true);
+        self.core.raft().shutdown().await;
+        for mut t in self.tasks {
+            // A peer's replication stream can keep the server's graceful shutdown waiting:
+            // after a short drain, connections are dropped (peers reconnect elsewhere).
+            if tokio::time::timeout(SHUTDOWN_DRAIN, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        let (wal, db, id) = (self.core.wal_handle().clone(), self.db, self.core.id());
+        drop(self.core);
+        tokio::task::spawn_blocking(move || {
+            let _ = db.flush();
+            wal.take_and_close()
+        })
+        .await??;
+        tracing::info!(id, "node stopped");
+        Ok(())
+    }
+}
+
+/// Opens the storage, starts Raft (repairing damaged segments meanwhile) and builds the core.
+/// Returns it with sled (closed last), the stop signal and the contact flags' senders.
+async fn open_core(
+    cfg: &NodeConfig,
+    addr: SocketAddr,
+    metrics: NodeMetrics,
+) -> Result<
+    (
+        Arc<Core>,
+        sled::Db,
+        watch::Sender<bool>,
+        contact::ContactSenders,
+    ),
+    NodeError,
+> {
+    let storage = open_storage(cfg, &metrics).await?;
+    let switch = Arc::new(NetSwitch::default());
+    let network = Network::new(cfg.id, cfg.net.clone(), switch.clone());
+    let Storage {
+        log_store,
+        state_machine,
+        wal,
+        sm,
+        db,
+    } = storage;
+    let mut members: BTreeMap<NodeId, String> = sm.members();
+    members.extend(cfg.initial_members.clone().unwrap_or_default());
+    // openraft reads the log while it starts, and a read of a damaged segment waits for its
+    // repair: repair from the last known members meanwhile.
+    let early_repair = repair::before_raft(
+        cfg.id,
+        network.clone(),
+        wal.clone(),
+        members.into_iter().collect(),
+        tasks::max_fetch_bytes(&cfg.wal),
+        metrics.clone(),
+    );
+    let start = StartRaft {
+        id: cfg.id,
+        cluster_name: &cfg.cluster_name,
+        timing: &cfg.raft,
+        max_payload_entries: cfg.max_payload_entries,
+        network: network.clone(),
+    };
+    let raft = RaftNode::start(start, log_store, state_machine);
+    tokio::pin!(raft);
+    let raft = tokio::select! {
+        biased;
+        r = &mut raft => r,
+        () = early_repair => raft.await,
+    }?;
+    let (stop, stop_rx) = watch::channel(false);
+    let (lost, senders) = contact::flags();
+    let core = Arc::new(Core::new(Parts {
+        id: cfg.id,
+        advertise: cfg.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        raft,
+        wal,
+        sm,
+        switch,
+        contact: Arc::default(),
+        net: network,
+        lost,
+        leader_lease: cfg.raft.election_timeout_max,
+        limits: cfg.limits.clone(),
+        max_producers: cfg.max_producers,
+        metrics,
+        stop: stop_rx,
+    }));
+    Ok((core, db, stop, senders))
+}
+
+/// Opens (recovering) the node's storage on a blocking thread, after claiming its data
+/// directory. The WAL's own retention is off: the cluster applies it ([`tasks`]).
+async fn open_storage(cfg: &NodeConfig, metrics: &NodeMetrics) -> Result<Storage, NodeError> {
+    let wal_cfg = WalConfig {
+        retention_hours: None,
+        ..cfg.wal.clone()
+    };
+    let (data_dir, max_producers, id) = (cfg.data_dir.clone(), cfg.max_producers, cfg.id);
+    let registry = metrics.registry.clone();
+    let fs = cfg.file_system.clone().map_or_else(
+        || Arc::new(crate::wal::fs::StdFs) as Arc<dyn crate::wal::fs::FileSystem>,
+        |f| f.0,
+    );
+    tokio::task::spawn_blocking(move || {
+        claim_data_dir(&data_dir, id)?;
+        Ok::<_, NodeError>(Storage::open_with(
+            &data_dir,
+            wal_cfg,
+            Some(&registry),
+            max_producers,
+            fs,
+        )?)
+    })
+    .await?
+}
+
+/// Name of the file that records which node id owns a data directory.
+const NODE_ID_FILE: &str = "NODE_ID";
+
+/// Records this node's id in a new data directory, or checks it: a directory written by node 1
+/// started as node 2 would vote and hold a log under the wrong identity.
+fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), NodeError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<NodeId>() {
+            Ok(owner) if owner == id => Ok(()),
+            Ok(owner) => Err(NodeError::Config(format!(
+                "{} belongs to node {owner}, not node {id}: start it with --id {owner}, or give node {id} its own --data-dir",
+                dir.display()
+            ))),
+            Err(_) => Err(NodeError::Config(format!(
+                "{} does not hold a node id: {text:?}",
+                path.display()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::wal::fs::write_file_atomic(
+                &crate::wal::fs::StdFs,
+                &path,
+                format!("{id}\n").as_bytes(),
+            )?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then stops it cleanly.
+pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let node = Node::start(cfg).await?;
+    shutdown.await;
+    node.shutdown().await
+}

@@ -1,0 +1,270 @@
+//! The node's background tasks, each ending when the node stops: the gRPC server (public API
+//! and the internal Raft service), the truncator (purges after a replicated truncation),
+//! retention (on the leader), the self-repair loop and the scrubber, the metrics (refresh and
+//! HTTP) and joining a cluster.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::NodeConfig;
+use crate::core::{Core, ReplicaState, repair};
+use crate::raft::service::RaftServer;
+use crate::raft::state_machine::SmShared;
+use crate::raft::{RaftNode, Request, WalHandle};
+use crate::wal::{SequenceNumber, WalConfig};
+
+/// Starts the node's tasks: the gRPC server, the truncator, retention (on a leader), metrics
+/// (refresh and HTTP) and joining a cluster. Each ends when the node stops.
+pub(super) fn spawn(
+    cfg: &NodeConfig,
+    core: &Arc<Core>,
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+) -> Vec<JoinHandle<()>> {
+    let stop = core.stop_signal();
+    let mut tasks = vec![
+        tokio::spawn(serve(cfg, listener, core)),
+        tokio::spawn(truncator(
+            core.raft().clone(),
+            core.state().clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(watch_metrics(core.clone())),
+        tokio::spawn(repair::run(
+            core.clone(),
+            max_fetch_bytes(&cfg.wal),
+            stop.clone(),
+        )),
+    ];
+    if !cfg.repair.scrub_interval.is_zero() {
+        tasks.push(tokio::spawn(repair::scrub(
+            core.clone(),
+            cfg.repair.scrub_interval,
+            cfg.repair.scrub_rate.as_u64(),
+            stop.clone(),
+        )));
+    }
+    if let Some(hours) = cfg.wal.retention_hours {
+        let every = cfg.retention_check_interval;
+        tasks.push(tokio::spawn(retention(
+            core.raft().clone(),
+            core.wal_handle().clone(),
+            hours,
+            every,
+            stop.clone(),
+        )));
+    }
+    if let Some(l) = metrics_listener {
+        let mut stop = stop.clone();
+        let done = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            l,
+            core.metrics().clone(),
+            done,
+        )));
+    }
+    if !cfg.join.is_empty() && cfg.initial_members.is_none() {
+        tasks.push(tokio::spawn(join(core.clone(), cfg.join.clone())));
+    }
+    tasks
+}
+
+/// The most a repair fetches for one segment: a segment can exceed `segment_size` by one frame,
+/// plus the frame after it that anchors the check.
+pub(super) fn max_fetch_bytes(wal: &WalConfig) -> usize {
+    let frame = wal.max_frame_bytes.as_u64();
+    usize::try_from(wal.segment_size.as_u64() + 2 * frame).unwrap_or(usize::MAX)
+}
+/// The node's gRPC server: the internal Raft service and the public API, until the node stops.
+fn serve(
+    cfg: &NodeConfig,
+    listener: tokio::net::TcpListener,
+    core: &Arc<Core>,
+) -> impl Future<Output = ()> + use<> {
+    let max = cfg.net.max_message_bytes;
+    let raft_svc = RaftServer::new(
+        cfg.id,
+        core.raft().raft().clone(),
+        core.switch().clone(),
+        cfg.data_dir.clone(),
+        core.wal_handle().clone(),
+        core.stop_signal(),
+        core.leader_contact().clone(),
+    )
+    .refusing_votes_while(core.repairing_flag())
+    .into_service(max);
+    // Nagle off on accepted connections too: with delayed ACKs it stalls replies by 40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(cfg.limits.max_concurrent_streams);
+    let router = crate::api::routes(core.clone(), max, server).add_service(raft_svc);
+    let serve = router.serve_with_incoming_shutdown(incoming, core.stopped());
+    async move {
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "the gRPC server stopped");
+        }
+    }
+}
+
+/// Moves Raft's purge point (and so the WAL's data start) after each replicated truncation:
+/// snapshot at the applied index, then purge up to it; the log store deletes records only below
+/// the truncation watermark.
+async fn truncator(raft: RaftNode, sm: Arc<SmShared>, mut stop: watch::Receiver<bool>) {
+    let mut applied = sm.applied_seq();
+    let mut handled = sm.data_watermark.load(Ordering::Acquire);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = applied.changed() => if r.is_err() { return },
+        }
+        let watermark = sm.data_watermark.load(Ordering::Acquire);
+        if watermark <= handled {
+            continue;
+        }
+        let Some(at) = sm.read(|i| i.applied) else {
+            continue;
+        };
+        match raft.purge_up_to(at.index).await {
+            Ok(()) => handled = watermark,
+            Err(e) => {
+                tracing::warn!(error = %e, "purging after a truncation failed; retried on the next one")
+            }
+        }
+    }
+}
+
+/// On the leader, turns `retention_hours` into a replicated truncation: every `every`, records
+/// in the oldest sealed segments whose newest entry is older than the retention are truncated
+/// on every replica (whole segments, like Kafka's time retention).
+async fn retention(
+    raft: RaftNode,
+    wal: Arc<WalHandle>,
+    hours: u64,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        if !raft.is_leader() {
+            continue;
+        }
+        let Some(before) = wal
+            .get()
+            .ok()
+            .and_then(|w| retention_cut(&w, hours, crate::wal::now_us()))
+        else {
+            continue;
+        };
+        match raft.propose(Request::Truncate { before }).await {
+            Ok(_) => tracing::info!(before, hours, "retention truncated the log"),
+            Err(e) => tracing::warn!(error = %e, "retention truncation failed; retried later"),
+        }
+    }
+}
+
+/// The first sequence number to keep under a retention of `hours`, if anything expired.
+pub fn retention_cut(wal: &crate::wal::Manager, hours: u64, now_us: u64) -> Option<SequenceNumber> {
+    let cutoff = now_us.saturating_sub(hours.saturating_mul(3_600_000_000));
+    let segments = wal.segments();
+    let expired = segments
+        .iter()
+        .take_while(|s| s.status == crate::wal::SegmentStatus::Sealed && s.max_timestamp < cutoff)
+        .count();
+    let keep = segments.get(expired).filter(|_| expired > 0)?;
+    (keep.start_seq > wal.log_start().seq).then_some(keep.start_seq)
+}
+
+/// Keeps the Raft gauges current: refreshed on every change of Raft's state, and every second
+/// (lag and in-sync move with time too).
+async fn watch_metrics(core: Arc<Core>) {
+    let mut watch = core.raft().watch();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let stopped = core.stopped();
+    tokio::pin!(stopped);
+    let mut leader = None;
+    loop {
+        let s = core.status();
+        let m = core.metrics();
+        m.term.set(s.term as i64);
+        m.is_leader.set(i64::from(s.leader == Some(core.id())));
+        m.has_leader.set(i64::from(s.leader.is_some()));
+        if s.leader.is_some() && s.leader != leader {
+            m.leader_changes.inc();
+        }
+        leader = s.leader;
+        let last = s.last_log_index.unwrap_or(0);
+        m.last_log_index.set(last as i64);
+        m.commit_index
+            .set(s.committed.map_or(0, |l| l.index) as i64);
+        m.applied_index.set(s.applied.map_or(0, |l| l.index) as i64);
+        m.replication_lag.reset();
+        for (peer, matched) in &s.replication {
+            if *peer != core.id() {
+                let lag = last.saturating_sub(matched.unwrap_or(0));
+                m.replication_lag
+                    .with_label_values(&[&peer.to_string()])
+                    .set(lag as i64);
+            }
+        }
+        m.in_sync
+            .set(i64::from(core.replica_state() == ReplicaState::InSync));
+        m.keyed_writes_in_flight
+            .set(core.keyed_writes_in_flight() as i64);
+        let dups = core.state().duplicate_keys_applied.load(Ordering::Relaxed);
+        m.duplicate_keys_applied
+            .inc_by(dups.saturating_sub(m.duplicate_keys_applied.get()));
+        tokio::select! {
+            _ = &mut stopped => return,
+            alive = watch.changed() => if !alive { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// An uninitialized node started with `cluster.join`: asks the cluster to add it (as a learner,
+/// then a voter once caught up), retrying until it is a member or the node stops.
+async fn join(core: Arc<Core>, endpoints: Vec<String>) {
+    let stopped = core.stopped();
+    tokio::pin!(stopped);
+    // One client (and its channels) for every attempt.
+    let client = match crate::client::Client::new(&endpoints, Default::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, ?endpoints, "cannot join: bad cluster.join endpoints");
+            return;
+        }
+    };
+    loop {
+        if core.status().members.contains_key(&core.id()) {
+            tracing::info!(id = core.id(), "this node is a member of the cluster");
+            return;
+        }
+        let attempt = client.add_node(core.id(), core.advertise(), false);
+        tokio::select! {
+            _ = &mut stopped => return,
+            r = attempt => match r {
+                Ok(_) => {
+                    tracing::info!(id = core.id(), ?endpoints, "joined the cluster");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, ?endpoints, "joining the cluster failed; retrying"),
+            },
+        }
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
