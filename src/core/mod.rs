@@ -21,7 +21,7 @@ use crate::raft::network::{NetSwitch, Network};
 use crate::raft::service::LeaderContact;
 use crate::raft::state_machine::SmShared;
 use crate::raft::{NodeId, RaftNode, RaftStatus, WalHandle};
-use crate::wal::SequenceNumber;
+use crate::wal::{Operation, SequenceNumber};
 
 pub mod contact;
 mod error;
@@ -39,11 +39,29 @@ pub use log::Checkpoint;
 pub use membership::{Membership, NodeStatus};
 pub use read::{Chunk, LogBounds, ReplayFrom, ReplayStart};
 pub use repair::RepairConfig;
-pub use write::{NewRecord, Written};
 
 /// How long a new leader may take to apply the entries of earlier terms (so its state holds
 /// every committed entry) before a use case checked against that state gives up.
 const LEADER_READY: Duration = Duration::from_secs(10);
+
+/// One record of a write, as a caller gives it (the core stamps the time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRecord {
+    pub tenant: String,
+    pub operation: Operation,
+    pub data: Vec<u8>,
+}
+
+/// What a write returns once committed and applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub first_seq: SequenceNumber,
+    pub last_seq: SequenceNumber,
+    /// Microseconds since the Unix epoch, shared by the batch's records.
+    pub timestamp: u64,
+    /// The idempotency key had been applied before: this is the original write's result.
+    pub duplicate: bool,
+}
 
 /// What the node's services share: Raft, the storage readers, limits and metrics.
 pub struct Core {

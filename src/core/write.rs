@@ -5,33 +5,14 @@
 use std::future::Future;
 use std::time::Instant;
 
-use super::{Core, CoreError, LEADER_READY, contact, producers};
+use super::{Core, CoreError, LEADER_READY, NewRecord, Written, contact, producers};
 use crate::raft::types::WriteRecord;
 use crate::raft::{RaftNode, RaftOpError, Request, Response};
-use crate::wal::{Operation, ProducerKey, SequenceNumber};
+use crate::wal::ProducerKey;
 use crate::wire::check_name;
 
 /// Other writes of one producer a keyed write waits behind at most (see `write_keyed`).
 const MAX_KEYED_TURNS: usize = 64;
-
-/// One record of a write, as a caller gives it (the core stamps the time).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewRecord {
-    pub tenant: String,
-    pub operation: Operation,
-    pub data: Vec<u8>,
-}
-
-/// What a write returns once committed and applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Written {
-    pub first_seq: SequenceNumber,
-    pub last_seq: SequenceNumber,
-    /// Microseconds since the Unix epoch, shared by the batch's records.
-    pub timestamp: u64,
-    /// The idempotency key had been applied before: this is the original write's result.
-    pub duplicate: bool,
-}
 
 impl Core {
     /// Writes records as one atomic batch through Raft (on the leader). With a producer key,
