@@ -80,7 +80,40 @@ pub fn run(args: &BenchClusterArgs) -> Result<(), CliError> {
 }
 
 async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report, CliError> {
-    let fail = |e: crate::node::NodeError| CliError::failure(e.to_string());
+    let nodes = Arc::new(start_nodes(args, root).await?);
+    let leader = warm_leader(&nodes, args.entry_size).await?;
+    let started = Instant::now();
+    let h = drive(args, &nodes, leader, started + args.duration).await;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(nodes) = Arc::into_inner(nodes) {
+        for n in nodes {
+            if let Err(e) = n.shutdown().await {
+                tracing::warn!(error = %e, "stopping a bench node");
+            }
+        }
+    }
+    let (h, errors) = h?;
+    Ok(Report {
+        nodes: args.nodes,
+        clients: args.clients,
+        entry_size: args.entry_size,
+        sync_policy: format!("{:?}", args.sync_policy).to_lowercase(),
+        acked_writes: h.len(),
+        failed_attempts: errors,
+        seconds,
+        writes_per_sec: h.len() as f64 / seconds,
+        latency_us_p50: h.value_at_quantile(0.5),
+        latency_us_p99: h.value_at_quantile(0.99),
+        latency_us_p999: h.value_at_quantile(0.999),
+        latency_us_max: h.max(),
+    })
+}
+
+/// Starts `args.nodes` nodes on loopback ports, bootstrapped as one cluster under `root`.
+async fn start_nodes(
+    args: &BenchClusterArgs,
+    root: &std::path::Path,
+) -> Result<Vec<Node>, CliError> {
     let mut listeners = Vec::new();
     for _ in 0..args.nodes {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
@@ -102,11 +135,20 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
             ..WalConfig::new(dir.join("wal"))
         };
         cfg.initial_members = Some(members.clone());
-        nodes.push(Node::start_on(cfg, l).await.map_err(fail)?);
+        let node = Node::start_on(cfg, l).await;
+        nodes.push(node.map_err(|e| CliError::failure(e.to_string()))?);
     }
+    Ok(nodes)
+}
+
+/// Waits for a leader, then writes one entry through it (connections, first segment), following
+/// an early re-election; returns the leader's position in `nodes`.
+async fn warm_leader(nodes: &[Node], entry_size: usize) -> Result<usize, CliError> {
+    let leads =
+        |fallback: Option<usize>| nodes.iter().position(|n| n.core().is_leader()).or(fallback);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        if let Some(n) = nodes.iter().position(|n| n.core().is_leader()) {
+    let mut leader = loop {
+        if let Some(n) = leads(None) {
             break n;
         }
         if Instant::now() > deadline {
@@ -114,13 +156,10 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let nodes: Arc<Vec<Node>> = Arc::new(nodes);
-    // Warm up (connections, first segment) before measuring, following an early re-election.
-    let mut leader = leader;
     let mut tries = 0;
     while let Err(e) = nodes[leader]
         .core()
-        .write(None, vec![record(args.entry_size)])
+        .write(None, vec![record(entry_size)])
         .await
     {
         tries += 1;
@@ -128,14 +167,19 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
             return Err(CliError::failure(e.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        leader = nodes
-            .iter()
-            .position(|n| n.core().is_leader())
-            .unwrap_or(leader);
+        leader = leads(Some(leader)).unwrap_or(leader);
     }
-    let started = Instant::now();
-    let until = started + args.duration;
-    let mut tasks = Vec::new();
+    Ok(leader)
+}
+
+/// Runs `args.clients` clients until `until` (in process, or through gRPC with `--grpc`);
+/// returns their latencies and failed attempts.
+async fn drive(
+    args: &BenchClusterArgs,
+    nodes: &Arc<Vec<Node>>,
+    leader: usize,
+    until: Instant,
+) -> Result<(Histogram<u64>, u64), CliError> {
     let grpc = if args.grpc {
         let endpoints: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
         let c = crate::client::Client::new(&endpoints, Default::default())
@@ -144,34 +188,13 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
     } else {
         None
     };
+    let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let nodes = nodes.clone();
         let size = args.entry_size;
-        if let Some(client) = grpc.clone() {
-            tasks.push(tokio::spawn(grpc_client(client, size, until)));
-            continue;
-        }
-        tasks.push(tokio::spawn(async move {
-            let mut h =
-                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
-            let (mut at, mut errors) = (leader, 0u64);
-            while Instant::now() < until {
-                let t = Instant::now();
-                match nodes[at].core().write(None, vec![record(size)]).await {
-                    Ok(_) => drop(h.record(t.elapsed().as_micros() as u64)),
-                    Err(_) => {
-                        // Follow a leader change; the failed attempt is not counted.
-                        errors += 1;
-                        at = nodes
-                            .iter()
-                            .position(|n| n.core().is_leader())
-                            .unwrap_or(at);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-            (h, errors)
-        }));
+        tasks.push(match grpc.clone() {
+            Some(client) => tokio::spawn(grpc_client(client, size, until)),
+            None => tokio::spawn(node_client(nodes.clone(), leader, size, until)),
+        });
     }
     let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
     let mut errors = 0;
@@ -180,28 +203,34 @@ async fn bench(args: &BenchClusterArgs, root: &std::path::Path) -> Result<Report
         h.add(&part).map_err(|e| CliError::failure(e.to_string()))?;
         errors += e;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    if let Some(nodes) = Arc::into_inner(nodes) {
-        for n in nodes {
-            if let Err(e) = n.shutdown().await {
-                tracing::warn!(error = %e, "stopping a bench node");
+    Ok((h, errors))
+}
+
+/// One client writing through the leader's core (in process) until `until`.
+async fn node_client(
+    nodes: Arc<Vec<Node>>,
+    leader: usize,
+    size: usize,
+    until: Instant,
+) -> (Histogram<u64>, u64) {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
+    let (mut at, mut errors) = (leader, 0u64);
+    while Instant::now() < until {
+        let t = Instant::now();
+        match nodes[at].core().write(None, vec![record(size)]).await {
+            Ok(_) => drop(h.record(t.elapsed().as_micros() as u64)),
+            Err(_) => {
+                // Follow a leader change; the failed attempt is not counted.
+                errors += 1;
+                at = nodes
+                    .iter()
+                    .position(|n| n.core().is_leader())
+                    .unwrap_or(at);
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
-    Ok(Report {
-        nodes: args.nodes,
-        clients: args.clients,
-        entry_size: args.entry_size,
-        sync_policy: format!("{:?}", args.sync_policy).to_lowercase(),
-        acked_writes: h.len(),
-        failed_attempts: errors,
-        seconds,
-        writes_per_sec: h.len() as f64 / seconds,
-        latency_us_p50: h.value_at_quantile(0.5),
-        latency_us_p99: h.value_at_quantile(0.99),
-        latency_us_p999: h.value_at_quantile(0.999),
-        latency_us_max: h.max(),
-    })
+    (h, errors)
 }
 
 /// One client writing through the public API until `until`.
