@@ -12,9 +12,6 @@ use crate::wire::{
     REASON_NOT_IN_SYNC, REASON_NOT_LEADER, REASON_OUTCOME_UNKNOWN, status_with_reason,
 };
 
-/// The API's error: the core's.
-pub type ApiError = CoreError;
-
 /// The one mapping from an error to what the client receives.
 pub fn to_status(e: CoreError) -> Status {
     let message = e.to_string();

@@ -145,6 +145,12 @@ impl Core {
             Ok::<_, WalError>(Chunk { entries, next })
         });
         let chunk = read.await?.map_err(|e| self.read_error(e))?;
+        debug_assert!(
+            (from..=upto).contains(&chunk.next) && chunk.entries.len() <= max,
+            "a chunk of {from}..{upto} ends at {} with {} entries (max {max})",
+            chunk.next,
+            chunk.entries.len()
+        );
         if chunk.next == from && from < upto {
             // The WAL holds no record at `from` although it is committed: it was truncated.
             return Err(CoreError::OutOfRange {
