@@ -88,7 +88,7 @@ impl LogApi {
         Ok(WriteResponse {
             first_sequence: w.first_seq,
             last_sequence: w.last_seq,
-            timestamp_us: w.timestamp,
+            timestamp_us: w.timestamp_us,
             duplicate: w.duplicate,
             leader_id: self.core.id(),
             leader_address: self.core.advertise().to_owned(),

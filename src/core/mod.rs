@@ -58,7 +58,7 @@ pub struct Written {
     pub first_seq: SequenceNumber,
     pub last_seq: SequenceNumber,
     /// Microseconds since the Unix epoch, shared by the batch's records.
-    pub timestamp: u64,
+    pub timestamp_us: u64,
     /// The idempotency key had been applied before: this is the original write's result.
     pub duplicate: bool,
 }

@@ -116,7 +116,7 @@ impl Core {
                     return Ok(Written {
                         first_seq: p.first_seq,
                         last_seq: p.last_seq,
-                        timestamp: p.timestamp,
+                        timestamp_us: p.timestamp,
                         duplicate: true,
                     });
                 }
@@ -166,7 +166,7 @@ async fn propose_write(
         Response::Written {
             first_seq,
             last_seq,
-            timestamp,
+            timestamp: timestamp_us,
             duplicate,
         } => {
             // A batch takes consecutive sequence numbers (a duplicate answers the original's).
@@ -177,7 +177,7 @@ async fn propose_write(
             Ok(Written {
                 first_seq,
                 last_seq,
-                timestamp,
+                timestamp_us,
                 duplicate,
             })
         }
