@@ -1,6 +1,8 @@
 //! replog: durable, replicated, multi-tenant logs.
 //!
 //! Layout:
+//! - [`fs`]: the file-system seam every durable byte goes through ([`fs::StdFs`], and
+//!   [`fs::MemFs`] for fault injection); it imports nothing from the crate.
 //! - [`wal`]: the segment-based write-ahead log, usable on its own and as the node's Raft log
 //!   store. Plain threads and files: it uses neither tokio, openraft nor prost.
 //! - [`raft`]: everything that knows openraft: the log store over the WAL, the state machine in
@@ -21,6 +23,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fs;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use bytesize::ByteSize;
 use common::*;
-use replog::wal::fs::StdFs;
+use replog::fs::StdFs;
 use replog::wal::verify::verify;
 use replog::wal::{Manager, WalConfig, WalError};
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 
 use bytesize::ByteSize;
 use common::*;
-use replog::wal::fs::MemFs;
+use replog::fs::MemFs;
 use replog::wal::{Manager, SyncPolicy, WalConfig, WalError};
 
 #[test]

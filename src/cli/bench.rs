@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::CliError;
 use super::output::Format;
-use crate::wal::fs::StdFs;
+use crate::fs::StdFs;
 use crate::wal::{Compression, Manager, Operation, Preallocate, Record, SyncPolicy, WalConfig};
 
 #[derive(Args, Debug)]

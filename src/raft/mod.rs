@@ -101,8 +101,7 @@ impl Storage {
         registry: Option<&prometheus::Registry>,
         max_producers: usize,
     ) -> std::io::Result<Storage> {
-        let fs: std::sync::Arc<dyn crate::wal::fs::FileSystem> =
-            std::sync::Arc::new(crate::wal::fs::StdFs);
+        let fs: std::sync::Arc<dyn crate::fs::FileSystem> = std::sync::Arc::new(crate::fs::StdFs);
         Self::open_with(data_dir, wal_cfg, registry, max_producers, fs)
     }
 
@@ -113,7 +112,7 @@ impl Storage {
         mut wal_cfg: crate::wal::WalConfig,
         registry: Option<&prometheus::Registry>,
         max_producers: usize,
-        fs: std::sync::Arc<dyn crate::wal::fs::FileSystem>,
+        fs: std::sync::Arc<dyn crate::fs::FileSystem>,
     ) -> std::io::Result<Storage> {
         use std::sync::Arc;
         let io = |e: crate::wal::WalError| std::io::Error::other(e);

@@ -26,7 +26,7 @@ use super::meta::{seal, unseal};
 use super::state_machine::Image;
 use super::types::SnapshotMeta;
 use super::wal_handle::WalHandle;
-use crate::wal::fs::{FileSystem, read_file, read_full_at, write_file_atomic};
+use crate::fs::{FileSystem, read_file, read_full_at, write_file_atomic};
 use crate::wal::{LogStart, WalError, meta as wal_meta, segment};
 
 pub const SNAPSHOT_FILE: &str = "SM_SNAPSHOT";
@@ -243,7 +243,7 @@ impl Staging {
         let wal_dir = self.dir.join("wal");
         let (index, seq) = self.manifest.log_start;
         write_file_atomic(
-            &crate::wal::fs::StdFs,
+            &crate::fs::StdFs,
             &wal_dir.join(wal_meta::LOG_START_FILE),
             &wal_meta::encode_log_start(LogStart { index, seq }),
         )?;
@@ -290,7 +290,7 @@ impl Staging {
         staged.close().map_err(to_io)?;
         let image_bytes = seal(SNAPSHOT_MAGIC, &(&self.manifest.meta, &self.manifest.image))?;
         write_file_atomic(
-            &crate::wal::fs::StdFs,
+            &crate::fs::StdFs,
             &self.dir.join(SNAPSHOT_FILE),
             &image_bytes,
         )?;

@@ -23,7 +23,6 @@ use prometheus::Registry;
 use super::config::WalConfig;
 use super::error::{Result, WalError};
 use super::frame::FRAME_HEADER_LEN;
-use super::fs::{FileSystem, StdFs, WalFile};
 use super::metrics::WalMetrics;
 use super::pipeline::Pipeline;
 use super::read::{Bound, Cursor, EntryIter};
@@ -32,6 +31,7 @@ use super::segment::{IndexEntry, SegmentHeader, SegmentMeta};
 use super::types::*;
 use super::writer::{self, AppendReq, Command, Completion, PrefixPoint, SuffixPoint};
 use super::{recovery, segment};
+use crate::fs::{FileSystem, StdFs, WalFile};
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
@@ -181,7 +181,7 @@ impl Shared {
             return Ok(idx.clone());
         }
         let path = self.dir().join(segment::index_file_name(id));
-        let loaded = super::fs::read_file(&*self.fs, &path)
+        let loaded = crate::fs::read_file(&*self.fs, &path)
             .ok()
             .and_then(|b| segment::decode_index_file(&b, id).ok());
         let entries = match loaded {
@@ -649,7 +649,7 @@ mod tests {
     use std::sync::mpsc::sync_channel;
 
     use super::*;
-    use crate::wal::fs::MemFs;
+    use crate::fs::MemFs;
     use crate::wal::{Operation, Preallocate};
 
     /// One group holds A (fits in the active segment) then B (needs a new one). The roll first

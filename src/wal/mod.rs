@@ -4,7 +4,7 @@
 //! - [`types`]: entries, records, frames, segments.
 //! - [`record`], [`frame`], [`segment`], [`meta`]: the on-disk formats, each documented above
 //!   its encoder.
-//! - [`fs`]: the file-system seam ([`fs::StdFs`], and [`fs::MemFs`] for fault injection).
+//! - All file I/O goes through [`crate::fs::FileSystem`].
 //! - `manager`: the public API, [`Manager`], and the state readers share; behind it `pipeline`
 //!   (leader/follower group commit: who runs the writer), `writer` (encoding, writes, fsyncs,
 //!   rolls, checkpoints; `writer::truncate`: truncation and retention), `preparer` (the next
@@ -28,7 +28,6 @@
 pub mod config;
 pub mod error;
 pub mod frame;
-pub mod fs;
 mod manager;
 pub mod meta;
 pub mod metrics;

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use super::config::WalConfig;
 use super::error::{Corruption, Result, WalError};
-use super::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
 use super::manager::{LogState, SegState, Shared};
 use super::meta;
 use super::preparer::{install_file, prepare};
@@ -28,6 +27,7 @@ use super::segment::{
     self, IndexEntry, SEGMENT_HEADER_LEN, ScanEnd, ScanOptions, SegmentHeader, SegmentMeta, Tail,
 };
 use super::types::{LogStart, SegmentId};
+use crate::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
 
 /// The segment the writer continues.
 pub(crate) struct Active {

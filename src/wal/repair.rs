@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 
 use super::error::{Corruption, Result, WalError};
 use super::frame::{FRAME_HEADER_LEN, FrameHeader, reseal_synced_upto};
-use super::fs::{write_all_at, write_file_atomic};
 use super::manager::{Manager, SegState, Shared, now_us};
 use super::read::{Bound, Cursor};
 use super::recovery::scan_options;
 use super::segment::{self, IndexEntry, ScanEnd, ScanOptions, SegmentHeader, SegmentMeta};
 use super::types::SegmentId;
+use crate::fs::{write_all_at, write_file_atomic};
 
 /// What is known about a damaged segment.
 #[derive(Clone, Debug, PartialEq, Eq)]

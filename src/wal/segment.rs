@@ -27,8 +27,8 @@ use std::io;
 
 use super::error::Corruption;
 use super::frame::{FRAME_HEADER_LEN, FrameHeader, raw_body};
-use super::fs::{WalFile, read_full_at};
 use super::types::SegmentId;
+use crate::fs::{WalFile, read_full_at};
 
 pub const SEGMENT_HEADER_LEN: usize = 40;
 pub const SEGMENT_MAGIC: u32 = 0x5347_4C57; // "WLGS"

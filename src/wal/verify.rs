@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use super::config::WalConfig;
 use super::error::{Corruption, Result};
-use super::fs::{FileSystem, read_full_at};
 use super::recovery::scan_options;
 use super::segment::{self, SEGMENT_HEADER_LEN, ScanEnd, SegmentHeader, Tail};
 use super::types::SegmentId;
+use crate::fs::{FileSystem, read_full_at};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use replog::fs::MemFs;
 use replog::node::{Node, NodeConfig, NodeError, NodeFs, Written};
 use replog::raft::types::WriteRecord;
 use replog::raft::{NodeId, RaftTiming};
-use replog::wal::fs::MemFs;
 use replog::wal::{Entry, Operation, ProducerKey, SyncPolicy, WalConfig};
 use tempfile::TempDir;
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, ThreadId};
 
-use replog::wal::fs::{FileSystem, MemFs, WalFile};
+use replog::fs::{FileSystem, MemFs, WalFile};
 
 #[derive(Default)]
 struct Steps {

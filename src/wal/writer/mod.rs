@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use super::config::{Compression, SyncPolicy};
 use super::error::{RecordError, Result, SequenceRule, WalError};
 use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
-use super::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
 use super::manager::{SegState, Shared, now_us};
 use super::meta;
 use super::pipeline::Pipeline;
@@ -35,6 +34,7 @@ use super::record;
 use super::recovery::Active;
 use super::segment::{self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, maybe_index};
 use super::types::*;
+use crate::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
 
 /// Called once with the outcome of an append.
 pub type Completion = Box<dyn FnOnce(Result<Appended>) + Send>;

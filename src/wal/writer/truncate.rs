@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::{PrefixPoint, SuffixPoint, Writer};
+use crate::fs::{FileSystem, write_file_atomic};
 use crate::wal::error::{Result, SequenceRule, WalError};
 use crate::wal::frame::FrameHeader;
-use crate::wal::fs::{FileSystem, write_file_atomic};
 use crate::wal::manager::SyncedPos;
 use crate::wal::meta;
 use crate::wal::read::{Bound, Cursor};

@@ -1,9 +1,9 @@
-//! The file-system seam of the WAL: every byte the WAL reads or writes goes through
-//! [`FileSystem`] and [`WalFile`], so tests can swap in [`MemFs`], an in-memory file system that
-//! injects faults (I/O errors on write or fsync, short writes, ENOSPC) and simulates a crash that
-//! loses everything not yet fsync'd.
+//! The file-system seam of replog: every byte the WAL, the Raft metadata and snapshots read or
+//! write goes through [`FileSystem`] and [`WalFile`], so tests can swap in [`MemFs`], an
+//! in-memory file system that injects faults (I/O errors on write or fsync, short writes,
+//! ENOSPC) and simulates a crash that loses everything not yet fsync'd.
 //!
-//! This module knows nothing of frames or segments.
+//! This module knows nothing of frames, segments or snapshots, and imports nothing from the crate.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
