@@ -1,6 +1,7 @@
 //! replog: durable, replicated, multi-tenant logs.
 //!
 //! Layout:
+//! - [`checksum`]: the entry checksum the WAL stores and the client checks (a leaf).
 //! - [`fs`]: the file-system seam every durable byte goes through ([`fs::StdFs`], and
 //!   [`fs::MemFs`] for fault injection); it imports nothing from the crate.
 //! - [`wal`]: the segment-based write-ahead log, usable on its own and as the node's Raft log
@@ -20,6 +21,7 @@
 //!   included below, and the internal `replog.raft.v1` service.
 
 pub mod api;
+pub mod checksum;
 pub mod cli;
 pub mod client;
 pub mod config;

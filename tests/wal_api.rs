@@ -35,10 +35,10 @@ fn write_reopen_replay() {
     assert_eq!(summary(&wal), before);
     assert_eq!(wal.next_seq(), 211);
     let entries = all_entries(&wal);
-    assert!(entries.iter().all(|e| replog::wal::record::entry_checksum(
+    assert!(entries.iter().all(|e| replog::checksum::entry_checksum(
         e.sequence_number,
         e.timestamp,
-        e.operation,
+        e.operation as u8,
         &e.tenant_id,
         &e.data
     ) == e.checksum));

@@ -640,7 +640,7 @@ pub fn verify(e: &pb::Entry) -> Result<(), ClientError> {
             ClientError::Protocol(format!("entry {}: operation {}", e.sequence, e.operation))
         })?;
     let computed =
-        crate::wal::record::entry_checksum(e.sequence, e.timestamp_us, op, &e.tenant, &e.data);
+        crate::checksum::entry_checksum(e.sequence, e.timestamp_us, op as u8, &e.tenant, &e.data);
     if computed != e.checksum {
         return Err(ClientError::Checksum {
             sequence: e.sequence,
