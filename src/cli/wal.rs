@@ -26,10 +26,9 @@ pub struct WalCommand {
     pub action: WalAction,
 }
 
+/// Parses a size flag (see [`crate::wal::config::parse_size`]).
 pub fn parse_size_arg(s: &str) -> Result<ByteSize, String> {
-    s.parse::<ByteSize>().map_err(|e| {
-        format!("{e} (sizes look like 64MiB = 64x1024^2 bytes or 64MB = 64x1000^2 bytes)")
-    })
+    crate::wal::config::parse_size(s)
 }
 
 /// The WAL directory and the `wal:` config keys, as flags.
