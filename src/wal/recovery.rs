@@ -16,41 +16,22 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::config::WalConfig;
 use super::error::{Corruption, Result, WalError};
-use super::manager::{LogState, SegState, Shared};
 use super::meta;
 use super::preparer::{install_file, prepare};
-use super::segment::{
-    self, IndexEntry, SEGMENT_HEADER_LEN, ScanEnd, ScanOptions, SegmentHeader, SegmentMeta, Tail,
-};
+use super::scan::{self, ScanEnd, Tail, read_header, scan_options};
+use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader, SegmentMeta};
+use super::state::{Active, Damage, LogState, SegState, now_us};
 use super::types::{LogStart, SegmentId};
 use crate::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
-
-/// The segment the writer continues.
-pub(crate) struct Active {
-    pub id: SegmentId,
-    pub file: Arc<dyn WalFile>,
-    /// Bytes used (header and frames).
-    pub len: u64,
-    pub file_len: u64,
-}
 
 pub(crate) struct Recovered {
     pub state: LogState,
     pub active: Active,
     pub checkpoints: BTreeMap<String, u64>,
-    pub damaged: BTreeMap<SegmentId, super::repair::Damage>,
-}
-
-pub(crate) fn scan_options(cfg: &WalConfig) -> ScanOptions {
-    ScanOptions {
-        max_body: cfg.max_frame_bytes.as_u64().min(u64::from(u32::MAX)) as u32,
-        index_interval: cfg.index_interval_bytes.as_u64(),
-        check_records: false,
-    }
+    pub damaged: BTreeMap<SegmentId, Damage>,
 }
 
 fn metadata_corrupt(kind: Corruption) -> WalError {
@@ -139,7 +120,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
             let header = SegmentHeader {
                 first_index: first.index.max(1),
                 first_seq: first.seq.max(1),
-                created_us: super::manager::now_us(),
+                created_us: now_us(),
             };
             let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
             let path = install_file(fs, dir, &prepared, &header)?;
@@ -156,7 +137,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
             }
         }
     };
-    let damaged = super::repair::bound_damaged(&mut segments, found_damaged)?;
+    let damaged = bound_damaged(&mut segments, found_damaged)?;
     check_contiguous(&segments)?;
     let first = segments
         .values()
@@ -234,27 +215,11 @@ fn check_contiguous(segments: &BTreeMap<SegmentId, SegState>) -> Result<()> {
     Ok(())
 }
 
-/// Reads and checks a segment's header.
-fn read_header(
-    file: &dyn WalFile,
-    id: SegmentId,
-) -> Result<std::result::Result<SegmentHeader, Corruption>> {
-    let mut h = [0u8; SEGMENT_HEADER_LEN];
-    let n = read_full_at(file, &mut h, 0)?;
-    Ok(SegmentHeader::decode(&h[..n]).and_then(|h| {
-        if h.first_index == id {
-            Ok(h)
-        } else {
-            Err(Corruption::BadSegmentHeader)
-        }
-    }))
-}
-
 /// How a sealed segment loaded.
 enum Sealed {
     Intact(SegState),
-    /// It does not scan: `repair::bound_damaged` bounds it from its neighbours.
-    Damaged(super::repair::FoundDamage),
+    /// It does not scan: [`bound_damaged`] bounds it from its neighbours.
+    Damaged(FoundDamage),
 }
 
 /// A sealed segment: its `.idx` if valid, else a strict scan (and a fresh `.idx`).
@@ -275,7 +240,7 @@ fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Se
                     return Ok(Sealed::Damaged((id, path, file_len, None, 0, kind)));
                 }
             };
-            let scan = segment::scan(&*file, &header, file_len, &scan_options(cfg))?;
+            let scan = scan::scan(&*file, &header, file_len, &scan_options(cfg))?;
             if let ScanEnd::Bad { offset, kind } = scan.end {
                 return Ok(Sealed::Damaged((
                     id,
@@ -335,9 +300,9 @@ fn recover_tail(
         Err(e) => return Err(e.into()),
     }
     let opts = scan_options(cfg);
-    let scan = segment::scan(&*file, &header, file_len, &opts)?;
+    let scan = scan::scan(&*file, &header, file_len, &opts)?;
     if let ScanEnd::Bad { offset, kind } = &scan.end {
-        match segment::classify_tail(&*file, *offset, file_len, opts.max_body)? {
+        match scan::classify_tail(&*file, *offset, file_len, opts.max_body)? {
             Tail::Zeros => {}
             Tail::Torn { dirty_end } => {
                 tracing::warn!(
@@ -389,17 +354,77 @@ fn zero_range(file: &dyn WalFile, from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
-/// Rebuilds a sealed segment's sparse index by scanning it (its `.idx` is gone or bad).
-pub(crate) fn rescan_index(
-    sh: &Shared,
-    id: SegmentId,
-    file: &dyn WalFile,
-    meta: &SegmentMeta,
-) -> Result<Vec<IndexEntry>> {
-    let header = read_header(file, id)?.map_err(|k| WalError::corrupted(id, 0, k))?;
-    let scan = segment::scan(file, &header, meta.data_len, &scan_options(&sh.cfg))?;
-    match scan.end {
-        ScanEnd::Bad { offset, kind } => Err(WalError::corrupted(id, offset, kind)),
-        ScanEnd::Clean => Ok(scan.index),
+/// A sealed segment recovery could not scan: `(id, path, file length, header if it decodes,
+/// offset of the first bad frame, what is wrong)`.
+type FoundDamage = (
+    SegmentId,
+    PathBuf,
+    u64,
+    Option<SegmentHeader>,
+    u64,
+    Corruption,
+);
+
+/// Damage recovery found: sealed segments whose frames do not all scan, with their bounds taken
+/// from their neighbours. Refuses (`CorruptedEntry`) a damaged segment whose bounds cannot be
+/// known or that holds the log's last entry.
+fn bound_damaged(
+    segments: &mut BTreeMap<SegmentId, SegState>,
+    found: Vec<FoundDamage>,
+) -> Result<BTreeMap<SegmentId, Damage>> {
+    let mut damage = BTreeMap::new();
+    // Newest first: a damaged segment's successor is then in the table already.
+    for (id, path, file_len, header, offset, kind) in found.into_iter().rev() {
+        let refuse = || WalError::corrupted(id, offset, kind.clone());
+        let next = segments
+            .range(id + 1..)
+            .next()
+            .map(|(_, n)| n.meta)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(refuse)?;
+        let first_seq = match header {
+            Some(h) => h.first_seq,
+            None => segments
+                .range(..id)
+                .next_back()
+                .map(|(_, p)| p.meta.next_seq)
+                .ok_or_else(refuse)?,
+        };
+        let meta = SegmentMeta {
+            first_index: id,
+            next_index: next.first_index,
+            first_seq,
+            next_seq: next.first_seq,
+            // Unknown; never the log's last term (a later segment holds frames).
+            last_term: 0,
+            // Unknown: retention must not consider it expired.
+            max_timestamp: u64::MAX,
+            data_len: file_len,
+        };
+        tracing::error!(
+            segment = id,
+            offset,
+            %kind,
+            "damaged WAL segment found on open: its reads fail until it is repaired from a replica"
+        );
+        segments.insert(
+            id,
+            SegState {
+                meta,
+                path,
+                file: None,
+                sealed: true,
+                index: Vec::new(),
+            },
+        );
+        damage.insert(
+            id,
+            Damage {
+                offset,
+                kind,
+                summary_known: false,
+            },
+        );
     }
+    Ok(damage)
 }

@@ -1,4 +1,5 @@
-//! The writer: the one place that changes the log, run by whichever thread leads (`pipeline`).
+//! The writer: the one place that changes the log, run by whichever thread leads the
+//! manager's `pipeline` (which it does not know).
 //!
 //! - It owns the tail. It takes every queued append (up to `group_commit_max_bytes`),
 //!   encodes them into one buffer, writes it with one `pwrite`, publishes the frames to readers,
@@ -14,25 +15,25 @@
 //! `pwrite` (a few µs) with the fsync, but costs a cross-thread wake-up per group, which on this
 //! kind of machine cost more than it saved (1 writer: 4.6k entries/s with it, 6.3k without).
 
+mod swap;
 mod truncate;
+
+pub(crate) use swap::StagedRepair;
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::config::{Compression, SyncPolicy};
 use super::error::{RecordError, Result, SequenceRule, WalError};
 use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
-use super::manager::{SegState, Shared, now_us};
 use super::meta;
-use super::pipeline::Pipeline;
 use super::preparer::{Prepared, Preparer, install_file};
 use super::record;
-use super::recovery::Active;
 use super::segment::{self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, maybe_index};
+use super::state::{Active, SegState, Shared, now_us};
 use super::types::*;
 use crate::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
 
@@ -99,7 +100,7 @@ pub(crate) enum Command {
         reply: Reply<usize>,
     },
     InstallRepair {
-        staged: super::repair::StagedRepair,
+        staged: StagedRepair,
         reply: Reply<()>,
     },
     Close(Reply<()>),
@@ -137,51 +138,6 @@ fn dup(r: &Result<Appended>) -> Result<Appended> {
     }
 }
 
-/// Starts the writer (behind its [`Pipeline`]) and the preparer thread.
-pub(crate) fn start(
-    sh: Arc<Shared>,
-    active: Active,
-) -> Result<(Arc<Pipeline>, Vec<JoinHandle<()>>)> {
-    let (prep, prep_thread) = Preparer::start(sh.clone())?;
-    let compression = match sh.cfg.compression {
-        Compression::Zstd => Some((
-            sh.cfg.compression_level,
-            sh.cfg.compression_min_bytes.as_u64() as usize,
-        )),
-        Compression::None => None,
-    };
-    let published = {
-        let st = sh.state.read();
-        (st.next_index, st.next_seq, st.last_term)
-    };
-    let mut writer = Writer {
-        encoder: Encoder::new(compression)?,
-        buf: Vec::with_capacity(1 << 20),
-        pending: Vec::new(),
-        batch: Vec::new(),
-        done: Vec::new(),
-        unpublished: Vec::new(),
-        unsynced_since: None,
-        last_retention: Instant::now(),
-        preparer: prep,
-        active_id: active.id,
-        active_file: active.file,
-        active_len: active.len,
-        file_len: active.file_len,
-        synced_hint: active.len as u32,
-        next_index: published.0,
-        next_seq: published.1,
-        last_term: published.2,
-        published,
-        sh,
-    };
-    if writer.active_len * 4 >= writer.sh.cfg.segment_size.as_u64() {
-        writer.preparer.request();
-    }
-    let (pipeline, handle) = Pipeline::start(writer)?;
-    Ok((pipeline, vec![handle, prep_thread]))
-}
-
 pub(crate) struct Writer {
     sh: Arc<Shared>,
     encoder: Encoder,
@@ -214,6 +170,47 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// The writer of a WAL just recovered: it continues `active`, with segment files from
+    /// `preparer`. The manager puts it behind its `Pipeline`.
+    pub fn new(sh: Arc<Shared>, active: Active, preparer: Preparer) -> Result<Writer> {
+        let compression = match sh.cfg.compression {
+            Compression::Zstd => Some((
+                sh.cfg.compression_level,
+                sh.cfg.compression_min_bytes.as_u64() as usize,
+            )),
+            Compression::None => None,
+        };
+        let published = {
+            let st = sh.state.read();
+            (st.next_index, st.next_seq, st.last_term)
+        };
+        let mut writer = Writer {
+            encoder: Encoder::new(compression)?,
+            buf: Vec::with_capacity(1 << 20),
+            pending: Vec::new(),
+            batch: Vec::new(),
+            done: Vec::new(),
+            unpublished: Vec::new(),
+            unsynced_since: None,
+            last_retention: Instant::now(),
+            preparer,
+            active_id: active.id,
+            active_file: active.file,
+            active_len: active.len,
+            file_len: active.file_len,
+            synced_hint: active.len as u32,
+            next_index: published.0,
+            next_seq: published.1,
+            last_term: published.2,
+            published,
+            sh,
+        };
+        if writer.active_len * 4 >= writer.sh.cfg.segment_size.as_u64() {
+            writer.preparer.request();
+        }
+        Ok(writer)
+    }
+
     pub fn shared(&self) -> &Shared {
         &self.sh
     }
@@ -260,7 +257,7 @@ impl Writer {
             Command::TruncateSuffix { from, reply } => drop(reply.send(self.truncate_suffix(from))),
             Command::Retention { now_us, reply } => drop(reply.send(self.retention(now_us))),
             Command::InstallRepair { staged, reply } => {
-                drop(reply.send(super::repair::install(&self.sh, staged)))
+                drop(reply.send(swap::install_repair(&self.sh, staged)))
             }
             Command::Close(reply) => {
                 let _ = reply.send(self.close());

@@ -13,11 +13,11 @@ use super::{PrefixPoint, SuffixPoint, Writer};
 use crate::fs::{FileSystem, write_file_atomic};
 use crate::wal::error::{Result, SequenceRule, WalError};
 use crate::wal::frame::FrameHeader;
-use crate::wal::manager::SyncedPos;
 use crate::wal::meta;
 use crate::wal::read::{Bound, Cursor};
-use crate::wal::recovery;
+use crate::wal::scan::{self, scan_options};
 use crate::wal::segment::{self, SegmentHeader};
+use crate::wal::state::SyncedPos;
 use crate::wal::types::{LogStart, SegmentId};
 
 impl Writer {
@@ -248,9 +248,8 @@ impl Writer {
             first_seq: old_meta.first_seq,
             created_us: 0,
         };
-        let opts = recovery::scan_options(&self.sh.cfg);
-        let scan =
-            segment::scan(&*file, &header, offset, &opts).map_err(|e| self.sh.set_fatal(e))?;
+        let opts = scan_options(&self.sh.cfg);
+        let scan = scan::scan(&*file, &header, offset, &opts).map_err(|e| self.sh.set_fatal(e))?;
         debug_assert_eq!(scan.meta.next_index, index);
         {
             let mut st = self.sh.state.write();
