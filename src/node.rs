@@ -821,7 +821,7 @@ async fn retention(
         let Some(before) = wal
             .get()
             .ok()
-            .and_then(|w| retention_cut(&w, hours, crate::wal::now_us()))
+            .and_then(|w| w.retention_cut(hours, crate::wal::now_us()))
         else {
             continue;
         };
@@ -830,18 +830,6 @@ async fn retention(
             Err(e) => tracing::warn!(error = %e, "retention truncation failed; retried later"),
         }
     }
-}
-
-/// The first sequence number to keep under a retention of `hours`, if anything expired.
-pub fn retention_cut(wal: &crate::wal::Manager, hours: u64, now_us: u64) -> Option<SequenceNumber> {
-    let cutoff = now_us.saturating_sub(hours.saturating_mul(3_600_000_000));
-    let segments = wal.segments();
-    let expired = segments
-        .iter()
-        .take_while(|s| s.status == crate::wal::SegmentStatus::Sealed && s.max_timestamp < cutoff)
-        .count();
-    let keep = segments.get(expired).filter(|_| expired > 0)?;
-    (keep.start_seq > wal.log_start().seq).then_some(keep.start_seq)
 }
 
 /// Name of the file that records which node id owns a data directory.

@@ -245,6 +245,15 @@ impl Manager {
         self.call(|reply| Command::Retention { now_us, reply })
     }
 
+    /// The first sequence number to keep under a retention of `hours` at `now_us`, if records
+    /// before it expired (see [`Manager::apply_retention`] for what expires). A node proposes
+    /// a replicated truncation to it, so every replica drops the same records.
+    pub fn retention_cut(&self, hours: u64, now_us: u64) -> Option<SequenceNumber> {
+        let st = self.shared.state.read();
+        let start = st.retention_start(hours, now_us)?;
+        (start.seq > st.start.seq).then_some(start.seq)
+    }
+
     pub fn log_start(&self) -> LogStart {
         self.shared.state.read().start
     }

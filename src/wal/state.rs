@@ -69,6 +69,32 @@ pub(crate) struct LogState {
     pub generation: u64,
 }
 
+impl LogState {
+    /// The log start a retention of `hours` asks for at `now_us`: the start of the first segment
+    /// that holds a record younger than that, if segments before it expired. Only whole sealed
+    /// segments from the front expire, never the active one (like Kafka's time retention); a
+    /// damaged segment's unknown timestamp never expires. The one retention formula: the writer
+    /// applies it, and a node turns it into a replicated truncation
+    /// ([`crate::wal::Manager::retention_cut`]).
+    pub fn retention_start(&self, hours: u64, now_us: u64) -> Option<LogStart> {
+        let cutoff = now_us.saturating_sub(hours.saturating_mul(3_600_000_000));
+        let expired = self
+            .segments
+            .values()
+            .take_while(|s| s.sealed && s.meta.max_timestamp < cutoff)
+            .count();
+        let next = self
+            .segments
+            .values()
+            .nth(expired)
+            .filter(|_| expired > 0)?;
+        Some(LogStart {
+            index: next.meta.first_index.max(self.start.index),
+            seq: next.meta.first_seq.max(self.start.seq),
+        })
+    }
+}
+
 /// How far the data of the active segment is known to be on disk.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SyncedPos {

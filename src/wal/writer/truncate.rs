@@ -292,22 +292,8 @@ impl Writer {
         let Some(hours) = self.sh.cfg.retention_hours else {
             return Ok(0);
         };
-        let cutoff = now.saturating_sub(hours.saturating_mul(3_600_000_000));
-        let new_start = {
-            let st = self.sh.state.read();
-            // Only whole segments from the front, and never the active one (never sealed).
-            let expired = st
-                .segments
-                .values()
-                .take_while(|s| s.sealed && s.meta.max_timestamp < cutoff)
-                .count();
-            let Some(next) = st.segments.values().nth(expired).filter(|_| expired > 0) else {
-                return Ok(0);
-            };
-            LogStart {
-                index: next.meta.first_index.max(st.start.index),
-                seq: next.meta.first_seq.max(st.start.seq),
-            }
+        let Some(new_start) = self.sh.state.read().retention_start(hours, now) else {
+            return Ok(0);
         };
         let before = self.sh.state.read().segments.len();
         if new_start.index > self.sh.state.read().start.index {
