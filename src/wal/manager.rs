@@ -72,7 +72,7 @@ impl Manager {
         fs.create_dir_all(&cfg.directory)?;
         let lock = fs.lock_dir(&cfg.directory).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock => WalError::Locked(cfg.directory.clone()),
-            _ => WalError::Io(e),
+            _ => WalError::from(e),
         })?;
         let started = Instant::now();
         let recovered = recovery::recover(&*fs, &cfg)?;

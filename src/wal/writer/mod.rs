@@ -112,7 +112,7 @@ impl Command {
         match self {
             Command::Append(req) => {
                 if let Some(w) = req.on_written {
-                    w(Err(e.duplicate()));
+                    w(Err(e.clone()));
                 }
                 (req.on_durable)(Err(e));
             }
@@ -130,13 +130,6 @@ impl Command {
 pub(crate) const GROUP_MAX_REQUESTS: usize = 4096;
 /// How often an idle writer applies retention.
 pub(crate) const RETENTION_IDLE_CHECK: Duration = Duration::from_secs(60);
-
-fn dup(r: &Result<Appended>) -> Result<Appended> {
-    match r {
-        Ok(a) => Ok(*a),
-        Err(e) => Err(e.duplicate()),
-    }
-}
 
 pub(crate) struct Writer {
     sh: Arc<Shared>,
@@ -296,7 +289,7 @@ impl Writer {
     fn complete(&mut self) {
         for (req, r) in &mut self.done {
             if let Some(w) = req.on_written.take() {
-                w(dup(r));
+                w(r.clone());
             }
         }
         let any_ok = self.done.iter().any(|(_, r)| r.is_ok());
@@ -305,7 +298,7 @@ impl Writer {
             if let Err(e) = self.fsync_active() {
                 for (_, r) in &mut self.done {
                     if r.is_ok() {
-                        *r = Err(e.duplicate());
+                        *r = Err(e.clone());
                     }
                 }
             }
@@ -479,7 +472,7 @@ impl Writer {
     /// Drops the frames in `buf` (never written) and fails every answer that waited on them.
     fn discard_pending(&mut self, why: &WalError) {
         for i in self.unpublished.drain(..) {
-            self.done[i].1 = Err(why.duplicate());
+            self.done[i].1 = Err(why.clone());
         }
         self.buf.clear();
         self.pending.clear();
