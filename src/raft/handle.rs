@@ -8,8 +8,11 @@ use openraft::BasicNode;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, RaftError};
 
-use super::types::{LogId, Request, Response, TypeConfig};
-use super::{NodeId, Raft};
+use super::state_machine::StateMachine;
+use super::types::{LogId, NodeId, Request, Response, TypeConfig};
+
+/// openraft's Raft over replog's type config and state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// Why a Raft operation did not happen.
 #[derive(Clone, Debug, thiserror::Error)]

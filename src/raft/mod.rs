@@ -14,6 +14,7 @@
 
 pub mod durable;
 pub mod handle;
+pub mod image;
 pub mod log_store;
 pub mod meta;
 pub mod network;
@@ -25,14 +26,11 @@ mod wal_handle;
 
 use std::time::Duration;
 
-pub use handle::{RaftNode, RaftOpError, RaftStatus};
+pub use handle::{Raft, RaftNode, RaftOpError, RaftStatus};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use types::{NodeId, Request, Response, TypeConfig};
 pub use wal_handle::WalHandle;
-
-/// A replog Raft node handle.
-pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// Raft timing, from the node config.
 #[derive(Clone, Debug)]

@@ -10,10 +10,11 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::handle::Raft;
 use super::network::NetSwitch;
 use super::snapshot::{CHUNK_BYTES, Manifest, Staging};
 use super::types::{NodeId, Vote, from_wire, to_wire};
-use super::{Raft, WalHandle};
+use super::wal_handle::WalHandle;
 use crate::proto::raft::{
     FetchFramesRequest, FramesChunk, RaftMessage, SnapshotChunk, raft_service_server::RaftService,
     snapshot_chunk::Kind,

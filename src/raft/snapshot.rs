@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::image::Image;
 use super::meta::{seal, unseal};
-use super::state_machine::Image;
 use super::types::SnapshotMeta;
 use super::wal_handle::WalHandle;
 use crate::fs::{FileSystem, read_file, read_full_at, write_file_atomic};

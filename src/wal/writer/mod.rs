@@ -393,12 +393,18 @@ impl Writer {
                 default_ts: now,
                 producer: f.producer,
             };
+            // Log indexes start at 1 and follow each other; sequence numbers never go back, and
+            // a frame's records take the contiguous range `first_seq..next_seq`.
+            assert!(meta.index >= 1, "a frame index is at least 1");
+            debug_assert!(meta.first_seq >= self.next_seq, "sequence numbers go back");
             let h = self.encoder.encode(&mut self.buf, &meta, &f.payload);
+            debug_assert_eq!((h.index, h.first_seq), (meta.index, meta.first_seq));
             self.pending.push((h, offset));
             self.next_index += 1;
             self.next_seq = h.next_seq();
             self.last_term = f.term;
         }
+        debug_assert_eq!(self.next_index, first_index + frames.len() as u64);
         Ok(Appended {
             first_index,
             last_index: self.next_index - 1,
