@@ -134,6 +134,8 @@ pub enum NodeError {
     Wal(#[from] WalError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::raft::StorageError),
     /// Too much in flight now; retryable.
     #[error("overloaded: {0}")]
     Overloaded(String),
