@@ -15,7 +15,7 @@
 //!   it to disk is deleted.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::config::WalConfig;
 use super::error::{Corruption, Result, WalError};
@@ -38,12 +38,49 @@ fn metadata_corrupt(kind: Corruption) -> WalError {
     WalError::corrupted(0, 0, kind)
 }
 
+/// Opens what is in `cfg.directory`, in six phases: list and clean the directory, read the
+/// metadata, finish an interrupted prefix truncation, recover the tail, load the sealed
+/// segments, and put the segment table together.
 pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered> {
     let dir = &cfg.directory;
+    let mut ids = list_segments(fs, dir)?;
+    let persisted_start = read_meta_file(fs, dir, meta::LOG_START_FILE, meta::decode_log_start)?;
+    let checkpoints = read_meta_file(fs, dir, meta::CHECKPOINTS_FILE, meta::decode_checkpoints)?
+        .unwrap_or_default();
+    if let Some(start) = persisted_start {
+        finish_prefix_truncation(fs, dir, &mut ids, start)?;
+    }
+    let tail = recover_last(fs, cfg, &mut ids)?;
+    let mut segments = BTreeMap::new();
+    let mut found_damaged = Vec::new();
+    for &id in &ids[..ids.len().saturating_sub(1)] {
+        match load_sealed(fs, cfg, id)? {
+            Sealed::Intact(seg) => {
+                segments.insert(id, seg);
+            }
+            Sealed::Damaged(d) => found_damaged.push(d),
+        }
+    }
+    let active = match tail {
+        Some((seg, file_len)) => continue_tail(&mut segments, seg, file_len)?,
+        None => start_fresh(fs, cfg, &mut segments, persisted_start)?,
+    };
+    let damaged = bound_damaged(&mut segments, found_damaged)?;
+    let state = assemble(segments, persisted_start, active.id)?;
+    Ok(Recovered {
+        state,
+        active,
+        checkpoints,
+        damaged,
+    })
+}
+
+/// The segment ids in `dir`, oldest first, after deleting temporary files and indexes whose
+/// segment is gone.
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<SegmentId>> {
     let mut ids = Vec::new();
-    let names = fs.list(dir)?;
     let mut idx_ids = Vec::new();
-    for name in &names {
+    for name in &fs.list(dir)? {
         if name.ends_with(".tmp") {
             fs.remove(&dir.join(name))?;
         } else if let Some(id) = segment::parse_file_name(name, ".seg") {
@@ -60,91 +97,122 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
     {
         fs.remove(&dir.join(segment::index_file_name(id)))?;
     }
-    let start_file = dir.join(meta::LOG_START_FILE);
-    let persisted_start = match read_file(fs, &start_file) {
-        Ok(b) => Some(meta::decode_log_start(&b).map_err(metadata_corrupt)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
-    };
-    let checkpoints = match read_file(fs, &dir.join(meta::CHECKPOINTS_FILE)) {
-        Ok(b) => meta::decode_checkpoints(&b).map_err(metadata_corrupt)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e.into()),
-    };
-    // A prefix truncation that crashed before deleting its segments: finish it.
-    if let Some(start) = persisted_start {
-        let mut removed = false;
-        while ids.len() >= 2 && ids[1] <= start.index {
-            remove_segment(fs, dir, ids.remove(0))?;
-            removed = true;
-        }
-        if removed {
-            fs.sync_dir(dir)?;
-        }
+    Ok(ids)
+}
+
+/// A metadata file decoded, `None` if it does not exist.
+fn read_meta_file<T>(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    decode: impl FnOnce(&[u8]) -> std::result::Result<T, Corruption>,
+) -> Result<Option<T>> {
+    match read_file(fs, &dir.join(name)) {
+        Ok(b) => Ok(Some(decode(&b).map_err(metadata_corrupt)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    let mut tail = None;
+}
+
+/// A prefix truncation that crashed before deleting its segments: finish it.
+fn finish_prefix_truncation(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    ids: &mut Vec<SegmentId>,
+    start: LogStart,
+) -> Result<()> {
+    let mut removed = false;
+    while ids.len() >= 2 && ids[1] <= start.index {
+        remove_segment(fs, dir, ids.remove(0))?;
+        removed = true;
+    }
+    if removed {
+        fs.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The last segment, scanned and repaired; segments whose creation never completed are
+/// dropped from `ids` (and deleted) first.
+fn recover_last(
+    fs: &dyn FileSystem,
+    cfg: &WalConfig,
+    ids: &mut Vec<SegmentId>,
+) -> Result<Option<(SegState, u64)>> {
     while let Some(&id) = ids.last() {
         match recover_tail(fs, cfg, id)? {
-            Some(t) => {
-                tail = Some(t);
-                break;
-            }
+            Some(t) => return Ok(Some(t)),
             None => {
                 ids.pop();
             }
         }
     }
-    let mut segments = BTreeMap::new();
-    let mut found_damaged = Vec::new();
-    for &id in &ids[..ids.len().saturating_sub(1)] {
-        match load_sealed(fs, cfg, id)? {
-            Sealed::Intact(seg) => {
-                segments.insert(id, seg);
-            }
-            Sealed::Damaged(d) => found_damaged.push(d),
-        }
-    }
-    let active = match tail {
-        Some((seg, file_len)) => {
-            let active = Active {
-                id: seg.meta.id(),
-                file: seg.file.clone().expect("the tail segment is open"),
-                len: seg.meta.data_len,
-                file_len,
-            };
-            segments.insert(seg.meta.id(), seg);
-            active
-        }
-        None => {
-            let first = persisted_start.unwrap_or(LogStart { index: 1, seq: 1 });
-            let header = SegmentHeader {
-                first_index: first.index.max(1),
-                first_seq: first.seq.max(1),
-                created_us: now_us(),
-            };
-            let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
-            let path = install_file(fs, dir, &prepared, &header)?;
-            segments.insert(
-                header.first_index,
-                SegState::fresh(&header, path, prepared.file.clone()),
-            );
-            let len = SEGMENT_HEADER_LEN as u64;
-            Active {
-                id: header.first_index,
-                file: prepared.file,
-                len,
-                file_len: prepared.len.max(len),
-            }
-        }
+    Ok(None)
+}
+
+/// The writer continues the recovered tail segment.
+fn continue_tail(
+    segments: &mut BTreeMap<SegmentId, SegState>,
+    seg: SegState,
+    file_len: u64,
+) -> Result<Active> {
+    let file = seg.file.clone().ok_or_else(|| {
+        WalError::from(std::io::Error::other(
+            "the recovered tail segment is not open",
+        ))
+    })?;
+    let active = Active {
+        id: seg.meta.id(),
+        file,
+        len: seg.meta.data_len,
+        file_len,
     };
-    let damaged = bound_damaged(&mut segments, found_damaged)?;
+    segments.insert(seg.meta.id(), seg);
+    Ok(active)
+}
+
+/// An empty log (new, or every segment gone): a first segment at the persisted log start.
+fn start_fresh(
+    fs: &dyn FileSystem,
+    cfg: &WalConfig,
+    segments: &mut BTreeMap<SegmentId, SegState>,
+    persisted_start: Option<LogStart>,
+) -> Result<Active> {
+    let first = persisted_start.unwrap_or(LogStart { index: 1, seq: 1 });
+    let header = SegmentHeader {
+        first_index: first.index.max(1),
+        first_seq: first.seq.max(1),
+        created_us: now_us(),
+    };
+    let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
+    let path = install_file(fs, &cfg.directory, &prepared, &header)?;
+    segments.insert(
+        header.first_index,
+        SegState::fresh(&header, path, prepared.file.clone()),
+    );
+    let len = SEGMENT_HEADER_LEN as u64;
+    Ok(Active {
+        id: header.first_index,
+        file: prepared.file,
+        len,
+        file_len: prepared.len.max(len),
+    })
+}
+
+/// The segment table and the log's bounds, after checking the segments are contiguous and
+/// the persisted log start lies within them.
+fn assemble(
+    segments: BTreeMap<SegmentId, SegState>,
+    persisted_start: Option<LogStart>,
+    active: SegmentId,
+) -> Result<LogState> {
     check_contiguous(&segments)?;
-    let first = segments
-        .values()
-        .next()
-        .map(|s| s.meta)
-        .expect("at least the active segment");
-    let last = segments[&active.id].meta;
+    let (Some(first), Some(last)) = (
+        segments.values().next().map(|s| s.meta),
+        segments.get(&active).map(|s| s.meta),
+    ) else {
+        return Err(metadata_corrupt(Corruption::BadSegmentHeader));
+    };
     let start = persisted_start.unwrap_or(LogStart {
         index: first.first_index,
         seq: first.first_seq,
@@ -159,19 +227,14 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
         .rev()
         .find(|s| !s.meta.is_empty())
         .map_or(0, |s| s.meta.last_term);
-    let state = LogState {
+    debug_assert!(start.index >= 1, "log indexes start at 1");
+    Ok(LogState {
         segments,
         start,
         next_index: last.next_index,
         next_seq: last.next_seq.max(start.seq),
         last_term,
         generation: 0,
-    };
-    Ok(Recovered {
-        state,
-        active,
-        checkpoints,
-        damaged,
     })
 }
 
