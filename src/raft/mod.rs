@@ -128,10 +128,12 @@ impl Storage {
         fs: std::sync::Arc<dyn crate::fs::FileSystem>,
     ) -> Result<Storage, StorageError> {
         use std::sync::Arc;
+        // sled (only a cache) lives on the OS's file system, everything else on `fs`.
         std::fs::create_dir_all(data_dir)?;
+        fs.create_dir_all(data_dir)?;
         wal_cfg.directory = data_dir.join("wal");
         // A snapshot install interrupted after its commit point is finished first.
-        if snapshot::finish_install(data_dir, &wal_cfg.directory)? {
+        if snapshot::finish_install(&*fs, data_dir, &wal_cfg.directory)? {
             tracing::info!("finished installing a snapshot received before a restart");
         }
         let wal = WalHandle::new(crate::wal::Manager::open_with(

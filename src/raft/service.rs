@@ -276,8 +276,8 @@ impl RaftService for RaftServer {
         let manifest: Manifest = from_wire(&h.manifest).map_err(bad)?;
         let meta = manifest.meta.clone();
         let io = |e: std::io::Error| Status::internal(format!("staging a snapshot: {e}"));
-        let dir = self.data_dir.clone();
-        let mut staging = blocking(move || Staging::begin(&dir, manifest))
+        let (dir, fs) = (self.data_dir.clone(), self.wal.file_system().clone());
+        let mut staging = blocking(move || Staging::begin(fs, &dir, manifest))
             .await?
             .map_err(io)?;
         while let Some(chunk) = stream.next().await {
