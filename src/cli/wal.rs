@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use super::output::{self, Format};
 use super::{CliError, bench};
 use crate::fs::StdFs;
-use crate::wal::verify::{SegmentHealth, verify};
+use crate::wal::debug::{SegmentHealth, verify};
 use crate::wal::{
     Compression, FrameSpec, Manager, Operation, Record, SyncPolicy, WalConfig, WalError,
 };

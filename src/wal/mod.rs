@@ -1,9 +1,12 @@
 //! `replog::wal` — a segment-based write-ahead log, usable on its own and as the Raft log store.
 //!
 //! Layout:
-//! - [`types`]: entries, records, frames, segments.
-//! - [`record`], [`frame`], [`segment`], [`meta`]: the on-disk formats, each documented above
-//!   its encoder.
+//! - The public API: [`Manager`], its [`config`], [`types`] (entries, records, frames,
+//!   segments), [`error`]s and [`metrics`]; [`debug`]: what the `replog wal` commands and the
+//!   integration tests need beyond it (file names, header sizes, the offline checker). The rest
+//!   is the crate's own.
+//! - `record`, `frame`, `segment`, `meta`: the on-disk formats, each documented above its
+//!   encoder.
 //! - All file I/O goes through [`crate::fs::FileSystem`].
 //! - `state`: the state the WAL's threads share (segment table, log bounds, caches, damage);
 //!   the bottom layer, which none of the others is imported by.
@@ -16,7 +19,7 @@
 //!   (cursors and iterators) and `recovery` (open).
 //! - `repair`: damaged sealed segments, found by reads and scrubs, rewritten from a replica's
 //!   frames.
-//! - [`verify`]: the offline checker behind `replog wal verify`.
+//! - `verify`: the offline checker behind `replog wal verify`.
 //!
 //! Invariants:
 //! - Frames of a log have log indexes 1, 2, 3, ... without gaps; record sequence numbers never go
@@ -32,22 +35,23 @@
 //!   `preparer`/`read`/`scan` -> `state` -> `segment`/`frame`/`record` -> `error`/`types`.
 
 pub mod config;
+pub mod debug;
 pub mod error;
-pub mod frame;
+pub(crate) mod frame;
 mod manager;
-pub mod meta;
+pub(crate) mod meta;
 pub mod metrics;
 mod pipeline;
 mod preparer;
 mod read;
-pub mod record;
+pub(crate) mod record;
 mod recovery;
 mod repair;
 mod scan;
-pub mod segment;
+pub(crate) mod segment;
 mod state;
 pub mod types;
-pub mod verify;
+mod verify;
 mod writer;
 
 pub use config::{Compression, Preallocate, SyncPolicy, WalConfig};
