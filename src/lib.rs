@@ -1,6 +1,9 @@
 //! replog: durable, replicated, multi-tenant logs.
 //!
 //! Layout:
+//! - [`checksum`]: the entry checksum the WAL stores and the client checks (a leaf).
+//! - [`fs`]: the file-system seam every durable byte goes through ([`fs::StdFs`], and
+//!   [`fs::MemFs`] for fault injection); it imports nothing from the crate.
 //! - [`wal`]: the segment-based write-ahead log, usable on its own and as the node's Raft log
 //!   store. Plain threads and files: it uses neither tokio, openraft nor prost.
 //! - [`raft`]: everything that knows openraft: the log store over the WAL, the state machine in
@@ -12,7 +15,7 @@
 //! - [`api`]: the public gRPC services (`LogService`, `AdminService`, health, reflection), a
 //!   thin adapter over the core: decode, call, map the error to a status (in one function).
 //! - [`wire`]: the wire contract shared by the API and the client (error details, leader hints,
-//!   code names, name and operation rules); [`checksum`]: the entry checksum.
+//!   code names, name and operation rules).
 //! - [`client`]: the Rust client (leader following, retries with idempotency keys, replay
 //!   streams with checksum verification); it uses only the protos, `wire` and `checksum`.
 //! - [`config`]: the node's YAML config with env and flag overrides; [`metrics`]: the
@@ -27,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod fs;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -43,11 +43,11 @@ use common::crash_fs::CrashFs;
 use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+use replog::fs::{FileSystem, MemFs};
 use replog::raft::WalHandle;
 use replog::raft::durable::LocalDurable;
 use replog::raft::meta::{MetaStore, RaftMeta};
 use replog::raft::types::{Entry, LogId, Request, Vote, WriteRecord};
-use replog::wal::fs::{FileSystem, MemFs};
 use replog::wal::{Manager, Operation};
 
 fn log_id(term: u64, index: u64) -> LogId {

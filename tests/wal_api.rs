@@ -35,10 +35,10 @@ fn write_reopen_replay() {
     assert_eq!(summary(&wal), before);
     assert_eq!(wal.next_seq(), 211);
     let entries = all_entries(&wal);
-    assert!(entries.iter().all(|e| replog::wal::record::entry_checksum(
+    assert!(entries.iter().all(|e| replog::checksum::entry_checksum(
         e.sequence_number,
         e.timestamp,
-        e.operation,
+        e.operation as u8,
         &e.tenant_id,
         &e.data
     ) == e.checksum));
@@ -301,6 +301,28 @@ fn retention_deletes_old_sealed_segments_only() {
     // Everything old: still never the active segment.
     wal.apply_retention(now + 100 * hour).unwrap();
     assert_eq!(wal.segments().last().unwrap().status, SegmentStatus::Active);
+}
+
+/// The cut a node proposes (`retention_cut`) is where the WAL's own retention puts the log start.
+#[test]
+fn retention_cut_is_where_retention_starts_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Manager::open(small_config(dir.path())).unwrap();
+    let hour = 3_600_000_000u64;
+    let now = replog::wal::now_us();
+    for (i, age) in (0..120u32).map(|i| (i, if i < 60 { 3 * hour } else { 0 })) {
+        let r = Record {
+            timestamp: Some(now - age),
+            ..record("t", &[i as u8; 200])
+        };
+        wal.write(r).unwrap();
+    }
+    assert_eq!(wal.retention_cut(4, now), None, "nothing is 4 hours old");
+    let cut = wal.retention_cut(1, now).expect("old segments expired");
+    assert!(cut > 1 && cut <= 61, "cut {cut} keeps every young record");
+    wal.truncate_before(cut).unwrap();
+    assert_eq!(wal.log_start().seq, cut);
+    assert_eq!(wal.retention_cut(1, now), None, "nothing more expired");
 }
 
 #[test]

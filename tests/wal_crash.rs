@@ -8,8 +8,8 @@ use std::path::Path;
 
 use bytesize::ByteSize;
 use common::*;
-use replog::wal::fs::StdFs;
-use replog::wal::verify::verify;
+use replog::fs::StdFs;
+use replog::wal::debug::verify;
 use replog::wal::{Manager, WalConfig, WalError};
 
 const ENTRY: &[u8] = &[0xAB; 40];
@@ -166,7 +166,7 @@ fn a_bad_index_file_is_rebuilt_from_its_segment() {
     let before = summary(&wal);
     let id = wal.segments()[0].id;
     wal.close().unwrap();
-    let idx = dir.path().join(replog::wal::segment::index_file_name(id));
+    let idx = dir.path().join(replog::wal::debug::index_file_name(id));
     let mut bytes = fs::read(&idx).unwrap();
     bytes[20] ^= 0xFF;
     fs::write(&idx, &bytes).unwrap();
@@ -183,8 +183,7 @@ fn leftovers_of_interrupted_operations_are_cleaned() {
     fs::write(dir.path().join("CHECKPOINTS.tmp"), b"half").unwrap();
     // A segment whose creation never reached its header.
     fs::write(
-        dir.path()
-            .join(replog::wal::segment::segment_file_name(1000)),
+        dir.path().join(replog::wal::debug::segment_file_name(1000)),
         vec![0u8; 4096],
     )
     .unwrap();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use common::crash_fs::CrashFs;
 use common::*;
-use replog::wal::fs::MemFs;
+use replog::fs::MemFs;
 use replog::wal::{Manager, WalConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq)]

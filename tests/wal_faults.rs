@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 
 use bytesize::ByteSize;
 use common::*;
-use replog::wal::fs::MemFs;
+use replog::fs::MemFs;
 use replog::wal::{Manager, SyncPolicy, WalConfig, WalError};
 
 #[test]
@@ -167,7 +167,7 @@ fn a_write_hitting_enospc_leaves_no_stale_frame() {
     let wal = open_mem(&fs, cfg.clone());
     wal.write(record("t", b"first")).unwrap();
     let used = fs
-        .contents(&mem_dir().join(replog::wal::segment::segment_file_name(1)))
+        .contents(&mem_dir().join(replog::wal::debug::segment_file_name(1)))
         .unwrap()
         .len() as u64;
     fs.set_capacity(used + 100);

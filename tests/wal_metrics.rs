@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use prometheus::Registry;
-use replog::wal::fs::MemFs;
+use replog::fs::MemFs;
 use replog::wal::{Manager, SyncPolicy, WalConfig};
 
 fn value(registry: &Registry, name: &str) -> f64 {
@@ -31,7 +31,7 @@ fn the_five_wal_metrics_are_registered_and_move() {
     let registry = Registry::new();
     let wal = Manager::open_with(
         small_config(dir.path()),
-        Arc::new(replog::wal::fs::StdFs),
+        Arc::new(replog::fs::StdFs),
         Some(&registry),
     )
     .unwrap();

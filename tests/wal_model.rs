@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use replog::wal::fs::MemFs;
+use replog::fs::MemFs;
 use replog::wal::{Manager, SyncPolicy, WalConfig};
 
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use replog::wal::fs::MemFs;
+use replog::fs::MemFs;
 use replog::wal::{FrameSpec, Manager, Payload, SegmentStatus, WalConfig, WalError};
 
 /// A log of `frames` frames of 3 records each, in term `term`, over several 4 KiB segments.
@@ -187,7 +187,7 @@ trait MemFsExt {
 
 impl MemFsExt for MemFs {
     fn remove(&self, path: &std::path::Path) {
-        replog::wal::fs::FileSystem::remove(self, path).unwrap();
+        replog::fs::FileSystem::remove(self, path).unwrap();
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::CliError;
 use super::output::Format;
-use crate::wal::fs::StdFs;
+use crate::fs::StdFs;
 use crate::wal::{Compression, Manager, Operation, Preallocate, Record, SyncPolicy, WalConfig};
 
 #[derive(Args, Debug)]
@@ -35,7 +35,7 @@ pub struct BenchArgs {
     pub batch: u32,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub duration: Duration,
-    #[arg(long, value_parser = super::wal::parse_size_arg, default_value = "64MiB")]
+    #[arg(long, value_parser = crate::wal::config::parse_size, default_value = "64MiB")]
     pub segment_size: ByteSize,
     #[arg(long, value_enum, default_value_t = Compression::None)]
     pub compression: Compression,

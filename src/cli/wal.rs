@@ -14,8 +14,8 @@ use clap::{Args, Subcommand};
 
 use super::output::{self, Format};
 use super::{CliError, bench};
-use crate::wal::fs::StdFs;
-use crate::wal::verify::{SegmentHealth, verify};
+use crate::fs::StdFs;
+use crate::wal::debug::{SegmentHealth, verify};
 use crate::wal::{
     Compression, FrameSpec, Manager, Operation, Record, SyncPolicy, WalConfig, WalError,
 };
@@ -26,10 +26,9 @@ pub struct WalCommand {
     pub action: WalAction,
 }
 
+/// Parses a size flag (see [`crate::wal::config::parse_size`]).
 pub fn parse_size_arg(s: &str) -> Result<ByteSize, String> {
-    s.parse::<ByteSize>().map_err(|e| {
-        format!("{e} (sizes look like 64MiB = 64x1024^2 bytes or 64MB = 64x1000^2 bytes)")
-    })
+    crate::wal::config::parse_size(s)
 }
 
 /// The WAL directory and the `wal:` config keys, as flags.

@@ -73,7 +73,7 @@ pub struct NodeConfig {
 
 /// A file system for [`NodeConfig::file_system`].
 #[derive(Clone)]
-pub struct NodeFs(pub Arc<dyn crate::wal::fs::FileSystem>);
+pub struct NodeFs(pub Arc<dyn crate::fs::FileSystem>);
 
 impl std::fmt::Debug for NodeFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,6 +118,8 @@ pub enum NodeError {
     Wal(#[from] WalError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::raft::StorageError),
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -331,7 +333,7 @@ async fn open_storage(cfg: &NodeConfig, metrics: &NodeMetrics) -> Result<Storage
     let (data_dir, max_producers, id) = (cfg.data_dir.clone(), cfg.max_producers, cfg.id);
     let registry = metrics.registry.clone();
     let fs = cfg.file_system.clone().map_or_else(
-        || Arc::new(crate::wal::fs::StdFs) as Arc<dyn crate::wal::fs::FileSystem>,
+        || Arc::new(crate::fs::StdFs) as Arc<dyn crate::fs::FileSystem>,
         |f| f.0,
     );
     tokio::task::spawn_blocking(move || {
@@ -368,11 +370,7 @@ fn claim_data_dir(dir: &std::path::Path, id: NodeId) -> Result<(), NodeError> {
             ))),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::wal::fs::write_file_atomic(
-                &crate::wal::fs::StdFs,
-                &path,
-                format!("{id}\n").as_bytes(),
-            )?;
+            crate::fs::write_file_atomic(&crate::fs::StdFs, &path, format!("{id}\n").as_bytes())?;
             Ok(())
         }
         Err(e) => Err(e.into()),

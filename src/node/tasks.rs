@@ -16,7 +16,7 @@ use crate::core::{Core, ReplicaState, repair};
 use crate::raft::service::RaftServer;
 use crate::raft::state_machine::SmShared;
 use crate::raft::{RaftNode, Request, WalHandle};
-use crate::wal::{SequenceNumber, WalConfig};
+use crate::wal::WalConfig;
 
 /// Starts the node's tasks: the gRPC server, the truncator, retention (on a leader), metrics
 /// (refresh and HTTP) and joining a cluster. Each ends when the node stops.
@@ -163,7 +163,7 @@ async fn retention(
         let Some(before) = wal
             .get()
             .ok()
-            .and_then(|w| retention_cut(&w, hours, crate::wal::now_us()))
+            .and_then(|w| w.retention_cut(hours, crate::wal::now_us()))
         else {
             continue;
         };
@@ -172,18 +172,6 @@ async fn retention(
             Err(e) => tracing::warn!(error = %e, "retention truncation failed; retried later"),
         }
     }
-}
-
-/// The first sequence number to keep under a retention of `hours`, if anything expired.
-pub fn retention_cut(wal: &crate::wal::Manager, hours: u64, now_us: u64) -> Option<SequenceNumber> {
-    let cutoff = now_us.saturating_sub(hours.saturating_mul(3_600_000_000));
-    let segments = wal.segments();
-    let expired = segments
-        .iter()
-        .take_while(|s| s.status == crate::wal::SegmentStatus::Sealed && s.max_timestamp < cutoff)
-        .count();
-    let keep = segments.get(expired).filter(|_| expired > 0)?;
-    (keep.start_seq > wal.log_start().seq).then_some(keep.start_seq)
 }
 
 /// Keeps the Raft gauges current: refreshed on every change of Raft's state, and every second

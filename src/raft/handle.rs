@@ -9,9 +9,14 @@ use openraft::BasicNode;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, RaftError};
 
+use super::log_store::LogStore;
 use super::network::Network;
-use super::types::{LogId, Request, Response, TypeConfig};
-use super::{LogStore, NodeId, Raft, RaftTiming, StateMachine, openraft_config};
+use super::state_machine::StateMachine;
+use super::types::{LogId, NodeId, Request, Response, TypeConfig};
+use super::{RaftTiming, openraft_config};
+
+/// openraft's Raft over replog's type config and state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// Why a Raft operation did not happen.
 #[derive(Clone, Debug, thiserror::Error)]

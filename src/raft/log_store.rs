@@ -182,7 +182,11 @@ fn range_to_half_open(range: &impl RangeBounds<u64>) -> (u64, u64) {
 
 /// A WAL frame back into the Raft entry it was written from.
 pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
-    let log_id = LogId::new_term_index(f.term, f.index - 1);
+    // WAL frame `i + 1` holds Raft index `i`; the WAL never writes a frame 0.
+    let raft_index = f.index.checked_sub(1).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "a WAL frame with log index 0")
+    })?;
+    let log_id = LogId::new_term_index(f.term, raft_index);
     let payload = match f.payload {
         FramePayload::Records(entries) => EntryPayload::Normal(Request::Write {
             producer: f.producer,
@@ -203,7 +207,7 @@ pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
             Err(e) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("log index {}: undecodable control frame: {e}", f.index - 1),
+                    format!("log index {}: undecodable control frame: {e}", raft_index),
                 ));
             }
         },
@@ -334,6 +338,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         };
+        // openraft appends log ids that strictly increase without gaps; one that does not
+        // would leave a hole in the log or two entries at one index.
+        assert!(
+            frames
+                .iter()
+                .zip(first_index..)
+                .all(|(f, i)| f.index == Some(i)),
+            "appended log indexes are not contiguous from {first_index}"
+        );
         let wal = self.wal()?;
         if wal.last_frame().is_none() && first_index > wal.next_index() {
             // An empty log that continues above its start (e.g. after a purge past its end).

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::types::{LogId, Vote};
-use crate::wal::fs::{self, FileSystem};
+use crate::fs::{self, FileSystem};
 
 pub const META_FILE: &str = "RAFT_META";
 const META_MAGIC: u32 = 0x4154_4D52; // "RMTA"

@@ -14,6 +14,7 @@
 
 pub mod durable;
 pub mod handle;
+pub mod image;
 pub mod log_store;
 pub mod meta;
 pub mod network;
@@ -25,14 +26,11 @@ mod wal_handle;
 
 use std::time::Duration;
 
-pub use handle::{RaftNode, RaftOpError, RaftStatus};
+pub use handle::{Raft, RaftNode, RaftOpError, RaftStatus};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 pub use types::{NodeId, Request, Response, TypeConfig};
 pub use wal_handle::WalHandle;
-
-/// A replog Raft node handle.
-pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 /// Raft timing, from the node config.
 #[derive(Clone, Debug)]
@@ -82,6 +80,21 @@ pub fn openraft_config(
     cfg.validate().map_err(|e| e.to_string())
 }
 
+/// Why a node's storage did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The WAL did not open (corruption, a locked directory, a bad config, I/O).
+    #[error("opening the WAL: {0}")]
+    Wal(#[from] crate::wal::WalError),
+    /// sled (the state machine's cache) did not open.
+    #[error("opening the state machine's sled database: {0}")]
+    Sled(#[from] sled::Error),
+    /// The data directory, `RAFT_META`, `SM_SNAPSHOT` or a snapshot install left before a
+    /// restart could not be read or written.
+    #[error("I/O on the node's storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// A node's storage, opened from its data directory:
 /// `wal/` (the log), `sled/` (the state machine), `RAFT_META`, `SM_SNAPSHOT`.
 pub struct Storage {
@@ -100,9 +113,8 @@ impl Storage {
         wal_cfg: crate::wal::WalConfig,
         registry: Option<&prometheus::Registry>,
         max_producers: usize,
-    ) -> std::io::Result<Storage> {
-        let fs: std::sync::Arc<dyn crate::wal::fs::FileSystem> =
-            std::sync::Arc::new(crate::wal::fs::StdFs);
+    ) -> Result<Storage, StorageError> {
+        let fs: std::sync::Arc<dyn crate::fs::FileSystem> = std::sync::Arc::new(crate::fs::StdFs);
         Self::open_with(data_dir, wal_cfg, registry, max_producers, fs)
     }
 
@@ -113,27 +125,27 @@ impl Storage {
         mut wal_cfg: crate::wal::WalConfig,
         registry: Option<&prometheus::Registry>,
         max_producers: usize,
-        fs: std::sync::Arc<dyn crate::wal::fs::FileSystem>,
-    ) -> std::io::Result<Storage> {
+        fs: std::sync::Arc<dyn crate::fs::FileSystem>,
+    ) -> Result<Storage, StorageError> {
         use std::sync::Arc;
-        let io = |e: crate::wal::WalError| std::io::Error::other(e);
+        // sled (only a cache) lives on the OS's file system, everything else on `fs`.
         std::fs::create_dir_all(data_dir)?;
+        fs.create_dir_all(data_dir)?;
         wal_cfg.directory = data_dir.join("wal");
         // A snapshot install interrupted after its commit point is finished first.
-        if snapshot::finish_install(data_dir, &wal_cfg.directory)? {
+        if snapshot::finish_install(&*fs, data_dir, &wal_cfg.directory)? {
             tracing::info!("finished installing a snapshot received before a restart");
         }
-        let wal = WalHandle::new(
-            crate::wal::Manager::open_with(wal_cfg, fs.clone(), registry).map_err(io)?,
-        );
-        let db = sled::Config::new()
-            .path(data_dir.join("sled"))
-            .open()
-            .map_err(std::io::Error::other)?;
+        let wal = WalHandle::new(crate::wal::Manager::open_with(
+            wal_cfg,
+            fs.clone(),
+            registry,
+        )?);
+        let db = sled::Config::new().path(data_dir.join("sled")).open()?;
         let snapshots = Arc::new(snapshot::SnapshotFile::new(fs.clone(), data_dir));
         let snapshot_last = snapshots.load()?.and_then(|(m, _)| m.last_log_id);
         // Everything recovered is durable: the first index not in the log is the WAL's next.
-        let next_raft_index = wal.get().map_err(io)?.acked_index().saturating_sub(1);
+        let next_raft_index = wal.get()?.acked_index().saturating_sub(1);
         let durable = durable::LocalDurable::new(next_raft_index);
         let state_machine = StateMachine::open(
             &db,

@@ -10,10 +10,11 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::handle::Raft;
 use super::network::NetSwitch;
 use super::snapshot::{CHUNK_BYTES, Manifest, Staging};
 use super::types::{NodeId, Vote, from_wire, to_wire};
-use super::{Raft, WalHandle};
+use super::wal_handle::WalHandle;
 use crate::proto::raft::{
     FetchFramesRequest, FramesChunk, RaftMessage, SnapshotChunk, raft_service_server::RaftService,
     snapshot_chunk::Kind,
@@ -275,8 +276,8 @@ impl RaftService for RaftServer {
         let manifest: Manifest = from_wire(&h.manifest).map_err(bad)?;
         let meta = manifest.meta.clone();
         let io = |e: std::io::Error| Status::internal(format!("staging a snapshot: {e}"));
-        let dir = self.data_dir.clone();
-        let mut staging = blocking(move || Staging::begin(&dir, manifest))
+        let (dir, fs) = (self.data_dir.clone(), self.wal.file_system().clone());
+        let mut staging = blocking(move || Staging::begin(fs, &dir, manifest))
             .await?
             .map_err(io)?;
         while let Some(chunk) = stream.next().await {

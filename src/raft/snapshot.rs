@@ -14,19 +14,22 @@
 //! `snapshot.tmp` is renamed to `snapshot.ready` (the commit point), then `SM_SNAPSHOT` and the
 //! WAL directory are replaced. [`finish_install`] redoes the steps after the commit point, and
 //! runs at every start.
+//!
+//! Every file step goes through the node's [`FileSystem`] (the one its WAL was opened with), so
+//! the fault-injecting file system of the tests crashes installs too
+//! (`tests/snapshot_crash_points.rs`).
 
-use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::image::Image;
 use super::meta::{seal, unseal};
-use super::state_machine::Image;
 use super::types::SnapshotMeta;
 use super::wal_handle::WalHandle;
-use crate::wal::fs::{FileSystem, read_file, read_full_at, write_file_atomic};
+use crate::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
 use crate::wal::{LogStart, WalError, meta as wal_meta, segment};
 
 pub const SNAPSHOT_FILE: &str = "SM_SNAPSHOT";
@@ -154,22 +157,29 @@ impl SnapshotData {
 
 /// A snapshot being received into `<data>/snapshot.tmp/`.
 pub struct Staging {
+    fs: Arc<dyn FileSystem>,
     root: PathBuf,
     dir: PathBuf,
     manifest: Manifest,
     /// Index of the file being written and the bytes written to it.
     at: (usize, u64),
-    file: Option<fs::File>,
+    file: Option<Arc<dyn WalFile>>,
 }
 
 impl Staging {
-    pub fn begin(data_dir: &Path, manifest: Manifest) -> io::Result<Staging> {
+    /// Starts staging on the node's file system `fs` (its WAL's), under `data_dir`.
+    pub fn begin(
+        fs: Arc<dyn FileSystem>,
+        data_dir: &Path,
+        manifest: Manifest,
+    ) -> io::Result<Staging> {
         let dir = data_dir.join(STAGING_DIR);
-        if dir.exists() {
-            fs::remove_dir_all(&dir)?;
+        if fs.exists(&dir)? {
+            fs.remove_dir_all(&dir)?;
         }
-        fs::create_dir_all(dir.join("wal"))?;
+        fs.create_dir_all(&dir.join("wal"))?;
         Ok(Staging {
+            fs,
             root: data_dir.to_path_buf(),
             dir,
             manifest,
@@ -207,10 +217,10 @@ impl Staging {
             )));
         }
         if self.file.is_none() {
-            self.file = Some(fs::File::create(self.dir.join("wal").join(&spec.name))?);
+            self.file = Some(self.fs.create(&self.dir.join("wal").join(&spec.name))?);
         }
-        if let Some(f) = &mut self.file {
-            f.write_all(data)?;
+        if let Some(f) = &self.file {
+            write_all_at(&**f, data, offset)?;
         }
         self.at.1 += data.len() as u64;
         Ok(())
@@ -218,7 +228,7 @@ impl Staging {
 
     fn close_current(&mut self) -> io::Result<()> {
         if let Some(f) = self.file.take() {
-            f.sync_all()?;
+            f.sync_data()?;
         }
         Ok(())
     }
@@ -238,12 +248,14 @@ impl Staging {
             )));
         }
         for f in files.iter().filter(|f| f.len == 0) {
-            fs::File::create(self.dir.join("wal").join(&f.name))?.sync_all()?;
+            self.fs
+                .create(&self.dir.join("wal").join(&f.name))?
+                .sync_data()?;
         }
         let wal_dir = self.dir.join("wal");
         let (index, seq) = self.manifest.log_start;
         write_file_atomic(
-            &crate::wal::fs::StdFs,
+            &*self.fs,
             &wal_dir.join(wal_meta::LOG_START_FILE),
             &wal_meta::encode_log_start(LogStart { index, seq }),
         )?;
@@ -289,22 +301,14 @@ impl Staging {
         }
         staged.close().map_err(to_io)?;
         let image_bytes = seal(SNAPSHOT_MAGIC, &(&self.manifest.meta, &self.manifest.image))?;
-        write_file_atomic(
-            &crate::wal::fs::StdFs,
-            &self.dir.join(SNAPSHOT_FILE),
-            &image_bytes,
-        )?;
-        sync_dir(&self.dir)?;
-        sync_dir(&self.root)?;
+        write_file_atomic(&*self.fs, &self.dir.join(SNAPSHOT_FILE), &image_bytes)?;
+        self.fs.sync_dir(&self.dir)?;
+        self.fs.sync_dir(&self.root)?;
         Ok(SnapshotData {
             image: self.manifest.image,
             source: Source::Received(self.dir),
         })
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
 
 /// Installs a received snapshot: commits the staged directory, then replaces `SM_SNAPSHOT` and
@@ -327,10 +331,11 @@ pub fn install(
         ));
     };
     wal.take_and_close().map_err(to_io)?;
+    let fs = wal.file_system().clone();
     let ready = data_dir.join(READY_DIR);
-    fs::rename(&staged, &ready)?;
-    sync_dir(data_dir)?;
-    finish_install(data_dir, &wal.config().directory)?;
+    fs.rename(&staged, &ready)?;
+    fs.sync_dir(data_dir)?;
+    finish_install(&*fs, data_dir, &wal.config().directory)?;
     wal.reopen().map_err(to_io)?;
     Ok(data.image)
 }
@@ -343,7 +348,7 @@ fn copy_to_staging(
 ) -> io::Result<SnapshotData> {
     let manifest = data.manifest(meta)?;
     let files: Vec<ManifestFile> = manifest.files.clone();
-    let mut staging = Staging::begin(data_dir, manifest)?;
+    let mut staging = Staging::begin(wal.file_system().clone(), data_dir, manifest)?;
     let mut buf = vec![0; CHUNK_BYTES];
     for (no, f) in files.iter().enumerate() {
         let mut offset = 0;
@@ -365,27 +370,27 @@ fn copy_to_staging(
 
 /// Finishes an install whose staged directory was committed (`snapshot.ready` exists); a no-op
 /// otherwise. Each step can be redone after a crash. Returns whether there was one.
-pub fn finish_install(data_dir: &Path, wal_dir: &Path) -> io::Result<bool> {
+pub fn finish_install(fs: &dyn FileSystem, data_dir: &Path, wal_dir: &Path) -> io::Result<bool> {
     let ready = data_dir.join(READY_DIR);
-    if !ready.exists() {
+    if !fs.exists(&ready)? {
         return Ok(false);
     }
     let image = ready.join(SNAPSHOT_FILE);
-    if image.exists() {
-        fs::rename(&image, data_dir.join(SNAPSHOT_FILE))?;
-        sync_dir(data_dir)?;
+    if fs.exists(&image)? {
+        fs.rename(&image, &data_dir.join(SNAPSHOT_FILE))?;
+        fs.sync_dir(data_dir)?;
     }
     let staged_wal = ready.join("wal");
-    if staged_wal.exists() {
-        if wal_dir.exists() {
-            fs::remove_dir_all(wal_dir)?;
+    if fs.exists(&staged_wal)? {
+        if fs.exists(wal_dir)? {
+            fs.remove_dir_all(wal_dir)?;
         }
-        fs::rename(&staged_wal, wal_dir)?;
+        fs.rename(&staged_wal, wal_dir)?;
         if let Some(parent) = wal_dir.parent() {
-            sync_dir(parent)?;
+            fs.sync_dir(parent)?;
         }
     }
-    fs::remove_dir_all(&ready)?;
-    sync_dir(data_dir)?;
+    fs.remove_dir_all(&ready)?;
+    fs.sync_dir(data_dir)?;
     Ok(true)
 }

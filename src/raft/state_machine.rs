@@ -34,64 +34,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::durable::LocalDurable;
+pub use super::image::{Checkpoint, Image, ProducerState, TenantStats};
 use super::snapshot::{self, SnapshotData, SnapshotFile};
-use super::types::{LogId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig};
+use super::types::{
+    Entry, LogId, NodeId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
+    WriteRecord,
+};
 use super::wal_handle::WalHandle;
 use crate::wal::{ProducerKey, SequenceNumber};
 
 /// Default bound of the idempotency table.
 pub const DEFAULT_MAX_PRODUCERS: usize = 100_000;
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenantStats {
-    pub entries: u64,
-    pub bytes: u64,
-    pub last_seq: SequenceNumber,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerState {
-    pub seq: u64,
-    pub first_seq: SequenceNumber,
-    pub last_seq: SequenceNumber,
-    pub timestamp: u64,
-    /// Raft index of the write, which orders eviction identically on every replica.
-    pub index: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub sequence: SequenceNumber,
-    pub tenant: Option<String>,
-}
-
-/// The whole replicated state; also the snapshot image.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Image {
-    pub applied: Option<LogId>,
-    pub membership: StoredMembership,
-    /// The sequence number the next record gets.
-    pub next_seq: SequenceNumber,
-    /// Records before this were truncated by a replicated `Truncate`.
-    pub log_start: SequenceNumber,
-    pub tenants: BTreeMap<String, TenantStats>,
-    pub producers: BTreeMap<u64, ProducerState>,
-    pub checkpoints: BTreeMap<String, Checkpoint>,
-}
-
-impl Default for Image {
-    fn default() -> Self {
-        Image {
-            applied: None,
-            membership: StoredMembership::default(),
-            next_seq: 1,
-            log_start: 1,
-            tenants: BTreeMap::new(),
-            producers: BTreeMap::new(),
-            checkpoints: BTreeMap::new(),
-        }
-    }
-}
 
 /// What readers (the API, replay) see of the state machine, shared with it.
 pub struct SmShared {
@@ -116,7 +69,7 @@ impl SmShared {
     }
 
     /// Members of the last applied membership, with their addresses (known before Raft starts).
-    pub fn members(&self) -> std::collections::BTreeMap<super::NodeId, String> {
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
         self.read(|i| {
             i.membership
                 .membership()
@@ -230,13 +183,26 @@ impl StateMachine {
         self.shared.clone()
     }
 
+    /// Applies one committed entry to `img`: a write takes the sequence numbers
+    /// `img.next_seq..`, the same function of the log prefix the WAL computed for its frame.
+    /// Applied indexes never go back nor repeat (that would apply an entry twice and renumber
+    /// every later record); within one `apply` call they advance by exactly one (checked
+    /// there). Across calls openraft advances them by one too, but its conformance suite feeds
+    /// the state machine made-up entries with gaps, so only the order is asserted here.
     fn apply_one(
         img: &mut Image,
-        entry: &super::types::Entry,
+        entry: &Entry,
         dirty: &mut Dirty,
         max_producers: usize,
     ) -> Response {
-        let index = entry.log_id.index;
+        if let Some(prev) = img.applied {
+            assert!(
+                entry.log_id.index > prev.index,
+                "entry {} applied after entry {}",
+                entry.log_id.index,
+                prev.index
+            );
+        }
         img.applied = Some(entry.log_id);
         match &entry.payload {
             EntryPayload::Blank => Response::None,
@@ -246,92 +212,35 @@ impl StateMachine {
                 Response::None
             }
             EntryPayload::Normal(Request::Write { producer, records }) => {
-                let first_seq = img.next_seq;
-                img.next_seq += records.len() as u64;
-                let timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-                for (i, r) in records.iter().enumerate() {
-                    let t = img.tenants.entry(r.tenant_id.clone()).or_default();
-                    t.entries += 1;
-                    t.bytes += r.data.len() as u64;
-                    t.last_seq = first_seq + i as u64;
-                    dirty.tenants.insert(r.tenant_id.clone());
-                }
-                let last_seq = img.next_seq.saturating_sub(1).max(first_seq);
-                if let Some(key) = producer {
-                    let duplicate = img.producers.get(&key.id).is_some_and(|p| key.seq <= p.seq);
-                    if duplicate {
-                        // The leader never proposes a known key (`node::producers`): this is a
-                        // broken invariant, counted and logged on every replica. Its records
-                        // are in the log already; the table keeps the first write.
-                        dirty.duplicate_keys += 1;
-                        tracing::error!(
-                            producer = key.id,
-                            seq = key.seq,
-                            index,
-                            "duplicate producer key applied (a key was proposed twice)"
-                        );
-                    } else {
-                        img.producers.insert(
-                            key.id,
-                            ProducerState {
-                                seq: key.seq,
-                                first_seq,
-                                last_seq,
-                                timestamp,
-                                index,
-                            },
-                        );
-                        dirty.producers.insert(key.id);
-                        evict_producers(img, dirty, max_producers);
-                    }
-                }
-                Response::Written {
-                    first_seq,
-                    last_seq,
-                    timestamp,
-                    duplicate: false,
-                }
+                let key = producer.as_ref().copied();
+                apply_write(img, entry.log_id.index, key, records, dirty, max_producers)
             }
             EntryPayload::Normal(Request::Checkpoint {
                 name,
                 tenant,
                 sequence,
-            }) => {
-                // Every replica refuses the same way: a position must be a committed record.
-                if *sequence >= img.next_seq {
-                    return Response::Rejected {
-                        reason: format!(
-                            "checkpoint {name:?} at {sequence}: the last committed sequence number is {}",
-                            img.next_seq - 1
-                        ),
-                    };
-                }
-                img.checkpoints.insert(
-                    name.clone(),
-                    Checkpoint {
-                        sequence: *sequence,
-                        tenant: tenant.clone(),
-                    },
-                );
-                dirty.checkpoints.insert(name.clone());
-                Response::Checkpoint {
-                    sequence: *sequence,
-                }
-            }
-            EntryPayload::Normal(Request::Truncate { before }) => {
-                if *before > img.next_seq {
-                    return Response::Rejected {
-                        reason: format!(
-                            "cannot truncate before {before}: the last committed sequence number is {}",
-                            img.next_seq - 1
-                        ),
-                    };
-                }
-                img.log_start = img.log_start.max(*before);
-                Response::Truncated {
-                    log_start: img.log_start,
-                }
-            }
+            }) => apply_checkpoint(img, name, tenant, *sequence, dirty),
+            EntryPayload::Normal(Request::Truncate { before }) => apply_truncate(img, *before),
+        }
+    }
+
+    /// Debug builds: the sequence numbers this write got here are those the WAL gave the
+    /// frame that stores it (both are the same function of the log prefix). Skipped when the
+    /// frame cannot be read (truncated, or the WAL being swapped by a snapshot install).
+    #[cfg(debug_assertions)]
+    fn check_wal_agrees(&self, raft_index: u64, resp: &Response) {
+        let Response::Written { first_seq, .. } = resp else {
+            return;
+        };
+        let frame = self.wal.get().ok().and_then(|w| {
+            let f = w.read_frames(raft_index + 1, raft_index + 2).ok()?;
+            f.into_iter().next()
+        });
+        if let Some(f) = frame {
+            debug_assert_eq!(
+                f.first_seq, *first_seq,
+                "the WAL and the state machine numbered entry {raft_index} differently"
+            );
         }
     }
 
@@ -352,6 +261,105 @@ impl StateMachine {
         *self.shared.image.write() = image;
         self.shared.applied_seq.send_replace(next_seq);
         Ok(())
+    }
+}
+
+/// A client batch: the next sequence numbers, tenant counters, and the producer's key.
+fn apply_write(
+    img: &mut Image,
+    index: u64,
+    producer: Option<ProducerKey>,
+    records: &[WriteRecord],
+    dirty: &mut Dirty,
+    max_producers: usize,
+) -> Response {
+    let first_seq = img.next_seq;
+    img.next_seq += records.len() as u64;
+    let timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+    for (i, r) in records.iter().enumerate() {
+        let t = img.tenants.entry(r.tenant_id.clone()).or_default();
+        t.entries += 1;
+        t.bytes += r.data.len() as u64;
+        t.last_seq = first_seq + i as u64;
+        dirty.tenants.insert(r.tenant_id.clone());
+    }
+    let last_seq = img.next_seq.saturating_sub(1).max(first_seq);
+    if let Some(key) = producer {
+        let duplicate = img.producers.get(&key.id).is_some_and(|p| key.seq <= p.seq);
+        if duplicate {
+            // The leader never proposes a known key (`node::producers`): this is a
+            // broken invariant, counted and logged on every replica. Its records
+            // are in the log already; the table keeps the first write.
+            dirty.duplicate_keys += 1;
+            tracing::error!(
+                producer = key.id,
+                seq = key.seq,
+                index,
+                "duplicate producer key applied (a key was proposed twice)"
+            );
+        } else {
+            img.producers.insert(
+                key.id,
+                ProducerState {
+                    seq: key.seq,
+                    first_seq,
+                    last_seq,
+                    timestamp,
+                    index,
+                },
+            );
+            dirty.producers.insert(key.id);
+            evict_producers(img, dirty, max_producers);
+        }
+    }
+    Response::Written {
+        first_seq,
+        last_seq,
+        timestamp,
+        duplicate: false,
+    }
+}
+
+/// A named position; every replica refuses the same way: it must be a committed record.
+fn apply_checkpoint(
+    img: &mut Image,
+    name: &str,
+    tenant: &Option<String>,
+    sequence: SequenceNumber,
+    dirty: &mut Dirty,
+) -> Response {
+    if sequence >= img.next_seq {
+        return Response::Rejected {
+            reason: format!(
+                "checkpoint {name:?} at {sequence}: the last committed sequence number is {}",
+                img.next_seq - 1
+            ),
+        };
+    }
+    img.checkpoints.insert(
+        name.to_owned(),
+        Checkpoint {
+            sequence,
+            tenant: tenant.clone(),
+        },
+    );
+    dirty.checkpoints.insert(name.to_owned());
+    Response::Checkpoint { sequence }
+}
+
+/// A replicated prefix truncation: the log start moves up, never past the committed records.
+fn apply_truncate(img: &mut Image, before: SequenceNumber) -> Response {
+    if before > img.next_seq {
+        return Response::Rejected {
+            reason: format!(
+                "cannot truncate before {before}: the last committed sequence number is {}",
+                img.next_seq - 1
+            ),
+        };
+    }
+    img.log_start = img.log_start.max(before);
+    Response::Truncated {
+        log_start: img.log_start,
     }
 }
 
@@ -466,7 +474,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut dirty = Dirty::default();
         let mut replies = Vec::new();
+        let mut last_index = None;
         while let Some((entry, responder)) = entries.try_next().await? {
+            // Committed entries come in log order, without gaps.
+            assert!(
+                last_index.is_none_or(|l: u64| entry.log_id.index == l + 1),
+                "entry {} applied after entry {last_index:?} in one batch",
+                entry.log_id.index
+            );
+            last_index = Some(entry.log_id.index);
             // Never ahead of the local log's durable copy (see `durable`).
             self.durable.wait_for(entry.log_id.index).await?;
             self.shared
@@ -476,6 +492,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut img = self.shared.image.write();
                 Self::apply_one(&mut img, &entry, &mut dirty, self.max_producers)
             };
+            #[cfg(debug_assertions)]
+            self.check_wal_agrees(entry.log_id.index, &resp);
             if let Some(r) = responder {
                 replies.push((r, resp));
             }

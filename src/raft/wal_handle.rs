@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
-use crate::wal::fs::FileSystem;
+use crate::fs::FileSystem;
 use crate::wal::metrics::WalMetrics;
 use crate::wal::{Manager, WalConfig, WalError};
 

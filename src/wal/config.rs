@@ -124,6 +124,14 @@ impl Default for WalConfig {
     }
 }
 
+/// Parses a size as flags and config keys write it: `64MiB` (binary, 1024^2) or `64MB`
+/// (decimal, 1000^2); the error says which forms exist.
+pub fn parse_size(s: &str) -> std::result::Result<ByteSize, String> {
+    s.parse::<ByteSize>().map_err(|e| {
+        format!("{e} (sizes look like 64MiB = 64x1024^2 bytes or 64MB = 64x1000^2 bytes)")
+    })
+}
+
 fn check(ok: bool, key: &'static str, reason: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use super::types::{SegmentId, SequenceNumber};
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`, so one failure fans out to every waiter of a group commit (`io::Error` is not
+/// `Clone`: it is shared behind an `Arc`).
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum WalError {
     #[error("segment {0} not found")]
     SegmentNotFound(SegmentId),
@@ -73,7 +75,13 @@ pub enum WalError {
     RepairRefused { segment: SegmentId, reason: String },
 
     #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(#[source] Arc<io::Error>),
+}
+
+impl From<io::Error> for WalError {
+    fn from(e: io::Error) -> Self {
+        WalError::Io(Arc::new(e))
+    }
 }
 
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
@@ -210,65 +218,6 @@ impl WalError {
             kind,
         }
     }
-
-    /// A copy for fanning one failure out to every waiter of a group commit. `io::Error` is not
-    /// `Clone`: an `Io` copy keeps its kind and message.
-    pub(crate) fn duplicate(&self) -> Self {
-        use WalError as E;
-        match self {
-            E::SegmentNotFound(id) => E::SegmentNotFound(*id),
-            E::CorruptedEntry {
-                segment,
-                offset,
-                kind,
-            } => E::CorruptedEntry {
-                segment: *segment,
-                offset: *offset,
-                kind: kind.clone(),
-            },
-            E::InsufficientSpace {
-                dir,
-                available_bytes,
-                required_bytes,
-            } => E::InsufficientSpace {
-                dir: dir.clone(),
-                available_bytes: *available_bytes,
-                required_bytes: *required_bytes,
-            },
-            E::InvalidSequence { what, got, rule } => E::InvalidSequence {
-                what,
-                got: *got,
-                rule: *rule,
-            },
-            E::BeforeLogStart {
-                requested,
-                log_start,
-            } => E::BeforeLogStart {
-                requested: *requested,
-                log_start: *log_start,
-            },
-            E::FrameTooLarge { bytes, limit_bytes } => E::FrameTooLarge {
-                bytes: *bytes,
-                limit_bytes: *limit_bytes,
-            },
-            E::InvalidRecord(r) => E::InvalidRecord(r.clone()),
-            E::InvalidConfig { key, reason } => E::InvalidConfig {
-                key,
-                reason: reason.clone(),
-            },
-            E::CheckpointNotFound(name) => E::CheckpointNotFound(name.clone()),
-            E::TooManyCheckpoints { limit } => E::TooManyCheckpoints { limit: *limit },
-            E::Locked(dir) => E::Locked(dir.clone()),
-            E::Fatal(e) => E::Fatal(e.clone()),
-            E::TruncatedWhileReading { index } => E::TruncatedWhileReading { index: *index },
-            E::Closed => E::Closed,
-            E::RepairRefused { segment, reason } => E::RepairRefused {
-                segment: *segment,
-                reason: reason.clone(),
-            },
-            E::Io(e) => E::Io(io::Error::new(e.kind(), e.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -276,7 +225,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn duplicates_keep_their_variant() {
+    fn clones_keep_their_variant() {
         let cases = [
             WalError::InvalidRecord(RecordError::EmptyTenant),
             WalError::FrameTooLarge {
@@ -288,11 +237,11 @@ mod tests {
                 got: 3,
                 rule: SequenceRule::Exactly(2),
             },
-            WalError::Io(io::Error::from(io::ErrorKind::PermissionDenied)),
+            WalError::from(io::Error::from(io::ErrorKind::PermissionDenied)),
             WalError::Fatal(Arc::new(io::Error::other("disk"))),
         ];
         for e in cases {
-            let d = e.duplicate();
+            let d = e.clone();
             assert_eq!(std::mem::discriminant(&e), std::mem::discriminant(&d));
             assert_eq!(e.to_string(), d.to_string());
         }

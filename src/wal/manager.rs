@@ -1,4 +1,4 @@
-//! The [`Manager`]: the WAL's public API and the state its threads share.
+//! The [`Manager`]: the WAL's public API. The state its threads share is `state`'s.
 //!
 //! One writer owns every change to the log (appends, rolls, truncations, checkpoints, and their
 //! fsyncs); callers reach it through a bounded queue, and whichever thread leads the `pipeline`
@@ -9,190 +9,27 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, sync_channel};
-use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use lru::LruCache;
-use parking_lot::{Mutex, RwLock};
 use prometheus::Registry;
 
 use super::config::WalConfig;
-use super::error::{Result, WalError};
+use super::error::{RecordError, Result, WalError};
 use super::frame::FRAME_HEADER_LEN;
-use super::fs::{FileSystem, StdFs, WalFile};
 use super::metrics::WalMetrics;
 use super::pipeline::Pipeline;
+use super::preparer::Preparer;
 use super::read::{Bound, Cursor, EntryIter};
 use super::record::Records;
-use super::segment::{IndexEntry, SegmentHeader, SegmentMeta};
+use super::recovery;
+use super::state::{SegState, Shared, SyncedPos};
 use super::types::*;
-use super::writer::{self, AppendReq, Command, Completion, PrefixPoint, SuffixPoint};
-use super::{recovery, segment};
-
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// One segment as the readers and the writer see it.
-pub(crate) struct SegState {
-    pub meta: SegmentMeta,
-    pub path: PathBuf,
-    /// The active segment's handle. Sealed segments are opened on demand through
-    /// [`Shared::segment_file`], so a long log does not hold a descriptor per segment.
-    pub file: Option<Arc<dyn WalFile>>,
-    pub sealed: bool,
-    /// Sparse index of the active segment; sealed segments keep theirs on disk (and in the cache).
-    pub index: Vec<IndexEntry>,
-}
-
-impl SegState {
-    /// A new, empty active segment (its file just installed with `header`).
-    pub fn fresh(header: &SegmentHeader, path: PathBuf, file: Arc<dyn WalFile>) -> Self {
-        SegState {
-            meta: SegmentMeta::empty(header),
-            path,
-            file: Some(file),
-            sealed: false,
-            index: Vec::new(),
-        }
-    }
-}
-
-/// The segment table and the log's bounds, behind one `RwLock`.
-pub(crate) struct LogState {
-    pub segments: BTreeMap<SegmentId, SegState>,
-    pub start: LogStart,
-    pub next_index: u64,
-    pub next_seq: SequenceNumber,
-    pub last_term: u64,
-    /// Bumped by every suffix truncation, so a reader can tell a vanished frame from corruption.
-    pub generation: u64,
-}
-
-/// How far the data of the active segment is known to be on disk.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SyncedPos {
-    pub segment: SegmentId,
-    pub offset: u64,
-}
-
-pub(crate) struct Shared {
-    pub fs: Arc<dyn FileSystem>,
-    pub cfg: WalConfig,
-    pub state: RwLock<LogState>,
-    /// Frames with a lower index are acknowledged as the sync policy promises; replay stops here.
-    pub acked_index: AtomicU64,
-    pub synced: Mutex<SyncedPos>,
-    pub fatal: OnceLock<Arc<io::Error>>,
-    pub metrics: WalMetrics,
-    pub index_cache: Mutex<LruCache<SegmentId, Arc<Vec<IndexEntry>>>>,
-    /// Open handles of sealed segments (LRU, `max_open_segments`).
-    pub open_files: Mutex<LruCache<SegmentId, Arc<dyn WalFile>>>,
-    pub checkpoints: RwLock<BTreeMap<String, SequenceNumber>>,
-    /// Sealed segments known damaged (see `repair`); `repaired` wakes waiters when one is fixed.
-    pub damaged: Mutex<BTreeMap<SegmentId, super::repair::Damage>>,
-    pub repaired: parking_lot::Condvar,
-    /// One repair at a time (they stage into the same temporary file).
-    pub repairing: Mutex<()>,
-}
-
-impl Shared {
-    pub fn dir(&self) -> &Path {
-        &self.cfg.directory
-    }
-
-    pub fn max_body(&self) -> u32 {
-        self.cfg.max_frame_bytes.as_u64().min(u64::from(u32::MAX)) as u32
-    }
-
-    /// Records the first fatal I/O error; every later write fails with it.
-    pub fn set_fatal(&self, e: io::Error) -> WalError {
-        let e = self.fatal.get_or_init(|| {
-            tracing::error!(error = %e, dir = %self.dir().display(), "WAL write path failed; refusing further writes");
-            Arc::new(e)
-        });
-        WalError::Fatal(e.clone())
-    }
-
-    pub fn fatal_error(&self) -> Option<WalError> {
-        self.fatal.get().map(|e| WalError::Fatal(e.clone()))
-    }
-
-    pub fn note_synced(&self, segment: SegmentId, offset: u64) {
-        let mut s = self.synced.lock();
-        if s.segment != segment || s.offset < offset {
-            *s = SyncedPos { segment, offset };
-        }
-    }
-
-    /// A handle on segment `id`: the active one's, or a sealed one's from the LRU (opened now
-    /// if needed). A segment deleted by a concurrent truncation is `BeforeLogStart`.
-    pub fn segment_file(
-        &self,
-        id: SegmentId,
-        path: &Path,
-        active: Option<&Arc<dyn WalFile>>,
-    ) -> Result<Arc<dyn WalFile>> {
-        if let Some(f) = active {
-            return Ok(f.clone());
-        }
-        if let Some(f) = self.open_files.lock().get(&id) {
-            return Ok(f.clone());
-        }
-        let file = match self.fs.open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let log_start = self.state.read().start.index;
-                return Err(WalError::BeforeLogStart {
-                    requested: id,
-                    log_start,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.open_files.lock().put(id, file.clone());
-        Ok(file)
-    }
-
-    /// Forgets cached handles and indexes of segments that were deleted or changed.
-    pub fn forget_segments(&self, ids: impl IntoIterator<Item = SegmentId>) {
-        let (mut files, mut indexes) = (self.open_files.lock(), self.index_cache.lock());
-        for id in ids {
-            files.pop(&id);
-            indexes.pop(&id);
-        }
-    }
-
-    /// The sparse index of a sealed segment: from the cache, its `.idx` file, or a scan.
-    pub fn sealed_index(
-        &self,
-        id: SegmentId,
-        file: &dyn WalFile,
-        meta: &SegmentMeta,
-    ) -> Result<Arc<Vec<IndexEntry>>> {
-        if let Some(idx) = self.index_cache.lock().get(&id) {
-            return Ok(idx.clone());
-        }
-        let path = self.dir().join(segment::index_file_name(id));
-        let loaded = super::fs::read_file(&*self.fs, &path)
-            .ok()
-            .and_then(|b| segment::decode_index_file(&b, id).ok());
-        let entries = match loaded {
-            Some((m, entries)) if m == *meta => entries,
-            _ => recovery::rescan_index(self, id, file, meta)?,
-        };
-        let idx = Arc::new(entries);
-        self.index_cache.lock().put(id, idx.clone());
-        Ok(idx)
-    }
-}
+use super::writer::{AppendReq, Command, Completion, PrefixPoint, SuffixPoint, Writer};
+use crate::fs::{FileSystem, StdFs};
 
 /// A segment-based write-ahead log. See the module docs of [`crate::wal`].
 pub struct Manager {
@@ -235,7 +72,7 @@ impl Manager {
         fs.create_dir_all(&cfg.directory)?;
         let lock = fs.lock_dir(&cfg.directory).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock => WalError::Locked(cfg.directory.clone()),
-            _ => WalError::Io(e),
+            _ => WalError::from(e),
         })?;
         let started = Instant::now();
         let recovered = recovery::recover(&*fs, &cfg)?;
@@ -244,30 +81,23 @@ impl Manager {
             .observe(started.elapsed().as_secs_f64());
         metrics.set_segments(recovered.state.segments.len());
         metrics.damaged_segments.set(recovered.damaged.len() as i64);
-        let cache_len = std::num::NonZeroUsize::new(cfg.index_cache_segments)
-            .unwrap_or(std::num::NonZeroUsize::MIN);
-        let shared = Arc::new(Shared {
+        let synced = SyncedPos {
+            segment: recovered.active.id,
+            offset: recovered.active.len,
+        };
+        let shared = Arc::new(Shared::new(
             fs,
-            acked_index: AtomicU64::new(recovered.state.next_index),
-            synced: Mutex::new(SyncedPos {
-                segment: recovered.active.id,
-                offset: recovered.active.len,
-            }),
-            state: RwLock::new(recovered.state),
-            fatal: OnceLock::new(),
-            metrics,
-            index_cache: Mutex::new(LruCache::new(cache_len)),
-            open_files: Mutex::new(LruCache::new(
-                std::num::NonZeroUsize::new(cfg.max_open_segments)
-                    .unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
-            checkpoints: RwLock::new(recovered.checkpoints),
-            damaged: Mutex::new(recovered.damaged),
-            repaired: parking_lot::Condvar::new(),
-            repairing: Mutex::new(()),
             cfg,
-        });
-        let (pipeline, threads) = writer::start(shared.clone(), recovered.active)?;
+            metrics,
+            recovered.state,
+            synced,
+            recovered.checkpoints,
+            recovered.damaged,
+        ));
+        let (preparer, prep_thread) = Preparer::start(shared.clone())?;
+        let writer = Writer::new(shared.clone(), recovered.active, preparer)?;
+        let (pipeline, writer_thread) = Pipeline::start(writer)?;
+        let threads = vec![writer_thread, prep_thread];
         Ok(Manager {
             shared,
             pipeline: Some(pipeline),
@@ -319,9 +149,7 @@ impl Manager {
     /// or none. They get a contiguous range of sequence numbers.
     pub fn write_batch(&self, records: Vec<Record>) -> Result<Appended> {
         if records.is_empty() {
-            return Err(WalError::InvalidRecord(
-                super::error::RecordError::EmptyBatch,
-            ));
+            return Err(WalError::InvalidRecord(RecordError::EmptyBatch));
         }
         self.append(vec![FrameSpec::records(records)])
     }
@@ -415,6 +243,15 @@ impl Manager {
     /// and when idle.
     pub fn apply_retention(&self, now_us: u64) -> Result<usize> {
         self.call(|reply| Command::Retention { now_us, reply })
+    }
+
+    /// The first sequence number to keep under a retention of `hours` at `now_us`, if records
+    /// before it expired (see [`Manager::apply_retention`] for what expires). A node proposes
+    /// a replicated truncation to it, so every replica drops the same records.
+    pub fn retention_cut(&self, hours: u64, now_us: u64) -> Option<SequenceNumber> {
+        let st = self.shared.state.read();
+        let start = st.retention_start(hours, now_us)?;
+        (start.seq > st.start.seq).then_some(start.seq)
     }
 
     pub fn log_start(&self) -> LogStart {
@@ -648,8 +485,10 @@ const _: () = assert!(FRAME_HEADER_LEN == 64);
 mod tests {
     use std::sync::mpsc::sync_channel;
 
+    use std::path::Path;
+
     use super::*;
-    use crate::wal::fs::MemFs;
+    use crate::fs::MemFs;
     use crate::wal::{Operation, Preallocate};
 
     /// One group holds A (fits in the active segment) then B (needs a new one). The roll first

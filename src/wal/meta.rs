@@ -1,5 +1,5 @@
 //! Small metadata files beside the segments, each replaced atomically
-//! ([`crate::wal::fs::write_file_atomic`]) and protected by a CRC.
+//! ([`crate::fs::write_file_atomic`]) and protected by a CRC.
 //!
 //! `LOG_START` — the prefix-truncation watermark:
 //! ```text

@@ -1,18 +1,25 @@
 //! `replog::wal` — a segment-based write-ahead log, usable on its own and as the Raft log store.
 //!
 //! Layout:
-//! - [`types`]: entries, records, frames, segments.
-//! - [`record`], [`frame`], [`segment`], [`meta`]: the on-disk formats, each documented above
-//!   its encoder.
-//! - [`fs`]: the file-system seam ([`fs::StdFs`], and [`fs::MemFs`] for fault injection).
-//! - `manager`: the public API, [`Manager`], and the state readers share; behind it `pipeline`
-//!   (leader/follower group commit: who runs the writer), `writer` (encoding, writes, fsyncs,
-//!   rolls, checkpoints; `writer::truncate`: truncation and retention), `preparer` (the next
-//!   segment file, made in the background), `read` (cursors and iterators) and `recovery`
-//!   (open).
+//! - The public API: [`Manager`], its [`config`], [`types`] (entries, records, frames,
+//!   segments), [`error`]s and [`metrics`]; [`debug`]: what the `replog wal` commands and the
+//!   integration tests need beyond it (file names, header sizes, the offline checker). The rest
+//!   is the crate's own.
+//! - `record`, `frame`, `segment`, `meta`: the on-disk formats, each documented above its
+//!   encoder.
+//! - All file I/O goes through [`crate::fs::FileSystem`].
+//! - `state`: the state the WAL's threads share (segment table, log bounds, caches, damage);
+//!   the bottom layer, which none of the others is imported by.
+//! - `scan`: the one strict reader of a segment file's frames (recovery, truncation, repair,
+//!   `verify`).
+//! - `manager`: the public API, [`Manager`], on top; behind it `pipeline` (leader/follower
+//!   group commit: who runs the writer), `writer` (encoding, writes, fsyncs, rolls,
+//!   checkpoints; `writer::truncate`: truncation and retention; `writer::swap`: installing a
+//!   repaired segment), `preparer` (the next segment file, made in the background), `read`
+//!   (cursors and iterators) and `recovery` (open).
 //! - `repair`: damaged sealed segments, found by reads and scrubs, rewritten from a replica's
 //!   frames.
-//! - [`verify`]: the offline checker behind `replog wal verify`.
+//! - `verify`: the offline checker behind `replog wal verify`.
 //!
 //! Invariants:
 //! - Frames of a log have log indexes 1, 2, 3, ... without gaps; record sequence numbers never go
@@ -24,29 +31,34 @@
 //!   reads failing, until a replica's copy of its frames, checked against the intact log,
 //!   replaces it.
 //! - This module uses neither tokio, openraft nor prost: it is plain threads and files.
+//! - Its files import each other without cycles: `manager` -> `pipeline` -> `writer` ->
+//!   `preparer`/`read`/`scan` -> `state` -> `segment`/`frame`/`record` -> `error`/`types`.
 
 pub mod config;
+pub mod debug;
 pub mod error;
-pub mod frame;
-pub mod fs;
+pub(crate) mod frame;
 mod manager;
-pub mod meta;
+pub(crate) mod meta;
 pub mod metrics;
 mod pipeline;
 mod preparer;
 mod read;
-pub mod record;
+pub(crate) mod record;
 mod recovery;
 mod repair;
-pub mod segment;
+mod scan;
+pub(crate) mod segment;
+mod state;
 pub mod types;
-pub mod verify;
+mod verify;
 mod writer;
 
 pub use config::{Compression, Preallocate, SyncPolicy, WalConfig};
 pub use error::{Corruption, RecordError, Result, SequenceRule, WalError};
-pub use manager::{Manager, now_us};
+pub use manager::Manager;
 pub use read::EntryIter;
 pub use repair::DamagedSegment;
+pub use state::now_us;
 pub use types::*;
 pub use writer::Completion;

@@ -10,9 +10,9 @@ use std::thread::JoinHandle;
 
 use super::config::{Preallocate, WalConfig};
 use super::error::{Result, WalError};
-use super::fs::{FileSystem, WalFile, is_enospc, write_all_at};
-use super::manager::Shared;
 use super::segment::{self, SegmentHeader};
+use super::state::Shared;
+use crate::fs::{FileSystem, WalFile, is_enospc, write_all_at};
 
 /// Bytes zero-filled between two writeback starts.
 const ZERO_FILL_STEP_BYTES: usize = 1 << 20;

@@ -11,10 +11,10 @@ use std::sync::atomic::Ordering;
 
 use super::error::{Corruption, Result, WalError};
 use super::frame::{FRAME_HEADER_LEN, FrameHeader, raw_body};
-use super::fs::WalFile;
-use super::manager::Shared;
 use super::segment::{self, ChunkReader, IndexEntry, SEGMENT_HEADER_LEN};
+use super::state::Shared;
 use super::types::{Entry, SegmentId, SequenceNumber};
+use crate::fs::WalFile;
 
 /// How far a cursor may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

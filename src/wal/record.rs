@@ -7,34 +7,16 @@
 //! The record's sequence number is not stored: it is the frame's `first_seq` plus the record's
 //! position in the frame.
 //!
-//! The entry checksum is CRC-32 (IEEE, as computed by `crc32fast`) of
-//! `sequence_number: u64 LE | timestamp_us: u64 LE | operation: u8 | tenant_len: u8 | tenant | data`,
-//! so it covers every field a reader sees. It is computed when the entry is appended, stored, and
-//! can be checked again by whoever receives the entry ([`entry_checksum`]).
+//! Each record stores its entry checksum ([`crate::checksum::entry_checksum`]), computed when the
+//! entry is appended.
 
 use super::error::{Corruption, RecordError};
 use super::types::{EntryRef, Operation, Record, SequenceNumber};
+use crate::checksum::entry_checksum;
 
 pub const RECORD_HEADER_LEN: usize = 18;
 /// Tenant ids are at most 255 bytes on disk (one length byte).
 pub const TENANT_MAX_BYTES: usize = u8::MAX as usize;
-
-/// The checksum a reader should find in an entry with these fields.
-pub fn entry_checksum(
-    seq: SequenceNumber,
-    timestamp: u64,
-    op: Operation,
-    tenant: &str,
-    data: &[u8],
-) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&seq.to_le_bytes());
-    h.update(&timestamp.to_le_bytes());
-    h.update(&[op as u8, tenant.len() as u8]);
-    h.update(tenant.as_bytes());
-    h.update(data);
-    h.finalize()
-}
 
 impl EntryRef<'_> {
     /// Whether the stored checksum matches the entry's fields.
@@ -42,7 +24,7 @@ impl EntryRef<'_> {
         entry_checksum(
             self.sequence_number,
             self.timestamp,
-            self.operation,
+            self.operation as u8,
             self.tenant_id,
             self.data,
         ) == self.checksum
@@ -55,7 +37,7 @@ impl crate::wal::Entry {
         entry_checksum(
             self.sequence_number,
             self.timestamp,
-            self.operation,
+            self.operation as u8,
             &self.tenant_id,
             &self.data,
         ) == self.checksum
@@ -91,7 +73,13 @@ pub fn encoded_len(record: &Record) -> usize {
 pub fn encode(buf: &mut Vec<u8>, record: &Record, seq: SequenceNumber, default_ts: u64) {
     let ts = record.timestamp.unwrap_or(default_ts);
     let tenant = record.tenant_id.as_bytes();
-    let checksum = entry_checksum(seq, ts, record.operation, &record.tenant_id, &record.data);
+    let checksum = entry_checksum(
+        seq,
+        ts,
+        record.operation as u8,
+        &record.tenant_id,
+        &record.data,
+    );
     buf.extend_from_slice(&ts.to_le_bytes());
     buf.extend_from_slice(&(record.data.len() as u32).to_le_bytes());
     buf.extend_from_slice(&checksum.to_le_bytes());

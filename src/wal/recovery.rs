@@ -15,54 +15,72 @@
 //!   it to disk is deleted.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use super::config::WalConfig;
 use super::error::{Corruption, Result, WalError};
-use super::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
-use super::manager::{LogState, SegState, Shared};
 use super::meta;
 use super::preparer::{install_file, prepare};
-use super::segment::{
-    self, IndexEntry, SEGMENT_HEADER_LEN, ScanEnd, ScanOptions, SegmentHeader, SegmentMeta, Tail,
-};
+use super::scan::{self, ScanEnd, Tail, read_header, scan_options};
+use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader, SegmentMeta};
+use super::state::{Active, Damage, LogState, SegState, now_us};
 use super::types::{LogStart, SegmentId};
-
-/// The segment the writer continues.
-pub(crate) struct Active {
-    pub id: SegmentId,
-    pub file: Arc<dyn WalFile>,
-    /// Bytes used (header and frames).
-    pub len: u64,
-    pub file_len: u64,
-}
+use crate::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
 
 pub(crate) struct Recovered {
     pub state: LogState,
     pub active: Active,
     pub checkpoints: BTreeMap<String, u64>,
-    pub damaged: BTreeMap<SegmentId, super::repair::Damage>,
-}
-
-pub(crate) fn scan_options(cfg: &WalConfig) -> ScanOptions {
-    ScanOptions {
-        max_body: cfg.max_frame_bytes.as_u64().min(u64::from(u32::MAX)) as u32,
-        index_interval: cfg.index_interval_bytes.as_u64(),
-        check_records: false,
-    }
+    pub damaged: BTreeMap<SegmentId, Damage>,
 }
 
 fn metadata_corrupt(kind: Corruption) -> WalError {
     WalError::corrupted(0, 0, kind)
 }
 
+/// Opens what is in `cfg.directory`, in six phases: list and clean the directory, read the
+/// metadata, finish an interrupted prefix truncation, recover the tail, load the sealed
+/// segments, and put the segment table together.
 pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered> {
     let dir = &cfg.directory;
+    let mut ids = list_segments(fs, dir)?;
+    let persisted_start = read_meta_file(fs, dir, meta::LOG_START_FILE, meta::decode_log_start)?;
+    let checkpoints = read_meta_file(fs, dir, meta::CHECKPOINTS_FILE, meta::decode_checkpoints)?
+        .unwrap_or_default();
+    if let Some(start) = persisted_start {
+        finish_prefix_truncation(fs, dir, &mut ids, start)?;
+    }
+    let tail = recover_last(fs, cfg, &mut ids)?;
+    let mut segments = BTreeMap::new();
+    let mut found_damaged = Vec::new();
+    for &id in &ids[..ids.len().saturating_sub(1)] {
+        match load_sealed(fs, cfg, id)? {
+            Sealed::Intact(seg) => {
+                segments.insert(id, seg);
+            }
+            Sealed::Damaged(d) => found_damaged.push(d),
+        }
+    }
+    let active = match tail {
+        Some((seg, file_len)) => continue_tail(&mut segments, seg, file_len)?,
+        None => start_fresh(fs, cfg, &mut segments, persisted_start)?,
+    };
+    let damaged = bound_damaged(&mut segments, found_damaged)?;
+    let state = assemble(segments, persisted_start, active.id)?;
+    Ok(Recovered {
+        state,
+        active,
+        checkpoints,
+        damaged,
+    })
+}
+
+/// The segment ids in `dir`, oldest first, after deleting temporary files and indexes whose
+/// segment is gone.
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<SegmentId>> {
     let mut ids = Vec::new();
-    let names = fs.list(dir)?;
     let mut idx_ids = Vec::new();
-    for name in &names {
+    for name in &fs.list(dir)? {
         if name.ends_with(".tmp") {
             fs.remove(&dir.join(name))?;
         } else if let Some(id) = segment::parse_file_name(name, ".seg") {
@@ -79,91 +97,122 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
     {
         fs.remove(&dir.join(segment::index_file_name(id)))?;
     }
-    let start_file = dir.join(meta::LOG_START_FILE);
-    let persisted_start = match read_file(fs, &start_file) {
-        Ok(b) => Some(meta::decode_log_start(&b).map_err(metadata_corrupt)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
-    };
-    let checkpoints = match read_file(fs, &dir.join(meta::CHECKPOINTS_FILE)) {
-        Ok(b) => meta::decode_checkpoints(&b).map_err(metadata_corrupt)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e.into()),
-    };
-    // A prefix truncation that crashed before deleting its segments: finish it.
-    if let Some(start) = persisted_start {
-        let mut removed = false;
-        while ids.len() >= 2 && ids[1] <= start.index {
-            remove_segment(fs, dir, ids.remove(0))?;
-            removed = true;
-        }
-        if removed {
-            fs.sync_dir(dir)?;
-        }
+    Ok(ids)
+}
+
+/// A metadata file decoded, `None` if it does not exist.
+fn read_meta_file<T>(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    decode: impl FnOnce(&[u8]) -> std::result::Result<T, Corruption>,
+) -> Result<Option<T>> {
+    match read_file(fs, &dir.join(name)) {
+        Ok(b) => Ok(Some(decode(&b).map_err(metadata_corrupt)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    let mut tail = None;
+}
+
+/// A prefix truncation that crashed before deleting its segments: finish it.
+fn finish_prefix_truncation(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    ids: &mut Vec<SegmentId>,
+    start: LogStart,
+) -> Result<()> {
+    let mut removed = false;
+    while ids.len() >= 2 && ids[1] <= start.index {
+        remove_segment(fs, dir, ids.remove(0))?;
+        removed = true;
+    }
+    if removed {
+        fs.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The last segment, scanned and repaired; segments whose creation never completed are
+/// dropped from `ids` (and deleted) first.
+fn recover_last(
+    fs: &dyn FileSystem,
+    cfg: &WalConfig,
+    ids: &mut Vec<SegmentId>,
+) -> Result<Option<(SegState, u64)>> {
     while let Some(&id) = ids.last() {
         match recover_tail(fs, cfg, id)? {
-            Some(t) => {
-                tail = Some(t);
-                break;
-            }
+            Some(t) => return Ok(Some(t)),
             None => {
                 ids.pop();
             }
         }
     }
-    let mut segments = BTreeMap::new();
-    let mut found_damaged = Vec::new();
-    for &id in &ids[..ids.len().saturating_sub(1)] {
-        match load_sealed(fs, cfg, id)? {
-            Sealed::Intact(seg) => {
-                segments.insert(id, seg);
-            }
-            Sealed::Damaged(d) => found_damaged.push(d),
-        }
-    }
-    let active = match tail {
-        Some((seg, file_len)) => {
-            let active = Active {
-                id: seg.meta.id(),
-                file: seg.file.clone().expect("the tail segment is open"),
-                len: seg.meta.data_len,
-                file_len,
-            };
-            segments.insert(seg.meta.id(), seg);
-            active
-        }
-        None => {
-            let first = persisted_start.unwrap_or(LogStart { index: 1, seq: 1 });
-            let header = SegmentHeader {
-                first_index: first.index.max(1),
-                first_seq: first.seq.max(1),
-                created_us: super::manager::now_us(),
-            };
-            let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
-            let path = install_file(fs, dir, &prepared, &header)?;
-            segments.insert(
-                header.first_index,
-                SegState::fresh(&header, path, prepared.file.clone()),
-            );
-            let len = SEGMENT_HEADER_LEN as u64;
-            Active {
-                id: header.first_index,
-                file: prepared.file,
-                len,
-                file_len: prepared.len.max(len),
-            }
-        }
+    Ok(None)
+}
+
+/// The writer continues the recovered tail segment.
+fn continue_tail(
+    segments: &mut BTreeMap<SegmentId, SegState>,
+    seg: SegState,
+    file_len: u64,
+) -> Result<Active> {
+    let file = seg.file.clone().ok_or_else(|| {
+        WalError::from(std::io::Error::other(
+            "the recovered tail segment is not open",
+        ))
+    })?;
+    let active = Active {
+        id: seg.meta.id(),
+        file,
+        len: seg.meta.data_len,
+        file_len,
     };
-    let damaged = super::repair::bound_damaged(&mut segments, found_damaged)?;
+    segments.insert(seg.meta.id(), seg);
+    Ok(active)
+}
+
+/// An empty log (new, or every segment gone): a first segment at the persisted log start.
+fn start_fresh(
+    fs: &dyn FileSystem,
+    cfg: &WalConfig,
+    segments: &mut BTreeMap<SegmentId, SegState>,
+    persisted_start: Option<LogStart>,
+) -> Result<Active> {
+    let first = persisted_start.unwrap_or(LogStart { index: 1, seq: 1 });
+    let header = SegmentHeader {
+        first_index: first.index.max(1),
+        first_seq: first.seq.max(1),
+        created_us: now_us(),
+    };
+    let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
+    let path = install_file(fs, &cfg.directory, &prepared, &header)?;
+    segments.insert(
+        header.first_index,
+        SegState::fresh(&header, path, prepared.file.clone()),
+    );
+    let len = SEGMENT_HEADER_LEN as u64;
+    Ok(Active {
+        id: header.first_index,
+        file: prepared.file,
+        len,
+        file_len: prepared.len.max(len),
+    })
+}
+
+/// The segment table and the log's bounds, after checking the segments are contiguous and
+/// the persisted log start lies within them.
+fn assemble(
+    segments: BTreeMap<SegmentId, SegState>,
+    persisted_start: Option<LogStart>,
+    active: SegmentId,
+) -> Result<LogState> {
     check_contiguous(&segments)?;
-    let first = segments
-        .values()
-        .next()
-        .map(|s| s.meta)
-        .expect("at least the active segment");
-    let last = segments[&active.id].meta;
+    let (Some(first), Some(last)) = (
+        segments.values().next().map(|s| s.meta),
+        segments.get(&active).map(|s| s.meta),
+    ) else {
+        return Err(metadata_corrupt(Corruption::BadSegmentHeader));
+    };
     let start = persisted_start.unwrap_or(LogStart {
         index: first.first_index,
         seq: first.first_seq,
@@ -178,19 +227,14 @@ pub(crate) fn recover(fs: &dyn FileSystem, cfg: &WalConfig) -> Result<Recovered>
         .rev()
         .find(|s| !s.meta.is_empty())
         .map_or(0, |s| s.meta.last_term);
-    let state = LogState {
+    debug_assert!(start.index >= 1, "log indexes start at 1");
+    Ok(LogState {
         segments,
         start,
         next_index: last.next_index,
         next_seq: last.next_seq.max(start.seq),
         last_term,
         generation: 0,
-    };
-    Ok(Recovered {
-        state,
-        active,
-        checkpoints,
-        damaged,
     })
 }
 
@@ -234,27 +278,11 @@ fn check_contiguous(segments: &BTreeMap<SegmentId, SegState>) -> Result<()> {
     Ok(())
 }
 
-/// Reads and checks a segment's header.
-fn read_header(
-    file: &dyn WalFile,
-    id: SegmentId,
-) -> Result<std::result::Result<SegmentHeader, Corruption>> {
-    let mut h = [0u8; SEGMENT_HEADER_LEN];
-    let n = read_full_at(file, &mut h, 0)?;
-    Ok(SegmentHeader::decode(&h[..n]).and_then(|h| {
-        if h.first_index == id {
-            Ok(h)
-        } else {
-            Err(Corruption::BadSegmentHeader)
-        }
-    }))
-}
-
 /// How a sealed segment loaded.
 enum Sealed {
     Intact(SegState),
-    /// It does not scan: `repair::bound_damaged` bounds it from its neighbours.
-    Damaged(super::repair::FoundDamage),
+    /// It does not scan: [`bound_damaged`] bounds it from its neighbours.
+    Damaged(FoundDamage),
 }
 
 /// A sealed segment: its `.idx` if valid, else a strict scan (and a fresh `.idx`).
@@ -275,7 +303,7 @@ fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Se
                     return Ok(Sealed::Damaged((id, path, file_len, None, 0, kind)));
                 }
             };
-            let scan = segment::scan(&*file, &header, file_len, &scan_options(cfg))?;
+            let scan = scan::scan(&*file, &header, file_len, &scan_options(cfg))?;
             if let ScanEnd::Bad { offset, kind } = scan.end {
                 return Ok(Sealed::Damaged((
                     id,
@@ -335,9 +363,9 @@ fn recover_tail(
         Err(e) => return Err(e.into()),
     }
     let opts = scan_options(cfg);
-    let scan = segment::scan(&*file, &header, file_len, &opts)?;
+    let scan = scan::scan(&*file, &header, file_len, &opts)?;
     if let ScanEnd::Bad { offset, kind } = &scan.end {
-        match segment::classify_tail(&*file, *offset, file_len, opts.max_body)? {
+        match scan::classify_tail(&*file, *offset, file_len, opts.max_body)? {
             Tail::Zeros => {}
             Tail::Torn { dirty_end } => {
                 tracing::warn!(
@@ -389,17 +417,77 @@ fn zero_range(file: &dyn WalFile, from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
-/// Rebuilds a sealed segment's sparse index by scanning it (its `.idx` is gone or bad).
-pub(crate) fn rescan_index(
-    sh: &Shared,
-    id: SegmentId,
-    file: &dyn WalFile,
-    meta: &SegmentMeta,
-) -> Result<Vec<IndexEntry>> {
-    let header = read_header(file, id)?.map_err(|k| WalError::corrupted(id, 0, k))?;
-    let scan = segment::scan(file, &header, meta.data_len, &scan_options(&sh.cfg))?;
-    match scan.end {
-        ScanEnd::Bad { offset, kind } => Err(WalError::corrupted(id, offset, kind)),
-        ScanEnd::Clean => Ok(scan.index),
+/// A sealed segment recovery could not scan: `(id, path, file length, header if it decodes,
+/// offset of the first bad frame, what is wrong)`.
+type FoundDamage = (
+    SegmentId,
+    PathBuf,
+    u64,
+    Option<SegmentHeader>,
+    u64,
+    Corruption,
+);
+
+/// Damage recovery found: sealed segments whose frames do not all scan, with their bounds taken
+/// from their neighbours. Refuses (`CorruptedEntry`) a damaged segment whose bounds cannot be
+/// known or that holds the log's last entry.
+fn bound_damaged(
+    segments: &mut BTreeMap<SegmentId, SegState>,
+    found: Vec<FoundDamage>,
+) -> Result<BTreeMap<SegmentId, Damage>> {
+    let mut damage = BTreeMap::new();
+    // Newest first: a damaged segment's successor is then in the table already.
+    for (id, path, file_len, header, offset, kind) in found.into_iter().rev() {
+        let refuse = || WalError::corrupted(id, offset, kind.clone());
+        let next = segments
+            .range(id + 1..)
+            .next()
+            .map(|(_, n)| n.meta)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(refuse)?;
+        let first_seq = match header {
+            Some(h) => h.first_seq,
+            None => segments
+                .range(..id)
+                .next_back()
+                .map(|(_, p)| p.meta.next_seq)
+                .ok_or_else(refuse)?,
+        };
+        let meta = SegmentMeta {
+            first_index: id,
+            next_index: next.first_index,
+            first_seq,
+            next_seq: next.first_seq,
+            // Unknown; never the log's last term (a later segment holds frames).
+            last_term: 0,
+            // Unknown: retention must not consider it expired.
+            max_timestamp: u64::MAX,
+            data_len: file_len,
+        };
+        tracing::error!(
+            segment = id,
+            offset,
+            %kind,
+            "damaged WAL segment found on open: its reads fail until it is repaired from a replica"
+        );
+        segments.insert(
+            id,
+            SegState {
+                meta,
+                path,
+                file: None,
+                sealed: true,
+                index: Vec::new(),
+            },
+        );
+        damage.insert(
+            id,
+            Damage {
+                offset,
+                kind,
+                summary_known: false,
+            },
+        );
     }
+    Ok(damage)
 }

@@ -20,30 +20,19 @@
 //! its own offset there (everything before it is durable once the file is installed) and a fresh
 //! CRC. Nothing else of a frame changes.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::{Corruption, Result, WalError};
 use super::frame::{FRAME_HEADER_LEN, FrameHeader, reseal_synced_upto};
-use super::fs::{write_all_at, write_file_atomic};
-use super::manager::{Manager, SegState, Shared, now_us};
+use super::manager::Manager;
 use super::read::{Bound, Cursor};
-use super::recovery::scan_options;
-use super::segment::{self, IndexEntry, ScanEnd, ScanOptions, SegmentHeader, SegmentMeta};
+use super::scan::{self, ScanEnd, ScanOptions, scan_options};
+use super::segment::{self, SegmentHeader};
+use super::state::{Shared, now_us};
 use super::types::SegmentId;
-
-/// What is known about a damaged segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Damage {
-    /// Where the first bad frame starts and what is wrong with it.
-    pub offset: u64,
-    pub kind: Corruption,
-    /// Whether the segment's summary (last term, timestamps) came from its index while it was
-    /// intact; a segment found damaged by recovery has bounds from its neighbours only.
-    pub summary_known: bool,
-}
+use super::writer::{Command, StagedRepair};
+use crate::fs::write_all_at;
 
 /// A damaged sealed segment, as [`Manager::damaged_segments`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,82 +47,6 @@ pub struct DamagedSegment {
     pub fetch_last: u64,
     pub offset: u64,
     pub kind: Corruption,
-}
-
-/// A repaired segment file, written and checked, waiting for the writer to install it.
-pub(crate) struct StagedRepair {
-    /// The damaged segment it replaces.
-    pub replaces: SegmentId,
-    pub tmp: PathBuf,
-    pub meta: SegmentMeta,
-    pub index: Vec<IndexEntry>,
-}
-
-impl Shared {
-    /// Records the segment of a `CorruptedEntry` as damaged if it is sealed (the active segment
-    /// is recovery's business). Idempotent.
-    pub fn note_damage(&self, e: &WalError) {
-        let WalError::CorruptedEntry {
-            segment,
-            offset,
-            kind,
-        } = e
-        else {
-            return;
-        };
-        let sealed = self
-            .state
-            .read()
-            .segments
-            .get(segment)
-            .is_some_and(|s| s.sealed);
-        if !sealed {
-            return;
-        }
-        {
-            let mut damaged = self.damaged.lock();
-            if damaged.contains_key(segment) {
-                return;
-            }
-            damaged.insert(
-                *segment,
-                Damage {
-                    offset: *offset,
-                    kind: kind.clone(),
-                    summary_known: true,
-                },
-            );
-            self.metrics.damaged_segments.set(damaged.len() as i64);
-        }
-        tracing::error!(
-            segment,
-            offset,
-            %kind,
-            dir = %self.dir().display(),
-            "damaged WAL segment: its reads fail until it is repaired from a replica"
-        );
-        // A restart must find the damage again: without its index the segment is scanned.
-        let idx = self.dir().join(segment::index_file_name(*segment));
-        match self
-            .fs
-            .remove(&idx)
-            .and_then(|()| self.fs.sync_dir(self.dir()))
-        {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(segment, error = %e, "cannot delete the index of a damaged segment");
-            }
-            _ => {}
-        }
-        self.index_cache.lock().pop(segment);
-    }
-
-    /// `r`, after recording the damage its error reports.
-    pub fn noted<T>(&self, r: Result<T>) -> Result<T> {
-        if let Err(e) = &r {
-            self.note_damage(e);
-        }
-        r
-    }
 }
 
 impl Manager {
@@ -249,7 +162,7 @@ impl Manager {
             check_records: true,
             ..scan_options(&sh.cfg)
         };
-        let scan = segment::scan(&*file, &header, meta.data_len, &opts)?;
+        let scan = scan::scan(&*file, &header, meta.data_len, &opts)?;
         let bad = match scan.end {
             ScanEnd::Bad { offset, kind } => Some(WalError::corrupted(id, offset, kind)),
             ScanEnd::Clean if scan.meta != meta => Some(WalError::corrupted(
@@ -484,7 +397,7 @@ fn stage(
         check_records: true,
         ..scan_options(&sh.cfg)
     };
-    let scan = segment::scan(&*file, &header, buf.len() as u64, &opts)?;
+    let scan = scan::scan(&*file, &header, buf.len() as u64, &opts)?;
     if let ScanEnd::Bad { offset, kind } = scan.end {
         let _ = sh.fs.remove(&tmp);
         return Err(WalError::RepairRefused {
@@ -524,153 +437,10 @@ impl Manager {
     /// Has the writer swap a staged segment in.
     fn install_repair(&self, staged: StagedRepair) -> Result<()> {
         let tmp = staged.tmp.clone();
-        let r = self.call(|reply| super::writer::Command::InstallRepair { staged, reply });
+        let r = self.call(|reply| Command::InstallRepair { staged, reply });
         if r.is_err() {
             let _ = self.shared().fs.remove(&tmp);
         }
         r
     }
-}
-
-/// Runs on the writer: renames the staged file over the damaged one (or next to it, when the
-/// log start cut the segment's head) and swaps the segment table entry.
-pub(crate) fn install(sh: &Shared, staged: StagedRepair) -> Result<()> {
-    let id = staged.replaces;
-    let new_id = staged.meta.first_index;
-    let refuse = |reason: &str| WalError::RepairRefused {
-        segment: id,
-        reason: reason.to_owned(),
-    };
-    let old_path = {
-        let st = sh.state.read();
-        let s = st
-            .segments
-            .get(&id)
-            .ok_or_else(|| refuse("a truncation deleted the segment meanwhile"))?;
-        if !s.sealed || s.meta.next_index != staged.meta.next_index {
-            return Err(refuse("a truncation changed the segment meanwhile"));
-        }
-        s.path.clone()
-    };
-    let dir = sh.dir().to_owned();
-    let path = dir.join(segment::segment_file_name(new_id));
-    sh.fs.rename(&staged.tmp, &path)?;
-    // From here the repaired file is in place: an error is fatal rather than a log whose files
-    // and table disagree.
-    let finish = || -> std::io::Result<()> {
-        if new_id != id {
-            sh.fs.remove(&old_path)?;
-        }
-        sh.fs.sync_dir(&dir)?;
-        write_file_atomic(
-            &*sh.fs,
-            &dir.join(segment::index_file_name(new_id)),
-            &segment::encode_index_file(&staged.meta, &staged.index),
-        )
-    };
-    finish().map_err(|e| sh.set_fatal(e))?;
-    {
-        let mut st = sh.state.write();
-        st.segments.remove(&id);
-        st.segments.insert(
-            new_id,
-            SegState {
-                meta: staged.meta,
-                path,
-                file: None,
-                sealed: true,
-                index: Vec::new(),
-            },
-        );
-    }
-    sh.forget_segments([id, new_id]);
-    {
-        let mut damaged = sh.damaged.lock();
-        damaged.remove(&id);
-        sh.metrics.damaged_segments.set(damaged.len() as i64);
-    }
-    sh.metrics.segments_repaired.inc();
-    sh.repaired.notify_all();
-    tracing::info!(
-        segment = id,
-        first_index = staged.meta.first_index,
-        next_index = staged.meta.next_index,
-        "repaired a damaged WAL segment from a replica's frames"
-    );
-    Ok(())
-}
-
-/// A sealed segment recovery could not scan: `(id, path, file length, header if it decodes,
-/// offset of the first bad frame, what is wrong)`.
-pub(crate) type FoundDamage = (
-    SegmentId,
-    PathBuf,
-    u64,
-    Option<SegmentHeader>,
-    u64,
-    Corruption,
-);
-
-/// Damage recovery found: sealed segments whose frames do not all scan, with their bounds taken
-/// from their neighbours. Refuses (`CorruptedEntry`) a damaged segment whose bounds cannot be
-/// known or that holds the log's last entry.
-pub(crate) fn bound_damaged(
-    segments: &mut BTreeMap<SegmentId, SegState>,
-    found: Vec<FoundDamage>,
-) -> Result<BTreeMap<SegmentId, Damage>> {
-    let mut damage = BTreeMap::new();
-    // Newest first: a damaged segment's successor is then in the table already.
-    for (id, path, file_len, header, offset, kind) in found.into_iter().rev() {
-        let refuse = || WalError::corrupted(id, offset, kind.clone());
-        let next = segments
-            .range(id + 1..)
-            .next()
-            .map(|(_, n)| n.meta)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(refuse)?;
-        let first_seq = match header {
-            Some(h) => h.first_seq,
-            None => segments
-                .range(..id)
-                .next_back()
-                .map(|(_, p)| p.meta.next_seq)
-                .ok_or_else(refuse)?,
-        };
-        let meta = SegmentMeta {
-            first_index: id,
-            next_index: next.first_index,
-            first_seq,
-            next_seq: next.first_seq,
-            // Unknown; never the log's last term (a later segment holds frames).
-            last_term: 0,
-            // Unknown: retention must not consider it expired.
-            max_timestamp: u64::MAX,
-            data_len: file_len,
-        };
-        tracing::error!(
-            segment = id,
-            offset,
-            %kind,
-            "damaged WAL segment found on open: its reads fail until it is repaired from a replica"
-        );
-        segments.insert(
-            id,
-            SegState {
-                meta,
-                path,
-                file: None,
-                sealed: true,
-                index: Vec::new(),
-            },
-        );
-        damage.insert(
-            id,
-            Damage {
-                offset,
-                kind,
-                summary_known: false,
-            },
-        );
-    }
-    Ok(damage)
 }

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use super::config::WalConfig;
 use super::error::{Corruption, Result};
-use super::fs::{FileSystem, read_full_at};
-use super::recovery::scan_options;
-use super::segment::{self, SEGMENT_HEADER_LEN, ScanEnd, SegmentHeader, Tail};
+use super::scan::{self, ScanEnd, ScanOptions, Tail, read_header, scan_options};
+use super::segment;
 use super::types::SegmentId;
+use crate::fs::FileSystem;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -74,24 +74,21 @@ fn verify_segment(
         bytes: len,
         health: SegmentHealth::Ok,
     };
-    let mut head = [0u8; SEGMENT_HEADER_LEN];
-    let n = read_full_at(&*file, &mut head, 0)?;
-    let header = match SegmentHeader::decode(&head[..n]) {
-        Ok(h) if h.first_index == id => h,
-        Ok(_) => return Ok(corrupted(report, 0, &Corruption::BadSegmentHeader)),
+    let header = match read_header(&*file, id)? {
+        Ok(h) => h,
         Err(kind) => return Ok(corrupted(report, 0, &kind)),
     };
-    let opts = segment::ScanOptions {
+    let opts = ScanOptions {
         check_records: true,
         ..scan_options(cfg)
     };
-    let scan = segment::scan(&*file, &header, len, &opts)?;
+    let scan = scan::scan(&*file, &header, len, &opts)?;
     report.frames = scan.meta.next_index - scan.meta.first_index;
     report.records = scan.records;
     report.bytes = scan.meta.data_len;
     if let ScanEnd::Bad { offset, kind } = scan.end {
         let tail = if last {
-            segment::classify_tail(&*file, offset, len, opts.max_body)?
+            scan::classify_tail(&*file, offset, len, opts.max_body)?
         } else {
             Tail::Corrupted
         };

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use replog::core::{NewRecord, Written};
+use replog::fs::MemFs;
 use replog::node::{Node, NodeConfig, NodeError, NodeFs};
 use replog::raft::{NodeId, RaftTiming};
-use replog::wal::fs::MemFs;
 use replog::wal::{Entry, Operation, ProducerKey, SyncPolicy, WalConfig};
 use tempfile::TempDir;
 
@@ -178,7 +178,9 @@ impl TestCluster {
             match Node::start(cfg.clone()).await {
                 Ok(n) => break n,
                 // The old socket may linger for a moment.
-                Err(NodeError::Io(e)) if tokio::time::Instant::now() < deadline => {
+                Err(e @ (NodeError::Io(_) | NodeError::Storage(_)))
+                    if tokio::time::Instant::now() < deadline =>
+                {
                     eprintln!("restart of node {id}: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

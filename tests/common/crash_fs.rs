@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, ThreadId};
 
-use replog::wal::fs::{FileSystem, MemFs, WalFile};
+use replog::fs::{FileSystem, MemFs, WalFile};
 
 #[derive(Default)]
 struct Steps {
@@ -158,6 +158,12 @@ impl FileSystem for CrashFs {
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.mem.list(dir)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.mem.exists(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.step(&[dir], || self.mem.remove_dir_all(dir))
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.step(&[dir], || self.mem.sync_dir(dir))

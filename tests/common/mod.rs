@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytesize::ByteSize;
-use replog::wal::fs::MemFs;
+use replog::fs::MemFs;
 use replog::wal::{Entry, Manager, Operation, Record, SyncPolicy, WalConfig};
 
 /// A config for small, fast tests: 4 KiB segments, no free-space reserve.

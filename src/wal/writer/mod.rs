@@ -1,4 +1,5 @@
-//! The writer: the one place that changes the log, run by whichever thread leads (`pipeline`).
+//! The writer: the one place that changes the log, run by whichever thread leads the
+//! manager's `pipeline` (which it does not know).
 //!
 //! - It owns the tail. It takes every queued append (up to `group_commit_max_bytes`),
 //!   encodes them into one buffer, writes it with one `pwrite`, publishes the frames to readers,
@@ -14,27 +15,27 @@
 //! `pwrite` (a few µs) with the fsync, but costs a cross-thread wake-up per group, which on this
 //! kind of machine cost more than it saved (1 writer: 4.6k entries/s with it, 6.3k without).
 
+mod swap;
 mod truncate;
+
+pub(crate) use swap::StagedRepair;
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::config::{Compression, SyncPolicy};
 use super::error::{RecordError, Result, SequenceRule, WalError};
 use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
-use super::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
-use super::manager::{SegState, Shared, now_us};
 use super::meta;
-use super::pipeline::Pipeline;
 use super::preparer::{Prepared, Preparer, install_file};
 use super::record;
-use super::recovery::Active;
 use super::segment::{self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, maybe_index};
+use super::state::{Active, SegState, Shared, now_us};
 use super::types::*;
+use crate::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
 
 /// Called once with the outcome of an append.
 pub type Completion = Box<dyn FnOnce(Result<Appended>) + Send>;
@@ -99,7 +100,7 @@ pub(crate) enum Command {
         reply: Reply<usize>,
     },
     InstallRepair {
-        staged: super::repair::StagedRepair,
+        staged: StagedRepair,
         reply: Reply<()>,
     },
     Close(Reply<()>),
@@ -111,7 +112,7 @@ impl Command {
         match self {
             Command::Append(req) => {
                 if let Some(w) = req.on_written {
-                    w(Err(e.duplicate()));
+                    w(Err(e.clone()));
                 }
                 (req.on_durable)(Err(e));
             }
@@ -129,58 +130,6 @@ impl Command {
 pub(crate) const GROUP_MAX_REQUESTS: usize = 4096;
 /// How often an idle writer applies retention.
 pub(crate) const RETENTION_IDLE_CHECK: Duration = Duration::from_secs(60);
-
-fn dup(r: &Result<Appended>) -> Result<Appended> {
-    match r {
-        Ok(a) => Ok(*a),
-        Err(e) => Err(e.duplicate()),
-    }
-}
-
-/// Starts the writer (behind its [`Pipeline`]) and the preparer thread.
-pub(crate) fn start(
-    sh: Arc<Shared>,
-    active: Active,
-) -> Result<(Arc<Pipeline>, Vec<JoinHandle<()>>)> {
-    let (prep, prep_thread) = Preparer::start(sh.clone())?;
-    let compression = match sh.cfg.compression {
-        Compression::Zstd => Some((
-            sh.cfg.compression_level,
-            sh.cfg.compression_min_bytes.as_u64() as usize,
-        )),
-        Compression::None => None,
-    };
-    let published = {
-        let st = sh.state.read();
-        (st.next_index, st.next_seq, st.last_term)
-    };
-    let mut writer = Writer {
-        encoder: Encoder::new(compression)?,
-        buf: Vec::with_capacity(1 << 20),
-        pending: Vec::new(),
-        batch: Vec::new(),
-        done: Vec::new(),
-        unpublished: Vec::new(),
-        unsynced_since: None,
-        last_retention: Instant::now(),
-        preparer: prep,
-        active_id: active.id,
-        active_file: active.file,
-        active_len: active.len,
-        file_len: active.file_len,
-        synced_hint: active.len as u32,
-        next_index: published.0,
-        next_seq: published.1,
-        last_term: published.2,
-        published,
-        sh,
-    };
-    if writer.active_len * 4 >= writer.sh.cfg.segment_size.as_u64() {
-        writer.preparer.request();
-    }
-    let (pipeline, handle) = Pipeline::start(writer)?;
-    Ok((pipeline, vec![handle, prep_thread]))
-}
 
 pub(crate) struct Writer {
     sh: Arc<Shared>,
@@ -214,6 +163,47 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// The writer of a WAL just recovered: it continues `active`, with segment files from
+    /// `preparer`. The manager puts it behind its `Pipeline`.
+    pub fn new(sh: Arc<Shared>, active: Active, preparer: Preparer) -> Result<Writer> {
+        let compression = match sh.cfg.compression {
+            Compression::Zstd => Some((
+                sh.cfg.compression_level,
+                sh.cfg.compression_min_bytes.as_u64() as usize,
+            )),
+            Compression::None => None,
+        };
+        let published = {
+            let st = sh.state.read();
+            (st.next_index, st.next_seq, st.last_term)
+        };
+        let mut writer = Writer {
+            encoder: Encoder::new(compression)?,
+            buf: Vec::with_capacity(1 << 20),
+            pending: Vec::new(),
+            batch: Vec::new(),
+            done: Vec::new(),
+            unpublished: Vec::new(),
+            unsynced_since: None,
+            last_retention: Instant::now(),
+            preparer,
+            active_id: active.id,
+            active_file: active.file,
+            active_len: active.len,
+            file_len: active.file_len,
+            synced_hint: active.len as u32,
+            next_index: published.0,
+            next_seq: published.1,
+            last_term: published.2,
+            published,
+            sh,
+        };
+        if writer.active_len * 4 >= writer.sh.cfg.segment_size.as_u64() {
+            writer.preparer.request();
+        }
+        Ok(writer)
+    }
+
     pub fn shared(&self) -> &Shared {
         &self.sh
     }
@@ -260,7 +250,7 @@ impl Writer {
             Command::TruncateSuffix { from, reply } => drop(reply.send(self.truncate_suffix(from))),
             Command::Retention { now_us, reply } => drop(reply.send(self.retention(now_us))),
             Command::InstallRepair { staged, reply } => {
-                drop(reply.send(super::repair::install(&self.sh, staged)))
+                drop(reply.send(swap::install_repair(&self.sh, staged)))
             }
             Command::Close(reply) => {
                 let _ = reply.send(self.close());
@@ -299,7 +289,7 @@ impl Writer {
     fn complete(&mut self) {
         for (req, r) in &mut self.done {
             if let Some(w) = req.on_written.take() {
-                w(dup(r));
+                w(r.clone());
             }
         }
         let any_ok = self.done.iter().any(|(_, r)| r.is_ok());
@@ -308,7 +298,7 @@ impl Writer {
             if let Err(e) = self.fsync_active() {
                 for (_, r) in &mut self.done {
                     if r.is_ok() {
-                        *r = Err(e.duplicate());
+                        *r = Err(e.clone());
                     }
                 }
             }
@@ -403,12 +393,18 @@ impl Writer {
                 default_ts: now,
                 producer: f.producer,
             };
+            // Log indexes start at 1 and follow each other; sequence numbers never go back, and
+            // a frame's records take the contiguous range `first_seq..next_seq`.
+            assert!(meta.index >= 1, "a frame index is at least 1");
+            debug_assert!(meta.first_seq >= self.next_seq, "sequence numbers go back");
             let h = self.encoder.encode(&mut self.buf, &meta, &f.payload);
+            debug_assert_eq!((h.index, h.first_seq), (meta.index, meta.first_seq));
             self.pending.push((h, offset));
             self.next_index += 1;
             self.next_seq = h.next_seq();
             self.last_term = f.term;
         }
+        debug_assert_eq!(self.next_index, first_index + frames.len() as u64);
         Ok(Appended {
             first_index,
             last_index: self.next_index - 1,
@@ -482,7 +478,7 @@ impl Writer {
     /// Drops the frames in `buf` (never written) and fails every answer that waited on them.
     fn discard_pending(&mut self, why: &WalError) {
         for i in self.unpublished.drain(..) {
-            self.done[i].1 = Err(why.duplicate());
+            self.done[i].1 = Err(why.clone());
         }
         self.buf.clear();
         self.pending.clear();

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::{PrefixPoint, SuffixPoint, Writer};
+use crate::fs::{FileSystem, write_file_atomic};
 use crate::wal::error::{Result, SequenceRule, WalError};
 use crate::wal::frame::FrameHeader;
-use crate::wal::fs::{FileSystem, write_file_atomic};
-use crate::wal::manager::SyncedPos;
 use crate::wal::meta;
 use crate::wal::read::{Bound, Cursor};
-use crate::wal::recovery;
+use crate::wal::scan::{self, scan_options};
 use crate::wal::segment::{self, SegmentHeader};
+use crate::wal::state::SyncedPos;
 use crate::wal::types::{LogStart, SegmentId};
 
 impl Writer {
@@ -248,9 +248,8 @@ impl Writer {
             first_seq: old_meta.first_seq,
             created_us: 0,
         };
-        let opts = recovery::scan_options(&self.sh.cfg);
-        let scan =
-            segment::scan(&*file, &header, offset, &opts).map_err(|e| self.sh.set_fatal(e))?;
+        let opts = scan_options(&self.sh.cfg);
+        let scan = scan::scan(&*file, &header, offset, &opts).map_err(|e| self.sh.set_fatal(e))?;
         debug_assert_eq!(scan.meta.next_index, index);
         {
             let mut st = self.sh.state.write();
@@ -293,22 +292,8 @@ impl Writer {
         let Some(hours) = self.sh.cfg.retention_hours else {
             return Ok(0);
         };
-        let cutoff = now.saturating_sub(hours.saturating_mul(3_600_000_000));
-        let new_start = {
-            let st = self.sh.state.read();
-            // Only whole segments from the front, and never the active one (never sealed).
-            let expired = st
-                .segments
-                .values()
-                .take_while(|s| s.sealed && s.meta.max_timestamp < cutoff)
-                .count();
-            let Some(next) = st.segments.values().nth(expired).filter(|_| expired > 0) else {
-                return Ok(0);
-            };
-            LogStart {
-                index: next.meta.first_index.max(st.start.index),
-                seq: next.meta.first_seq.max(st.start.seq),
-            }
+        let Some(new_start) = self.sh.state.read().retention_start(hours, now) else {
+            return Ok(0);
         };
         let before = self.sh.state.read().segments.len();
         if new_start.index > self.sh.state.read().start.index {

@@ -1,9 +1,9 @@
-//! The file-system seam of the WAL: every byte the WAL reads or writes goes through
-//! [`FileSystem`] and [`WalFile`], so tests can swap in [`MemFs`], an in-memory file system that
-//! injects faults (I/O errors on write or fsync, short writes, ENOSPC) and simulates a crash that
-//! loses everything not yet fsync'd.
+//! The file-system seam of replog: every byte the WAL, the Raft metadata and snapshots read or
+//! write goes through [`FileSystem`] and [`WalFile`], so tests can swap in [`MemFs`], an
+//! in-memory file system that injects faults (I/O errors on write or fsync, short writes,
+//! ENOSPC) and simulates a crash that loses everything not yet fsync'd.
 //!
-//! This module knows nothing of frames or segments.
+//! This module knows nothing of frames, segments or snapshots, and imports nothing from the crate.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -41,9 +41,14 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Creates a file, truncating any existing one.
     fn create(&self, path: &Path) -> io::Result<Arc<dyn WalFile>>;
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file or a directory (with everything in it), replacing a file at `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// File names (not paths) in `dir`.
+    /// Names (not paths) of the files and directories in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Whether a file or directory exists at `path`.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Removes a directory and everything in it.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
@@ -192,6 +197,12 @@ impl FileSystem for StdFs {
         }
         Ok(names)
     }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        path.try_exists()
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(dir)
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
@@ -236,12 +247,85 @@ struct MemFile {
     durable: Vec<u8>,
 }
 
-#[derive(Default)]
+/// What a directory entry names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Node {
+    File(u64),
+    Dir(u64),
+}
+
+/// Directory id of the root.
+const ROOT: u64 = 0;
+
+/// Names live in directories, as on disk: an entry is `(directory id, name)`, so renaming a
+/// directory moves everything in it at once, and `sync_dir` makes one directory's entries
+/// durable. Directories are made durable when they are created (a simplification: a test
+/// crashes files and renames, not `mkdir`).
 struct MemState {
     files: BTreeMap<u64, Arc<Mutex<MemFile>>>,
-    names: BTreeMap<PathBuf, u64>,
-    durable_names: BTreeMap<PathBuf, u64>,
+    entries: BTreeMap<(u64, String), Node>,
+    durable: BTreeMap<(u64, String), Node>,
+    /// Ids of files and directories (the root is 0).
     next_id: u64,
+}
+
+impl Default for MemState {
+    fn default() -> Self {
+        MemState {
+            files: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            next_id: ROOT + 1,
+        }
+    }
+}
+
+fn name_of(c: std::path::Component<'_>) -> Option<String> {
+    match c {
+        std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+        _ => None,
+    }
+}
+
+impl MemState {
+    /// The directory at `path`; with `create`, missing directories are made (durable).
+    fn dir(&mut self, path: &Path, create: bool) -> io::Result<u64> {
+        let mut at = ROOT;
+        for name in path.components().filter_map(name_of) {
+            at = match self.entries.get(&(at, name.clone())) {
+                Some(Node::Dir(d)) => *d,
+                Some(Node::File(_)) => return Err(io::Error::other("not a directory")),
+                None if create => {
+                    let d = self.next_id;
+                    self.next_id += 1;
+                    self.entries.insert((at, name.clone()), Node::Dir(d));
+                    self.durable.insert((at, name), Node::Dir(d));
+                    d
+                }
+                None => return Err(enoent()),
+            };
+        }
+        Ok(at)
+    }
+
+    /// `(directory id, name)` of `path`'s entry (its directory made if `create`).
+    fn entry(&mut self, path: &Path, create: bool) -> io::Result<(u64, String)> {
+        let name = path.file_name().ok_or_else(enoent)?;
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        Ok((
+            self.dir(parent, create)?,
+            name.to_string_lossy().into_owned(),
+        ))
+    }
+
+    fn file_id(&mut self, path: &Path) -> io::Result<u64> {
+        let key = self.entry(path, false)?;
+        match self.entries.get(&key) {
+            Some(Node::File(id)) => Ok(*id),
+            Some(Node::Dir(_)) => Err(io::Error::other("is a directory")),
+            None => Err(enoent()),
+        }
+    }
 }
 
 struct MemInner {
@@ -306,8 +390,13 @@ impl MemFs {
     pub fn crash_keeping(&self, mut keep: impl FnMut(usize) -> usize) {
         self.0.epoch.fetch_add(1, Ordering::SeqCst);
         let mut st = lock(&self.0.state);
-        st.names = st.durable_names.clone();
-        let live: Vec<u64> = st.names.values().copied().collect();
+        st.entries = st.durable.clone();
+        let live: std::collections::BTreeSet<u64> = (st.entries.values())
+            .filter_map(|n| match n {
+                Node::File(id) => Some(*id),
+                Node::Dir(_) => None,
+            })
+            .collect();
         st.files.retain(|id, _| live.contains(id));
         for file in st.files.values() {
             let mut f = lock(file);
@@ -330,16 +419,18 @@ impl MemFs {
 
     /// Reads a file's current contents (for tests that corrupt or inspect files).
     pub fn contents(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let st = lock(&self.0.state);
-        let id = st.names.get(path).ok_or_else(enoent)?;
-        Ok(lock(&st.files[id]).data.clone())
+        let mut st = lock(&self.0.state);
+        let id = st.file_id(path)?;
+        let file = st.files.get(&id).cloned().ok_or_else(enoent)?;
+        Ok(lock(&file).data.clone())
     }
 
     /// Overwrites a file's contents and marks them durable (a test's way to corrupt a file).
     pub fn set_contents(&self, path: &Path, data: Vec<u8>) -> io::Result<()> {
-        let st = lock(&self.0.state);
-        let id = st.names.get(path).ok_or_else(enoent)?;
-        let mut f = lock(&st.files[id]);
+        let mut st = lock(&self.0.state);
+        let id = st.file_id(path)?;
+        let file = st.files.get(&id).cloned().ok_or_else(enoent)?;
+        let mut f = lock(&file);
         f.durable = data.clone();
         f.data = data;
         Ok(())
@@ -460,55 +551,89 @@ impl WalFile for MemHandle {
 
 impl FileSystem for MemFs {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
-        let id = *lock(&self.0.state).names.get(path).ok_or_else(enoent)?;
+        let id = lock(&self.0.state).file_id(path)?;
         Ok(self.handle(id))
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
         let mut st = lock(&self.0.state);
+        let key = st.entry(path, true)?;
+        if let Some(Node::Dir(_)) = st.entries.get(&key) {
+            return Err(io::Error::other("is a directory"));
+        }
         let id = st.next_id;
         st.next_id += 1;
         st.files.insert(id, Arc::default());
-        st.names.insert(path.to_owned(), id);
+        st.entries.insert(key, Node::File(id));
         drop(st);
         Ok(self.handle(id))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        lock(&self.0.state)
-            .names
-            .remove(path)
-            .map(|_| ())
-            .ok_or_else(enoent)
+        let mut st = lock(&self.0.state);
+        let key = st.entry(path, false)?;
+        match st.entries.get(&key) {
+            Some(Node::File(_)) => st.entries.remove(&key).map(|_| ()).ok_or_else(enoent),
+            Some(Node::Dir(_)) => Err(io::Error::other("is a directory")),
+            None => Err(enoent()),
+        }
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = lock(&self.0.state);
-        let id = st.names.remove(from).ok_or_else(enoent)?;
-        st.names.insert(to.to_owned(), id);
+        let from = st.entry(from, false)?;
+        let node = st.entries.get(&from).copied().ok_or_else(enoent)?;
+        let to = st.entry(to, true)?;
+        if let (Node::Dir(_), Some(_)) | (_, Some(Node::Dir(_))) = (node, st.entries.get(&to)) {
+            return Err(io::Error::other("renaming over an existing directory"));
+        }
+        st.entries.remove(&from);
+        st.entries.insert(to, node);
         Ok(())
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let st = lock(&self.0.state);
-        let names = st.names.keys().filter(|p| p.parent() == Some(dir));
-        Ok(names
-            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        let mut st = lock(&self.0.state);
+        let Ok(d) = st.dir(dir, false) else {
+            return Ok(Vec::new());
+        };
+        Ok(st
+            .entries
+            .range((d, String::new())..)
+            .take_while(|((p, _), _)| *p == d)
+            .map(|((_, name), _)| name.clone())
             .collect())
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        let mut st = lock(&self.0.state);
+        Ok(match st.entry(path, false) {
+            Ok(key) => st.entries.contains_key(&key),
+            Err(_) => path.components().filter_map(name_of).next().is_none(),
+        })
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = lock(&self.0.state);
+        let key = st.entry(dir, false)?;
+        match st.entries.get(&key) {
+            // What it held stays in `entries` under its id, unreachable (and durable as far
+            // as it was, should a crash bring the directory back).
+            Some(Node::Dir(_)) => st.entries.remove(&key).map(|_| ()).ok_or_else(enoent),
+            Some(Node::File(_)) => Err(io::Error::other("not a directory")),
+            None => Err(enoent()),
+        }
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         if self.0.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync error"));
         }
         let mut st = lock(&self.0.state);
-        st.durable_names.retain(|p, _| p.parent() != Some(dir));
-        let entries: Vec<_> = st
-            .names
-            .iter()
-            .filter(|(p, _)| p.parent() == Some(dir))
-            .map(|(p, id)| (p.clone(), *id))
+        let d = st.dir(dir, true)?;
+        st.durable.retain(|(p, _), _| *p != d);
+        let entries: Vec<_> = (st.entries.range((d, String::new())..))
+            .take_while(|((p, _), _)| *p == d)
+            .map(|(k, n)| (k.clone(), *n))
             .collect();
-        st.durable_names.extend(entries);
+        st.durable.extend(entries);
         Ok(())
     }
-    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        lock(&self.0.state).dir(dir, true).map(|_| ())
     }
     fn available_space(&self, _dir: &Path) -> io::Result<u64> {
         let used = MemFs::used_bytes(&lock(&self.0.state));
