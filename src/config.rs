@@ -244,14 +244,12 @@ impl Config {
     /// The largest batch the API accepts must fit in one WAL frame: a frame the WAL refused
     /// after Raft committed it would stop the node.
     fn check_batch_fits_a_frame(&self) -> Result<(), ConfigError> {
-        use crate::wal::frame::FRAME_HEADER_LEN;
-        use crate::wal::record::RECORD_HEADER_LEN;
-        let per_entry = (RECORD_HEADER_LEN + crate::wire::NAME_MAX_CHARS) as u64;
         let l = &self.limits;
-        let worst = l.max_batch_bytes.as_u64()
-            + l.max_batch_entries as u64 * per_entry
-            + FRAME_HEADER_LEN as u64
-            + 16;
+        let worst = crate::wal::max_batch_frame_len(
+            l.max_batch_entries as u64,
+            l.max_batch_bytes.as_u64(),
+            crate::wire::NAME_MAX_CHARS as u64,
+        );
         let frame = self.wal.max_frame_bytes.as_u64();
         if worst > frame {
             return Err(bad(

@@ -145,7 +145,7 @@ impl LogStore {
             // Frames below the WAL's start do not exist (never written, or truncated).
             let from = (start + 1).max(wal.log_start().index);
             let mut frames = wal.read_frames(from, end.saturating_add(1));
-            // A damaged segment is being repaired from a replica (`node::repair`): an error
+            // A damaged segment is being repaired from a replica (`core::repair`): an error
             // here would stop Raft, so wait for the repair instead.
             if let Err(WalError::CorruptedEntry { segment, .. }) = &frames
                 && wal.is_damaged(*segment)

@@ -70,7 +70,7 @@ pub fn openraft_config(
         // otherwise restore its leadership in the same term, with entries it proposed before
         // the restart still uncommitted in its log while its applied entry is already of that
         // term: it would look ready to propose keyed writes whose keys it cannot see yet, and
-        // a retried key would be written twice (`node::producers`).
+        // a retried key would be written twice (`core::producers`).
         enable_leader_restore: Some(false),
         // A node that cannot win (cut off, restarted, behind) asks first whether it would, so
         // it does not raise its term and depose a healthy leader when it comes back.

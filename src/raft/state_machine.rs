@@ -17,7 +17,7 @@
 //! The table keeps `max_producers` producers; past that, the producer whose last write is the
 //! oldest (by log index, so every replica evicts the same one) is forgotten, and a retry from
 //! it would be written again. The leader never proposes a key that is applied or in flight
-//! (`node::producers`), so a duplicate never takes sequence numbers; one that reached the log
+//! (`core::producers`), so a duplicate never takes sequence numbers; one that reached the log
 //! anyway is counted (`duplicate_keys_applied`).
 
 use std::collections::{BTreeMap, HashSet};
@@ -59,7 +59,7 @@ pub struct SmShared {
     /// Entries applied since the node started (a restart re-applies only what sled lacked).
     pub applied_since_open: AtomicU64,
     /// Keyed writes applied whose key had been applied before, since the node started. The
-    /// leader never proposes a key twice (`node::producers`): anything but 0 is a bug.
+    /// leader never proposes a key twice (`core::producers`): anything but 0 is a bug.
     pub duplicate_keys_applied: AtomicU64,
 }
 
@@ -287,7 +287,7 @@ fn apply_write(
     if let Some(key) = producer {
         let duplicate = img.producers.get(&key.id).is_some_and(|p| key.seq <= p.seq);
         if duplicate {
-            // The leader never proposes a known key (`node::producers`): this is a
+            // The leader never proposes a known key (`core::producers`): this is a
             // broken invariant, counted and logged on every replica. Its records
             // are in the log already; the table keeps the first write.
             dirty.duplicate_keys += 1;

@@ -23,7 +23,7 @@
 //! to X were durable, a bad frame below X was damaged after it was fsync'd.
 
 use super::error::Corruption;
-use super::record;
+use super::record::{self, RECORD_HEADER_LEN};
 use super::types::{Payload, ProducerKey};
 
 pub const FRAME_HEADER_LEN: usize = 64;
@@ -214,6 +214,14 @@ pub fn max_encoded_len(payload: &Payload) -> usize {
         }
 }
 
+/// The most bytes a frame of `records` records takes, carrying `data_bytes` of data in all and
+/// tenant ids of at most `tenant_bytes` bytes each (uncompressed: compression only shrinks it).
+/// What a caller checks its batch limits against `max_frame_bytes` with.
+pub fn max_batch_frame_len(records: u64, data_bytes: u64, tenant_bytes: u64) -> u64 {
+    let per_record = RECORD_HEADER_LEN as u64 + tenant_bytes;
+    FRAME_HEADER_LEN as u64 + PRODUCER_KEY_LEN as u64 + records * per_record + data_bytes
+}
+
 /// Reusable state for encoding frames: a zstd context and a scratch buffer.
 pub struct Encoder {
     compressor: Option<(zstd::bulk::Compressor<'static>, usize)>,
@@ -336,6 +344,17 @@ mod tests {
     use super::*;
     use crate::wal::record::Records;
     use crate::wal::types::{Operation, Record};
+
+    #[test]
+    fn a_batch_frame_takes_at_most_its_bound() {
+        let recs: Vec<Record> = (0..5)
+            .map(|i| Record::new("t".repeat(128), Operation::Insert, vec![0u8; i * 10]))
+            .collect();
+        let data: u64 = recs.iter().map(|r| r.data.len() as u64).sum();
+        let exact = max_encoded_len(&Payload::Records(recs)) as u64;
+        assert_eq!(exact, max_batch_frame_len(5, data, 128));
+        assert!(max_batch_frame_len(5, data, 255) > exact);
+    }
 
     fn meta() -> FrameMeta {
         FrameMeta {

@@ -56,6 +56,7 @@ mod writer;
 
 pub use config::{Compression, Preallocate, SyncPolicy, WalConfig};
 pub use error::{Corruption, RecordError, Result, SequenceRule, WalError};
+pub use frame::max_batch_frame_len;
 pub use manager::Manager;
 pub use read::EntryIter;
 pub use repair::DamagedSegment;
