@@ -158,7 +158,12 @@ impl Node {
             None => None,
         };
         let addr = listener.local_addr()?;
-        let (core, db, stop, senders) = open_core(&cfg, addr, metrics).await?;
+        let Opened {
+            core,
+            db,
+            stop,
+            senders,
+        } = open_core(&cfg, addr, metrics).await?;
         repair::enter_if_damaged(&core);
         let mut tasks = tasks::spawn(&cfg, &core, listener, metrics_listener);
         tasks.push(tokio::spawn(contact::watch(core.clone(), senders)));
@@ -251,21 +256,24 @@ impl Node {
     }
 }
 
+/// A node's parts once its storage is open and Raft runs.
+struct Opened {
+    core: Arc<Core>,
+    /// Closed last, after Raft and the WAL.
+    db: sled::Db,
+    stop: watch::Sender<bool>,
+    senders: contact::ContactSenders,
+}
+
 /// Opens the storage, starts Raft (repairing damaged segments meanwhile) and builds the core.
-/// Returns it with sled (closed last), the stop signal and the contact flags' senders.
 async fn open_core(
     cfg: &NodeConfig,
     addr: SocketAddr,
     metrics: NodeMetrics,
-) -> Result<
-    (
-        Arc<Core>,
-        sled::Db,
-        watch::Sender<bool>,
-        contact::ContactSenders,
-    ),
-    NodeError,
-> {
+) -> Result<Opened, NodeError> {
+    // Bad Raft timing is the operator's to fix (a usage error), found before opening anything.
+    crate::raft::openraft_config(&cfg.cluster_name, &cfg.raft, cfg.max_payload_entries)
+        .map_err(NodeError::Config)?;
     let storage = open_storage(cfg, &metrics).await?;
     let switch = Arc::new(NetSwitch::default());
     let network = Network::new(cfg.id, cfg.net.clone(), switch.clone());
@@ -320,7 +328,12 @@ async fn open_core(
         metrics,
         stop: stop_rx,
     }));
-    Ok((core, db, stop, senders))
+    Ok(Opened {
+        core,
+        db,
+        stop,
+        senders,
+    })
 }
 
 /// Opens (recovering) the node's storage on a blocking thread, after claiming its data
