@@ -126,13 +126,25 @@ async fn a_cut_off_minority_cannot_commit_and_heals_without_losing_writes() {
         "a cut-off leader must not commit: {stuck:?}"
     );
     let majority: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != leader).collect();
-    let new = c.leader_among(&majority).await;
+    let mut new = c.leader_among(&majority).await;
     for i in 0..50 {
-        let w = c.nodes[&new]
-            .core()
-            .write(None, vec![record("t", format!("b-{i}"))])
-            .await
-            .unwrap();
+        // A slow machine may re-elect within the majority: a write refused with "not the
+        // leader" was never proposed, so it is safe to send again to the new one.
+        let mut tries = 0;
+        let w = loop {
+            tries += 1;
+            assert!(tries <= 100, "no leader of the majority took write b-{i}");
+            match c.nodes[&new]
+                .core()
+                .write(None, vec![record("t", format!("b-{i}"))])
+                .await
+            {
+                Err(replog::core::CoreError::NotLeader { .. }) => {
+                    new = c.leader_among(&majority).await;
+                }
+                r => break r.unwrap(),
+            }
+        };
         acked.push(w.first_seq);
     }
     c.heal();
