@@ -88,8 +88,45 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         Arc::new(StdFs),
         Some(&registry),
     )?);
-    let deadline = Instant::now() + args.duration;
     let started = Instant::now();
+    let (entries, hist) = write_phase(args, &wal, started + args.duration)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let fsyncs = fsync_count(&registry);
+    let wal = Arc::try_unwrap(wal).map_err(|_| CliError::failure("writers still hold the WAL"))?;
+    wal.close()?;
+    let (reopen_ms, replay_entries_per_sec) = reopen_and_replay(cfg)?;
+    let report = Report {
+        sync_policy: format!("{:?}", args.sync_policy).to_lowercase(),
+        writers: args.writers,
+        entry_size: args.entry_size,
+        batch: args.batch,
+        entries,
+        seconds,
+        entries_per_sec: entries as f64 / seconds,
+        mib_per_sec: (entries * args.entry_size as u64) as f64 / seconds / f64::from(1 << 20),
+        fsyncs,
+        entries_per_fsync: if fsyncs > 0 {
+            entries as f64 / fsyncs as f64
+        } else {
+            0.0
+        },
+        latency_us_p50: hist.value_at_quantile(0.5),
+        latency_us_p99: hist.value_at_quantile(0.99),
+        latency_us_p999: hist.value_at_quantile(0.999),
+        latency_us_max: hist.max(),
+        reopen_ms,
+        replay_entries_per_sec,
+    };
+    print(&report, args.output)
+}
+
+/// `args.writers` threads writing batches until `deadline`; returns the entries written and
+/// the batches' latencies.
+fn write_phase(
+    args: &BenchArgs,
+    wal: &Arc<Manager>,
+    deadline: Instant,
+) -> Result<(u64, Histogram<u64>), CliError> {
     let handles: Vec<_> = (0..args.writers)
         .map(|w| {
             let wal = wal.clone();
@@ -120,8 +157,12 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         entries += n;
         hist.add(&h).map_err(|e| CliError::failure(e.to_string()))?;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let fsyncs = registry
+    Ok((entries, hist))
+}
+
+/// The fsyncs the WAL counted in `registry` (`wal_sync_duration_seconds` samples).
+fn fsync_count(registry: &prometheus::Registry) -> u64 {
+    registry
         .gather()
         .iter()
         .find(|m| m.name() == "wal_sync_duration_seconds")
@@ -130,38 +171,18 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
                 .first()
                 .map(|m| m.get_histogram().get_sample_count())
         })
-        .unwrap_or(0);
-    let wal = Arc::try_unwrap(wal).map_err(|_| CliError::failure("writers still hold the WAL"))?;
-    wal.close()?;
+        .unwrap_or(0)
+}
+
+/// Reopens the closed log (recovery) and replays it all: how long the reopen took (ms) and the
+/// replay's entries per second.
+fn reopen_and_replay(cfg: WalConfig) -> Result<(f64, f64), CliError> {
     let t = Instant::now();
     let wal = Manager::open(cfg)?;
     let reopen_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let replayed = wal.replay(1, |_| ControlFlow::Continue(()))?;
-    let replay_secs = t.elapsed().as_secs_f64();
-    let report = Report {
-        sync_policy: format!("{:?}", args.sync_policy).to_lowercase(),
-        writers: args.writers,
-        entry_size: args.entry_size,
-        batch: args.batch,
-        entries,
-        seconds,
-        entries_per_sec: entries as f64 / seconds,
-        mib_per_sec: (entries * args.entry_size as u64) as f64 / seconds / f64::from(1 << 20),
-        fsyncs,
-        entries_per_fsync: if fsyncs > 0 {
-            entries as f64 / fsyncs as f64
-        } else {
-            0.0
-        },
-        latency_us_p50: hist.value_at_quantile(0.5),
-        latency_us_p99: hist.value_at_quantile(0.99),
-        latency_us_p999: hist.value_at_quantile(0.999),
-        latency_us_max: hist.max(),
-        reopen_ms,
-        replay_entries_per_sec: replayed as f64 / replay_secs,
-    };
-    print(&report, args.output)
+    Ok((reopen_ms, replayed as f64 / t.elapsed().as_secs_f64()))
 }
 
 fn print(r: &Report, format: Format) -> Result<(), CliError> {
