@@ -143,16 +143,6 @@ pub fn operation_code(op: proto::Operation) -> u8 {
     op as u8
 }
 
-/// The lower-case name of an operation (`insert`, `update`, `delete`; `unspecified`).
-pub fn operation_name(op: proto::Operation) -> &'static str {
-    match op {
-        proto::Operation::Unspecified => "unspecified",
-        proto::Operation::Insert => "insert",
-        proto::Operation::Update => "update",
-        proto::Operation::Delete => "delete",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,9 +98,9 @@ fn read_sources(root: &Path) -> BTreeMap<Module, String> {
 }
 
 fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
-    attrs
-        .iter()
-        .any(|a| a.path().is_ident("cfg") && a.meta.to_token_stream().to_string().contains("test"))
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test")
+    })
 }
 
 /// The file's tokens without its `#[cfg(test)]` items, and its inline modules (`mod x { }`).
