@@ -25,6 +25,7 @@ pub struct NodeMetrics {
     pub replication_lag: IntGaugeVec,
     pub in_sync: IntGauge,
     pub write_duration: Histogram,
+    pub coalesced_writes: Histogram,
     pub grpc_requests: IntCounterVec,
     pub grpc_duration: HistogramVec,
     pub replay_streams: IntGauge,
@@ -58,6 +59,14 @@ impl NodeMetrics {
             .buckets(latency.clone()),
         )?;
         r.register(Box::new(write_duration.clone()))?;
+        let coalesced_writes = Histogram::with_opts(
+            HistogramOpts::new(
+                "replog_write_coalesced_writes",
+                "On the leader: client writes carried by each Raft entry it proposed for writes.",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 14)?),
+        )?;
+        r.register(Box::new(coalesced_writes.clone()))?;
         let grpc_requests = IntCounterVec::new(
             Opts::new(
                 "replog_grpc_requests_total",
@@ -136,6 +145,7 @@ impl NodeMetrics {
             registry: r,
             replication_lag,
             write_duration,
+            coalesced_writes,
             grpc_requests,
             grpc_duration,
         })

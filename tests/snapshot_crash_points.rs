@@ -38,6 +38,7 @@ fn fill(wal: &Manager, tag: u8, n: u64) {
             term: 1,
             first_seq: None,
             producer: None,
+            parts: Vec::new(),
             payload: Payload::Records(vec![record("t", &[tag; 300])]),
         };
         wal.append(vec![spec]).expect("append a frame");

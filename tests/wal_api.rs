@@ -73,6 +73,7 @@ fn read_segment_and_frames_with_index_and_term() {
             term: 1 + i / 20,
             first_seq: None,
             producer: None,
+            parts: Vec::new(),
             payload: if i % 10 == 0 {
                 Payload::Control(vec![i as u8; 30])
             } else {
@@ -108,6 +109,7 @@ fn read_segment_and_frames_with_index_and_term() {
         term: 3,
         first_seq: None,
         producer: None,
+        parts: Vec::new(),
         payload: Payload::Control(vec![]),
     };
     match wal.append(vec![bad]) {
@@ -127,6 +129,7 @@ fn given_sequence_numbers_must_increase() {
     let at = |seq| FrameSpec {
         first_seq: Some(seq),
         producer: None,
+        parts: Vec::new(),
         ..FrameSpec::records(vec![record("t", b"x")])
     };
     assert_eq!(wal.append(vec![at(100)]).unwrap().first_seq, 100);

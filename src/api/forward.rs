@@ -71,31 +71,46 @@ impl Forwarder {
     /// Local on the leader; else the leader's channel, unless the request was already forwarded
     /// or no leader is known (then UNAVAILABLE with the hint).
     pub fn route<T>(&self, core: &Core, req: &Request<T>) -> Result<Route, Status> {
-        if core.is_leader() {
-            return Ok(Route::Local);
-        }
-        let leader = core.leader().filter(|(id, _)| *id != core.id());
-        let forwarded = req.metadata().contains_key(FORWARDED_BY);
-        if let (Some((id, _)), Some(silent)) = (&leader, core.leader_silent()) {
-            return Err(to_status(CoreError::NotLeader {
-                message: format!(
-                    "node {} has not heard from the leader (node {id}) for {} ms; an election is due",
-                    core.id(),
-                    silent.as_millis()
-                ),
-                leader: None,
-            }));
-        }
-        match leader {
-            Some((id, addr)) if !forwarded => {
+        match target(core, req.metadata().contains_key(FORWARDED_BY))? {
+            Target::Local => Ok(Route::Local),
+            Target::Leader(id, addr) => {
                 let channel = self.channel(&addr).map_err(to_status)?;
                 Ok(Route::Leader { id, addr, channel })
             }
-            leader => Err(to_status(CoreError::NotLeader {
-                message: format!("node {} is not the leader", core.id()),
-                leader,
-            })),
         }
+    }
+}
+
+/// Where a call that must run on the leader goes, before any channel is made.
+pub enum Target {
+    Local,
+    Leader(NodeId, String),
+}
+
+/// This node if it leads; else the leader it knows, unless the call was already forwarded
+/// (`forwarded`), the leader has gone silent, or none is known (then UNAVAILABLE with the
+/// hint).
+pub fn target(core: &Core, forwarded: bool) -> Result<Target, Status> {
+    if core.is_leader() {
+        return Ok(Target::Local);
+    }
+    let leader = core.leader().filter(|(id, _)| *id != core.id());
+    if let (Some((id, _)), Some(silent)) = (&leader, core.leader_silent()) {
+        return Err(to_status(CoreError::NotLeader {
+            message: format!(
+                "node {} has not heard from the leader (node {id}) for {} ms; an election is due",
+                core.id(),
+                silent.as_millis()
+            ),
+            leader: None,
+        }));
+    }
+    match leader {
+        Some((id, addr)) if !forwarded => Ok(Target::Leader(id, addr)),
+        leader => Err(to_status(CoreError::NotLeader {
+            message: format!("node {} is not the leader", core.id()),
+            leader,
+        })),
     }
 }
 

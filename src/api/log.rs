@@ -10,26 +10,32 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::error::to_status;
-use super::forward::{Forwarder, on_leader};
-use super::{observed, operation};
-use crate::core::{Core, CoreError, NewRecord, ReplayFrom, ReplayStart};
+use super::forward::{Forwarder, Target, on_leader, target};
+use super::observed;
+use super::produce;
+use super::relay::Relay;
+use crate::core::{Core, CoreError, ReplayFrom, ReplayStart};
 use crate::proto::log_service_client::LogServiceClient;
 use crate::proto::log_service_server::LogService;
 use crate::proto::{
     self as pb, Checkpoint, CreateCheckpointRequest, GetCheckpointRequest, ListCheckpointsRequest,
-    ListCheckpointsResponse, ListSegmentsRequest, ListSegmentsResponse, ReadSegmentRequest,
-    ReplayRequest, ReplayResponse, TruncateRequest, TruncateResponse, WriteBatchRequest,
-    WriteRequest, WriteResponse, replay_request::Start,
+    ListCheckpointsResponse, ListSegmentsRequest, ListSegmentsResponse, ProduceRequest,
+    ReadSegmentRequest, ReplayRequest, ReplayResponse, TruncateRequest, TruncateResponse,
+    WriteBatchRequest, WriteRequest, WriteResponse, replay_request::Start,
 };
-use crate::wal::{EntryRef, ProducerKey, SegmentStatus, SequenceNumber};
+use crate::wal::{EntryRef, SegmentStatus, SequenceNumber};
+use crate::wire::FORWARDED_BY;
 
 pub struct LogApi {
     core: Arc<Core>,
     fwd: Arc<Forwarder>,
     replay_slots: Arc<Semaphore>,
+    produce_slots: Arc<Semaphore>,
+    /// This node's link to the leader for the writes it relays.
+    relay: Arc<Relay>,
 }
 
 type EntryStream = Pin<Box<dyn Stream<Item = Result<ReplayResponse, Status>> + Send>>;
@@ -37,10 +43,14 @@ type EntryStream = Pin<Box<dyn Stream<Item = Result<ReplayResponse, Status>> + S
 impl LogApi {
     pub fn new(core: Arc<Core>, fwd: Arc<Forwarder>) -> LogApi {
         let replay_slots = Arc::new(Semaphore::new(core.limits().max_replay_streams));
+        let produce_slots = Arc::new(Semaphore::new(core.limits().max_produce_streams));
+        let relay = Arc::new(Relay::new(fwd.clone(), core.limits().produce_max_in_flight));
         LogApi {
             core,
             fwd,
             replay_slots,
+            produce_slots,
+            relay,
         }
     }
 
@@ -54,60 +64,46 @@ impl LogApi {
             .max_encoding_message_size(max)
     }
 
-    /// Decodes a batch's entries (the core checks them against the limits).
-    fn records(entries: Vec<pb::EntryInput>) -> Result<Vec<NewRecord>, CoreError> {
-        entries
-            .into_iter()
-            .map(|e| {
-                Ok(NewRecord {
-                    operation: operation(e.operation)?,
-                    tenant: e.tenant,
-                    data: e.data,
-                })
-            })
-            .collect()
-    }
-
     /// Validates and writes a batch on this node, the leader.
-    async fn write_local(
-        &self,
-        entries: Vec<pb::EntryInput>,
-        producer: (Option<u64>, Option<u64>),
-    ) -> Result<WriteResponse, CoreError> {
-        let producer = match producer {
-            (Some(id), Some(seq)) => Some(ProducerKey { id, seq }),
-            (None, None) => None,
-            _ => {
-                return Err(CoreError::InvalidArgument(
-                    "producer_id and producer_seq go together".to_owned(),
-                ));
-            }
-        };
-        let records = Self::records(entries)?;
+    async fn write_local(&self, r: WriteBatchRequest) -> Result<WriteResponse, CoreError> {
+        let producer = produce::key(r.producer_id, r.producer_seq)?;
+        let records = produce::records(r.entries)?;
+        // The write path's stages (`raft::log_store::WRITE_PATH`).
+        tracing::trace!(target: "replog::write_path", stage = "api.received");
         let w = self.core.write(producer, records).await?;
-        Ok(WriteResponse {
-            first_sequence: w.first_seq,
-            last_sequence: w.last_seq,
-            timestamp_us: w.timestamp_us,
-            duplicate: w.duplicate,
-            leader_id: self.core.id(),
-            leader_address: self.core.advertise().to_owned(),
-        })
+        tracing::trace!(target: "replog::write_path", stage = "api.reply", seq = w.last_seq);
+        Ok(produce::written_response(&self.core, w))
     }
 
+    /// A write on the leader, or relayed to it over this follower's link.
     async fn write_batch_any(
         &self,
         req: Request<WriteBatchRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let client = |ch| self.leader_client(ch);
-        on_leader(
-            &self.fwd,
-            &self.core,
-            req,
-            |r| self.write_local(r.entries, (r.producer_id, r.producer_seq)),
-            |ch, r| async move { client(ch).write_batch(r).await },
-        )
-        .await
+        let forwarded = req.metadata().contains_key(FORWARDED_BY);
+        match target(&self.core, forwarded)? {
+            Target::Local => self
+                .write_local(req.into_inner())
+                .await
+                .map(Response::new)
+                .map_err(to_status),
+            Target::Leader(id, addr) => {
+                let r = req.into_inner();
+                let relayed = ProduceRequest {
+                    id: 0,
+                    entries: r.entries,
+                    producer_id: r.producer_id,
+                    producer_seq: r.producer_seq,
+                };
+                let rx = self.relay.submit(&self.core, (id, addr), relayed).await?;
+                let answer = rx.await.unwrap_or_else(|_| {
+                    Err(Status::unavailable(
+                        "the link to the leader dropped a write without an answer",
+                    ))
+                });
+                answer.map(Response::new)
+            }
+        }
     }
 
     async fn create_checkpoint_local(
@@ -309,6 +305,32 @@ impl LogService for LogApi {
         req: Request<WriteBatchRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
         observed(&self.core, "WriteBatch", self.write_batch_any(req)).await
+    }
+
+    type ProduceStream = produce::ProduceStream;
+
+    async fn produce(
+        &self,
+        req: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStream>, Status> {
+        observed(&self.core, "Produce", async {
+            let Ok(permit) = self.produce_slots.clone().try_acquire_owned() else {
+                return Err(to_status(CoreError::ResourceExhausted(format!(
+                    "{} Produce streams are open on this node (limits.max_produce_streams)",
+                    self.core.limits().max_produce_streams
+                ))));
+            };
+            let forwarded = req.metadata().contains_key(FORWARDED_BY);
+            let stream = produce::serve(
+                self.core.clone(),
+                self.relay.clone(),
+                forwarded,
+                req.into_inner(),
+                permit,
+            );
+            Ok(Response::new(stream))
+        })
+        .await
     }
 
     type ReplayStream = EntryStream;

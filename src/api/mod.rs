@@ -15,6 +15,8 @@ pub mod admin;
 pub mod error;
 pub mod forward;
 pub mod log;
+mod produce;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;

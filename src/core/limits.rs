@@ -56,6 +56,23 @@ pub struct Limits {
     pub max_producers: usize,
     /// Named checkpoints at most. Default 10000.
     pub max_checkpoints: usize,
+    /// Records the leader coalesces into one Raft entry at most (a single larger batch goes
+    /// alone). Default 10000; at most `max_batch_entries`.
+    pub coalesce_max_entries: usize,
+    /// Data bytes the leader coalesces into one Raft entry at most. Default 4MiB; at most
+    /// `max_batch_bytes`.
+    pub coalesce_max_bytes: ByteSize,
+    /// Write entries the leader has proposed and not yet answered at most; while that many are
+    /// in flight, new writes wait and go together in the next one. Default 2.
+    pub coalesce_max_proposals: usize,
+    /// Writes waiting at the leader to be proposed at most; more wait to be queued. Default
+    /// 16384.
+    pub write_queue: usize,
+    /// `Produce` streams open at once on a node. Default 1024.
+    pub max_produce_streams: usize,
+    /// Writes a `Produce` stream (and a producer id) has in flight at most; the stream reads
+    /// no more until one is answered. Default 1024.
+    pub produce_max_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +91,12 @@ impl Default for Limits {
             max_lag_entries: 10_000,
             max_producers: DEFAULT_MAX_PRODUCERS,
             max_checkpoints: 10_000,
+            coalesce_max_entries: 10_000,
+            coalesce_max_bytes: ByteSize::mib(4),
+            coalesce_max_proposals: 2,
+            write_queue: 16_384,
+            max_produce_streams: 1024,
+            produce_max_in_flight: 1024,
         }
     }
 }
@@ -100,6 +123,24 @@ impl Limits {
         pos("max_lag_entries", self.max_lag_entries)?;
         pos("max_producers", self.max_producers as u64)?;
         pos("max_checkpoints", self.max_checkpoints as u64)?;
+        pos("coalesce_max_entries", self.coalesce_max_entries as u64)?;
+        pos("coalesce_max_bytes", self.coalesce_max_bytes.as_u64())?;
+        pos("coalesce_max_proposals", self.coalesce_max_proposals as u64)?;
+        pos("write_queue", self.write_queue as u64)?;
+        pos("max_produce_streams", self.max_produce_streams as u64)?;
+        pos("produce_max_in_flight", self.produce_max_in_flight as u64)?;
+        if self.coalesce_max_entries > self.max_batch_entries {
+            return Err(invalid(
+                "coalesce_max_entries",
+                "must not exceed limits.max_batch_entries (a coalesced entry must fit a frame)",
+            ));
+        }
+        if self.coalesce_max_bytes > self.max_batch_bytes {
+            return Err(invalid(
+                "coalesce_max_bytes",
+                "must not exceed limits.max_batch_bytes (a coalesced entry must fit a frame)",
+            ));
+        }
         let msg = self.max_message_bytes.as_u64();
         if !(4 << 20..=1 << 30).contains(&msg) {
             return Err(invalid(

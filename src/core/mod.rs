@@ -23,6 +23,7 @@ use crate::raft::state_machine::SmShared;
 use crate::raft::{NodeId, RaftNode, RaftStatus, WalHandle};
 use crate::wal::{Operation, SequenceNumber};
 
+mod coalesce;
 pub mod contact;
 mod error;
 mod limits;
@@ -39,6 +40,7 @@ pub use log::Checkpoint;
 pub use membership::{Membership, NodeStatus};
 pub use read::{Chunk, LogBounds, ReplayFrom, ReplayStart};
 pub use repair::RepairConfig;
+pub use write::PendingWrite;
 
 /// How long a new leader may take to apply the entries of earlier terms (so its state holds
 /// every committed entry) before a use case checked against that state gives up.
@@ -73,6 +75,8 @@ pub struct Core {
     switch: Arc<NetSwitch>,
     /// Keyed writes in flight on this leader.
     keyed: Arc<producers::Ledger>,
+    /// Writes waiting to be proposed, coalesced into Raft entries.
+    writes: coalesce::Coalescer,
     contact: Arc<LeaderContact>,
     /// Peer connections outside openraft (fetching frames for a repair).
     net: Network,
@@ -115,15 +119,27 @@ pub enum ReplicaState {
 }
 
 impl Core {
+    /// Builds the core; starts its write queue's task (needs a Tokio runtime).
     pub fn new(p: Parts) -> Core {
+        let writes = coalesce::Coalescer::start(
+            p.raft.clone(),
+            coalesce::CoalesceLimits {
+                max_entries: p.limits.coalesce_max_entries,
+                max_bytes: p.limits.coalesce_max_bytes.as_u64(),
+                max_proposals: p.limits.coalesce_max_proposals,
+                queue: p.limits.write_queue,
+            },
+            Some(p.metrics.coalesced_writes.clone()),
+        );
         Core {
+            writes,
             id: p.id,
             advertise: p.advertise,
             raft: p.raft,
             wal: p.wal,
             sm: p.sm,
             switch: p.switch,
-            keyed: producers::Ledger::new(p.max_producers),
+            keyed: producers::Ledger::new(p.max_producers, p.limits.produce_max_in_flight),
             contact: p.contact,
             net: p.net,
             repair: repair::RepairState::default(),

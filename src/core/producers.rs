@@ -19,6 +19,13 @@
 //! restore is off, see `raft::openraft_config`), since its new ledger would not know the keys
 //! it proposed in that term before the restart.
 //!
+//! Pipelining: a producer may have several writes in flight (a `Produce` stream sends the next
+//! before the last is acknowledged), with increasing sequence numbers, proposed in that order.
+//! Each is proposed conditionally on the term the leader checked ([`Step::Propose::term`]), so
+//! a later one never enters the log after an earlier one was refused for a leader change: the
+//! log holds a prefix of a producer's pipeline, and a retry of the rest (in order) is never
+//! mistaken for a duplicate. A write older than one in flight waits for it and looks again.
+//!
 //! Invariant (checked in [`Ledger::begin`]): a key is proposed only when it is neither applied
 //! nor in flight, by a leader whose own term is applied, under one lock.
 
@@ -53,10 +60,12 @@ pub enum Step {
     },
     /// This node no longer leads with its own term applied: look again.
     NotReady,
-    /// Propose it: the caller must hand `publish` to the task that owns the proposal.
+    /// Propose it, taken only by this node as the leader of `term`: the caller must hand
+    /// `publish` to the task that owns the proposal.
     Propose {
         publish: Publish,
         outcome: watch::Receiver<Option<Outcome>>,
+        term: u64,
     },
 }
 
@@ -80,11 +89,11 @@ impl Publish {
 
     fn leave(&self) {
         let mut map = self.ledger.pending.lock();
-        if map
-            .get(&self.producer)
-            .is_some_and(|p| p.ticket == self.ticket)
-        {
-            map.remove(&self.producer);
+        if let Some(list) = map.get_mut(&self.producer) {
+            list.retain(|p| p.ticket != self.ticket);
+            if list.is_empty() {
+                map.remove(&self.producer);
+            }
         }
     }
 }
@@ -95,20 +104,23 @@ impl Drop for Publish {
     }
 }
 
-/// Keyed writes in flight on this leader, one per producer at most.
+/// Keyed writes in flight on this leader, by producer, in increasing producer seq.
 pub struct Ledger {
-    pending: parking_lot::Mutex<HashMap<u64, Pending>>,
+    pending: parking_lot::Mutex<HashMap<u64, Vec<Pending>>>,
     next_ticket: std::sync::atomic::AtomicU64,
     /// Producers with a proposal in flight at most (bounded like the producer table).
     max: usize,
+    /// Writes in flight per producer at most (a producer's pipeline).
+    max_per_producer: usize,
 }
 
 impl Ledger {
-    pub fn new(max: usize) -> Arc<Ledger> {
+    pub fn new(max: usize, max_per_producer: usize) -> Arc<Ledger> {
         Arc::new(Ledger {
             pending: parking_lot::Mutex::new(HashMap::new()),
             next_ticket: std::sync::atomic::AtomicU64::new(1),
             max: max.max(1),
+            max_per_producer: max_per_producer.max(1),
         })
     }
 
@@ -124,22 +136,38 @@ impl Ledger {
         self: &Arc<Self>,
         key: ProducerKey,
         sm: &SmShared,
-        ready: impl FnOnce() -> bool,
+        ready: impl FnOnce() -> Option<u64>,
     ) -> Result<Step, CoreError> {
         let mut map = self.pending.lock();
-        if let Some(p) = map.get(&key.id) {
+        let in_flight = map.get(&key.id).map_or(&[][..], Vec::as_slice);
+        // The same key in flight (a retry): its outcome. An older key than one in flight:
+        // wait for the newest and look again (it is then applied, or was never proposed).
+        if let Some(p) = in_flight
+            .iter()
+            .find(|p| p.seq == key.seq)
+            .or_else(|| in_flight.last().filter(|p| p.seq > key.seq))
+        {
             return Ok(Step::Wait {
                 seq: p.seq,
                 outcome: p.outcome.clone(),
             });
         }
-        if let Some(applied) = sm.duplicate_of(key) {
+        if in_flight.is_empty()
+            && let Some(applied) = sm.duplicate_of(key)
+        {
             return Ok(Step::Applied(applied));
         }
-        if !ready() {
+        let Some(term) = ready() else {
             return Ok(Step::NotReady);
+        };
+        if in_flight.len() >= self.max_per_producer {
+            return Err(CoreError::ResourceExhausted(format!(
+                "producer {} has {} writes in flight on this leader (the bound is limits.produce_max_in_flight)",
+                key.id,
+                in_flight.len()
+            )));
         }
-        if map.len() >= self.max {
+        if in_flight.is_empty() && map.len() >= self.max {
             return Err(CoreError::Unavailable(format!(
                 "{} producers have a write in flight on this leader (the bound is max_producers)",
                 map.len()
@@ -149,15 +177,16 @@ impl Ledger {
             .next_ticket
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, outcome) = watch::channel(None);
-        let previous = map.insert(
-            key.id,
-            Pending {
-                seq: key.seq,
-                ticket,
-                outcome: outcome.clone(),
-            },
+        let list = map.entry(key.id).or_default();
+        assert!(
+            list.last().is_none_or(|p| p.seq < key.seq),
+            "a producer's writes in flight have increasing seqs"
         );
-        assert!(previous.is_none(), "one proposal per producer in flight");
+        list.push(Pending {
+            seq: key.seq,
+            ticket,
+            outcome: outcome.clone(),
+        });
         Ok(Step::Propose {
             publish: Publish {
                 ledger: self.clone(),
@@ -166,6 +195,7 @@ impl Ledger {
                 tx,
             },
             outcome,
+            term,
         })
     }
 }

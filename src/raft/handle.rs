@@ -235,13 +235,44 @@ impl RaftNode {
         }
     }
 
-    /// Whether this node leads and has applied an entry of its own term (checked now).
-    pub fn own_term_applied(&self) -> bool {
+    /// Submits a request now and returns a future of what applying it answers. Requests
+    /// submitted one after another (awaiting each `submit`) enter the log in that order. With
+    /// `term`, the request is taken only by this node as the leader of that term (else it fails
+    /// as not leader, before reaching the log): a later request of the same term never enters
+    /// the log after an earlier one was refused for a leader change.
+    pub async fn submit(
+        &self,
+        req: Request,
+        term: Option<u64>,
+    ) -> Result<impl Future<Output = Result<Response, RaftOpError>> + Send + 'static, RaftOpError>
+    {
+        let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
+        let write = self.raft.write(req).responder(responder);
+        match term {
+            Some(t) => write.with_leader(t).await,
+            None => write.await,
+        }
+        .map_err(stopped)?;
+        Ok(async move {
+            let result = rx.await.map_err(|_| {
+                RaftOpError::Stopped("Raft dropped a proposal without an answer".to_owned())
+            })?;
+            let resp = result.map_err(|e| RaftOpError::from(RaftError::APIError(e)))?;
+            match resp.data {
+                Response::Rejected { reason } => Err(RaftOpError::Rejected(reason)),
+                other => Ok(other),
+            }
+        })
+    }
+
+    /// The term this node leads with its own term's entry applied, if it does (checked now).
+    pub fn own_term_applied(&self) -> Option<u64> {
         let rx = self.raft.metrics();
         let m = rx.borrow_watched();
-        m.current_leader == Some(self.id)
+        (m.current_leader == Some(self.id)
             && m.last_applied
-                .is_some_and(|a| a.leader_id.term == m.current_term)
+                .is_some_and(|a| a.leader_id.term == m.current_term))
+        .then_some(m.current_term)
     }
 
     /// Waits until this leader has applied an entry of its own term, so every entry of earlier

@@ -8,6 +8,8 @@
 //! - `append` returns once the frames are written (readable); `IOFlushed` fires from the WAL's
 //!   durability callback, after the fsync covering them under `immediate`. Appends that arrive
 //!   while an fsync runs share the next one (group commit).
+//! - The newest entries appended are also kept in memory ([`EntryCache`], bounded by bytes), so
+//!   replicating them to followers and applying them reads no file and hops to no thread.
 //! - The vote, committed id and Raft purge point live in `RAFT_META` ([`MetaStore`]); a vote is
 //!   saved only after everything appended before it is durable, so vote and log writes are never
 //!   reordered.
@@ -32,6 +34,11 @@ use super::types::{Control, Entry, LogId, Request, TypeConfig, Vote, WriteRecord
 use super::wal_handle::WalHandle;
 use crate::wal::{Frame, FramePayload, FrameSpec, Manager, Payload, Record, WalError};
 
+/// The tracing target of the write path's stages (`RUST_LOG=replog::write_path=trace`): each
+/// event names a stage and the Raft index it reached, so one write can be followed across the
+/// nodes' logs ([`crate::raft`] explains the stages).
+pub const WRITE_PATH: &str = "replog::write_path";
+
 /// How often a changed committed log id is persisted at most (it is also persisted with every
 /// vote). Losing it only makes a restarted node wait to learn the commit from the leader.
 const COMMITTED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,6 +56,110 @@ pub struct LogStore {
     /// published by the state machine).
     data_watermark: Arc<AtomicU64>,
     durable: Arc<LocalDurable>,
+    cache: Arc<Mutex<EntryCache>>,
+}
+
+/// Default bytes of recent entries kept in memory (`raft.entry_cache_bytes`).
+pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 32 << 20;
+
+/// The newest entries appended, with contiguous indexes, as they are in the WAL: filled by
+/// `append` once the WAL has written them, cut by `truncate_after`, and dropped whole when the
+/// WAL is swapped (a snapshot install) or an append does not follow the cached ones.
+struct EntryCache {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+    max_bytes: usize,
+    /// The WAL the entries are in (a swapped WAL is another one; held weakly, so its address
+    /// is not reused while the cache names it).
+    wal: std::sync::Weak<Manager>,
+}
+
+impl EntryCache {
+    fn new(max_bytes: usize) -> EntryCache {
+        EntryCache {
+            entries: std::collections::VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            wal: std::sync::Weak::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Adds entries written to `wal`, following the cached ones (else starting over).
+    fn push(&mut self, wal: &Arc<Manager>, entries: Vec<Entry>) {
+        let follows = |c: &EntryCache, first: u64| {
+            c.is_of(wal) && c.entries.back().is_none_or(|l| l.log_id.index + 1 == first)
+        };
+        if let Some(first) = entries.first()
+            && !follows(self, first.log_id.index)
+        {
+            self.clear();
+            self.wal = Arc::downgrade(wal);
+        }
+        for e in entries {
+            self.bytes += entry_bytes(&e);
+            self.entries.push_back(e);
+        }
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
+        while self.bytes > self.max_bytes {
+            match self.entries.pop_front() {
+                Some(e) => self.bytes -= entry_bytes(&e),
+                None => break,
+            }
+        }
+    }
+
+    fn is_of(&self, wal: &Arc<Manager>) -> bool {
+        std::ptr::eq(self.wal.as_ptr(), Arc::as_ptr(wal))
+    }
+
+    /// Entries `start..end` if all are cached and `wal` is still the WAL they are in.
+    fn get(&self, wal: &Arc<Manager>, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.log_id.index;
+        let last = self.entries.back()?.log_id.index;
+        if !self.is_of(wal) || start < first || end > last + 1 {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(self.entries.range(from..to).cloned().collect())
+    }
+
+    /// Drops cached entries after Raft index `last` (all of them for `None`).
+    fn cut_after(&mut self, last: Option<u64>) {
+        while let Some(e) = self.entries.back() {
+            if last.is_some_and(|l| e.log_id.index <= l) {
+                break;
+            }
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= entry_bytes(&e);
+            }
+        }
+    }
+}
+
+/// An entry's size in memory, closely enough to bound the cache (records dominate).
+fn entry_bytes(e: &Entry) -> usize {
+    const OVERHEAD: usize = 96;
+    match &e.payload {
+        EntryPayload::Normal(
+            Request::Write { records, .. } | Request::Coalesced { records, .. },
+        ) => {
+            OVERHEAD
+                + records
+                    .iter()
+                    .map(|r| r.data.len() + r.tenant_id.len() + 40)
+                    .sum::<usize>()
+        }
+        _ => OVERHEAD * 2,
+    }
 }
 
 struct SharedMeta {
@@ -89,6 +200,7 @@ impl LogStore {
             wal,
             data_watermark,
             durable,
+            cache: Arc::new(Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES))),
             meta: Arc::new(SharedMeta {
                 store: meta,
                 current: Mutex::new(current),
@@ -96,6 +208,13 @@ impl LogStore {
                 write: std::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// Sets how many bytes of recent entries are kept in memory (0: none).
+    pub fn set_entry_cache_bytes(&self, bytes: usize) {
+        let mut c = self.cache.lock();
+        c.max_bytes = bytes;
+        c.shrink();
     }
 
     fn wal(&self) -> io::Result<Arc<Manager>> {
@@ -141,6 +260,9 @@ impl LogStore {
             return Ok(Vec::new());
         }
         let wal = self.wal()?;
+        if let Some(hit) = self.cache.lock().get(&wal, start, end) {
+            return Ok(hit);
+        }
         tokio::task::spawn_blocking(move || {
             // Frames below the WAL's start do not exist (never written, or truncated).
             let from = (start + 1).max(wal.log_start().index);
@@ -188,9 +310,8 @@ pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
     })?;
     let log_id = LogId::new_term_index(f.term, raft_index);
     let payload = match f.payload {
-        FramePayload::Records(entries) => EntryPayload::Normal(Request::Write {
-            producer: f.producer,
-            records: entries
+        FramePayload::Records(entries) => {
+            let records = entries
                 .into_iter()
                 .map(|e| WriteRecord {
                     tenant_id: e.tenant_id,
@@ -198,8 +319,19 @@ pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
                     data: e.data,
                     timestamp: e.timestamp,
                 })
-                .collect(),
-        }),
+                .collect();
+            EntryPayload::Normal(if f.parts.is_empty() {
+                Request::Write {
+                    producer: f.producer,
+                    records,
+                }
+            } else {
+                Request::Coalesced {
+                    parts: f.parts,
+                    records,
+                }
+            })
+        }
         FramePayload::Control(bytes) => match Control::decode(&bytes) {
             Ok(Control::Blank) => EntryPayload::Blank,
             Ok(Control::Membership(m)) => EntryPayload::Membership(m),
@@ -224,30 +356,35 @@ pub fn entry_to_frame(e: Entry) -> io::Result<FrameSpec> {
     };
     let index = e.log_id.index + 1;
     let term = e.log_id.leader_id.term;
-    let (producer, payload) = match e.payload {
-        EntryPayload::Normal(Request::Write { producer, records }) => (
+    let records = |records: Vec<WriteRecord>| {
+        Payload::Records(
+            records
+                .into_iter()
+                .map(|r| Record {
+                    tenant_id: r.tenant_id,
+                    operation: r.operation,
+                    data: r.data,
+                    timestamp: Some(r.timestamp),
+                })
+                .collect(),
+        )
+    };
+    let (producer, parts, payload) = match e.payload {
+        EntryPayload::Normal(Request::Write {
             producer,
-            Payload::Records(
-                records
-                    .into_iter()
-                    .map(|r| Record {
-                        tenant_id: r.tenant_id,
-                        operation: r.operation,
-                        data: r.data,
-                        timestamp: Some(r.timestamp),
-                    })
-                    .collect(),
-            ),
-        ),
-        EntryPayload::Normal(cmd) => (None, control(Control::Command(cmd))?),
-        EntryPayload::Blank => (None, control(Control::Blank)?),
-        EntryPayload::Membership(m) => (None, control(Control::Membership(m))?),
+            records: r,
+        }) => (producer, Vec::new(), records(r)),
+        EntryPayload::Normal(Request::Coalesced { parts, records: r }) => (None, parts, records(r)),
+        EntryPayload::Normal(cmd) => (None, Vec::new(), control(Control::Command(cmd))?),
+        EntryPayload::Blank => (None, Vec::new(), control(Control::Blank)?),
+        EntryPayload::Membership(m) => (None, Vec::new(), control(Control::Membership(m))?),
     };
     Ok(FrameSpec {
         index: Some(index),
         term,
         first_seq: None,
         producer,
+        parts,
         payload,
     })
 }
@@ -299,6 +436,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        tracing::trace!(target: WRITE_PATH, stage = "log.committed", index = committed.map(|c| c.index));
         let due = self
             .meta
             .committed_persisted_at
@@ -330,6 +468,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let cached = if self.cache.lock().max_bytes > 0 {
+            entries.clone()
+        } else {
+            Vec::new()
+        };
         let frames: Vec<FrameSpec> = entries
             .into_iter()
             .map(entry_to_frame)
@@ -355,12 +499,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(join_err)?
                 .map_err(to_io)?;
         }
+        let last_index = first_index - 1 + frames.len() as u64 - 1;
+        tracing::trace!(target: WRITE_PATH, stage = "log.append", index = last_index);
         let (written_tx, written_rx) = tokio::sync::oneshot::channel();
         let on_written: crate::wal::Completion = Box::new(move |r| {
+            tracing::trace!(target: WRITE_PATH, stage = "log.written", index = last_index);
             let _ = written_tx.send(r.map(|_| ()));
         });
         let durable = self.durable.clone();
         let on_durable: crate::wal::Completion = Box::new(move |r| {
+            tracing::trace!(target: WRITE_PATH, stage = "log.durable", index = last_index);
             match &r {
                 Ok(a) => durable.advance(a.last_index),
                 Err(_) => durable.fail(),
@@ -370,19 +518,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Raft index of the first entry is `first_index - 1`.
         let next = first_index - 1 + frames.len() as u64;
         // Blocks only while `queue_depth` commands wait: the WAL's back-pressure.
-        self.wal()?
-            .append_with(frames, Some(on_written), on_durable)
+        let wal = self.wal()?;
+        wal.append_with(frames, Some(on_written), on_durable)
             .map_err(to_io)?;
         self.durable.written(next);
         // Readable once written; durability is reported through the callback.
         written_rx
             .await
             .map_err(|_| to_io(WalError::Closed))?
-            .map_err(to_io)
+            .map_err(to_io)?;
+        self.cache.lock().push(&wal, cached);
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |l| l.index + 1) + 1;
+        self.cache.lock().cut_after(last_log_id.map(|l| l.index));
         self.durable.cut(from - 1);
         let wal = self.wal()?;
         tokio::task::spawn_blocking(move || wal.truncate_from_index(from))

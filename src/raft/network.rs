@@ -27,6 +27,7 @@ use openraft::raft::{
 use parking_lot::{Mutex, RwLock};
 use tonic::transport::{Channel, Endpoint};
 
+use super::log_store::WRITE_PATH;
 use super::snapshot::{CHUNK_BYTES, SnapshotData};
 use super::types::{NodeId, TypeConfig, Vote, from_wire, to_wire};
 use crate::proto::raft::{
@@ -276,7 +277,9 @@ fn approx_bytes(e: &super::types::Entry) -> usize {
     use super::types::Request;
     const OVERHEAD: usize = 32;
     match &e.payload {
-        openraft::EntryPayload::Normal(Request::Write { records, .. }) => {
+        openraft::EntryPayload::Normal(
+            Request::Write { records, .. } | Request::Coalesced { records, .. },
+        ) => {
             records
                 .iter()
                 .map(|r| r.data.len() + r.tenant_id.len() + 16)
@@ -355,6 +358,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let sent = parts.clone();
             let outgoing = input
                 .flat_map(move |req| {
+                    if let Some(last) = req.entries.last() {
+                        tracing::trace!(target: WRITE_PATH, stage = "net.send", index = last.log_id.index);
+                    }
                     let chunks = split_request(req, max);
                     sent.lock().push_back(chunks.len());
                     futures::stream::iter(
@@ -377,12 +383,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let folded =
-                futures::stream::unfold((replies, parts), |(mut replies, parts)| async move {
+            let folded = futures::stream::unfold(
+                (replies, parts),
+                |(mut replies, parts)| async move {
                     let first = replies.next().await?;
                     // The reply came after its request was sent, so its part count is queued.
                     let n = parts.lock().pop_front().unwrap_or(1);
                     let mut result = decode_stream_reply(first);
+                    tracing::trace!(target: WRITE_PATH, stage = "net.acked", reply = ?result.as_ref().ok());
                     for _ in 1..n {
                         let next = match replies.next().await {
                             Some(r) => decode_stream_reply(r),
@@ -393,7 +401,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                         }
                     }
                     Some((result, (replies, parts)))
-                });
+                },
+            );
             Ok(Box::pin(folded) as BoxStream<'s, _>)
         })
     }

@@ -11,6 +11,7 @@ use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::handle::Raft;
+use super::log_store::WRITE_PATH;
 use super::network::NetSwitch;
 use super::snapshot::{CHUNK_BYTES, Manifest, Staging};
 use super::types::{NodeId, Vote, from_wire, to_wire};
@@ -164,8 +165,12 @@ impl RaftService for RaftServer {
                     .ok()
                     .filter(|m| !switch.is_blocked(m.from))
                     .and_then(|m| from_wire(&m.body).ok());
-                if rpc.is_some() {
+                if let Some(r) = &rpc {
                     contact.touch();
+                    let r: &openraft::raft::AppendEntriesRequest<super::TypeConfig> = r;
+                    if let Some(last) = r.entries.last() {
+                        tracing::trace!(target: WRITE_PATH, stage = "net.received", index = last.log_id.index);
+                    }
                 }
                 rpc
             })
@@ -173,6 +178,7 @@ impl RaftService for RaftServer {
             .filter_map(futures::future::ready);
         let output = self.raft.stream_append(input).map(move |r| match r {
             Ok(result) => {
+                tracing::trace!(target: WRITE_PATH, stage = "net.reply", result = ?result);
                 let body = to_wire(&Ok::<_, String>(result))
                     .map_err(|e| Status::internal(e.to_string()))?;
                 Ok(RaftMessage { from: id, body })

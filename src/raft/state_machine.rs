@@ -6,6 +6,10 @@
 //! `apply` call writes one atomic `sled::Batch` with the applied id in it, so sled always holds
 //! a consistent image of some applied prefix; after a crash openraft re-applies from there.
 //!
+//! sled is written at most every `SAVE_INTERVAL` (and when the state machine is dropped), with
+//! every change since the last write: a write costs as much as the entries it carries, and
+//! after a crash openraft re-applies the entries sled lacks from the WAL, which is the truth.
+//!
 //! sled is not a durability barrier (its `flush()` was seen issuing `sync_file_range`), so the
 //! image that cannot be rebuilt from the retained log — the one a snapshot describes, taken
 //! before the log below it is purged — is also written to `SM_SNAPSHOT` with write + fsync +
@@ -35,13 +39,14 @@ use tokio::sync::watch;
 
 use super::durable::LocalDurable;
 pub use super::image::{Checkpoint, Image, ProducerState, TenantStats};
+use super::log_store::WRITE_PATH;
 use super::snapshot::{self, SnapshotData, SnapshotFile};
 use super::types::{
     Entry, LogId, NodeId, Request, Response, SnapshotMeta, StoredMembership, TypeConfig,
     WriteRecord,
 };
 use super::wal_handle::WalHandle;
-use crate::wal::{ProducerKey, SequenceNumber};
+use crate::wal::{ProducerKey, SequenceNumber, WritePart};
 
 /// Default bound of the idempotency table.
 pub const DEFAULT_MAX_PRODUCERS: usize = 100_000;
@@ -102,6 +107,7 @@ pub struct StateMachine {
     data_dir: PathBuf,
     max_producers: usize,
     durable: Arc<LocalDurable>,
+    unsaved: parking_lot::Mutex<Unsaved>,
 }
 
 const KEY_APPLIED: &[u8] = b"m/applied";
@@ -142,6 +148,39 @@ struct Dirty {
     duplicate_keys: u64,
 }
 
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+            && self.producers.is_empty()
+            && self.evicted.is_empty()
+            && self.checkpoints.is_empty()
+            && !self.membership
+    }
+
+    /// Adds the keys `other` changed (written as they are in the image at the next save).
+    fn merge(&mut self, other: Dirty) {
+        self.tenants.extend(other.tenants);
+        self.producers.extend(other.producers);
+        self.evicted.extend(other.evicted);
+        self.checkpoints.extend(other.checkpoints);
+        self.membership |= other.membership;
+    }
+}
+
+/// How often applied changes are written to sled at most.
+const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Changes applied and not yet written to sled, and when sled was last written.
+struct Unsaved {
+    dirty: Dirty,
+    saved_at: std::time::Instant,
+    /// Entries applied since the last save (a save is due after `SAVE_ENTRIES` too).
+    entries: u64,
+}
+
+/// Entries applied between two saves at most.
+const SAVE_ENTRIES: u64 = 10_000;
+
 impl StateMachine {
     /// Opens the state machine: the sled image, or the snapshot file if that is newer.
     pub fn open(
@@ -176,6 +215,11 @@ impl StateMachine {
             data_dir,
             max_producers,
             durable,
+            unsaved: parking_lot::Mutex::new(Unsaved {
+                dirty: Dirty::default(),
+                saved_at: std::time::Instant::now(),
+                entries: 0,
+            }),
         })
     }
 
@@ -212,9 +256,27 @@ impl StateMachine {
                 Response::None
             }
             EntryPayload::Normal(Request::Write { producer, records }) => {
-                let key = producer.as_ref().copied();
-                apply_write(img, entry.log_id.index, key, records, dirty, max_producers)
+                let part = WritePart {
+                    producer: *producer,
+                    records: records.len() as u32,
+                };
+                apply_write(
+                    img,
+                    entry.log_id.index,
+                    &[part],
+                    records,
+                    dirty,
+                    max_producers,
+                )
             }
+            EntryPayload::Normal(Request::Coalesced { parts, records }) => apply_write(
+                img,
+                entry.log_id.index,
+                parts,
+                records,
+                dirty,
+                max_producers,
+            ),
             EntryPayload::Normal(Request::Checkpoint {
                 name,
                 tenant,
@@ -244,16 +306,32 @@ impl StateMachine {
         }
     }
 
-    /// Writes the keys one `apply` call changed, and the applied id, as one atomic batch.
-    fn persist(&self, dirty: &Dirty) -> io::Result<()> {
+    /// Notes what one `apply` call changed and writes every unsaved change, with the applied
+    /// id, as one atomic batch once a save is due (or `now`).
+    fn persist(&self, dirty: Dirty, entries: u64, now: bool) -> io::Result<()> {
+        let mut unsaved = self.unsaved.lock();
+        unsaved.dirty.merge(dirty);
+        unsaved.entries += entries;
+        let due = unsaved.saved_at.elapsed() >= SAVE_INTERVAL || unsaved.entries >= SAVE_ENTRIES;
+        if !(now || due) || (unsaved.entries == 0 && unsaved.dirty.is_empty()) {
+            return Ok(());
+        }
         let mut b = sled::Batch::default();
-        put_changes(&mut b, &self.shared.image.read(), dirty)?;
-        self.tree.apply_batch(b).map_err(io_err)
+        put_changes(&mut b, &self.shared.image.read(), &unsaved.dirty)?;
+        self.tree.apply_batch(b).map_err(io_err)?;
+        unsaved.dirty = Dirty::default();
+        unsaved.entries = 0;
+        unsaved.saved_at = std::time::Instant::now();
+        Ok(())
     }
 
     /// Replaces the whole state with `image` (snapshot install).
     fn replace(&self, image: Image) -> io::Result<()> {
+        let mut unsaved = self.unsaved.lock();
         store_image(&self.tree, &image)?;
+        unsaved.dirty = Dirty::default();
+        unsaved.entries = 0;
+        unsaved.saved_at = std::time::Instant::now();
         let next_seq = image.next_seq;
         self.shared
             .data_watermark
@@ -264,11 +342,13 @@ impl StateMachine {
     }
 }
 
-/// A client batch: the next sequence numbers, tenant counters, and the producer's key.
+/// Client writes in one entry (one, or several coalesced): the next sequence numbers, tenant
+/// counters, and each write's producer key at its piece of the range. The response covers the
+/// whole entry; the leader splits it by the parts' record counts.
 fn apply_write(
     img: &mut Image,
     index: u64,
-    producer: Option<ProducerKey>,
+    parts: &[WritePart],
     records: &[WriteRecord],
     dirty: &mut Dirty,
     max_producers: usize,
@@ -284,40 +364,59 @@ fn apply_write(
         dirty.tenants.insert(r.tenant_id.clone());
     }
     let last_seq = img.next_seq.saturating_sub(1).max(first_seq);
-    if let Some(key) = producer {
-        let duplicate = img.producers.get(&key.id).is_some_and(|p| key.seq <= p.seq);
-        if duplicate {
-            // The leader never proposes a known key (`core::producers`): this is a
-            // broken invariant, counted and logged on every replica. Its records
-            // are in the log already; the table keeps the first write.
-            dirty.duplicate_keys += 1;
-            tracing::error!(
-                producer = key.id,
-                seq = key.seq,
-                index,
-                "duplicate producer key applied (a key was proposed twice)"
-            );
-        } else {
-            img.producers.insert(
-                key.id,
-                ProducerState {
-                    seq: key.seq,
-                    first_seq,
-                    last_seq,
-                    timestamp,
-                    index,
-                },
-            );
-            dirty.producers.insert(key.id);
-            evict_producers(img, dirty, max_producers);
+    let mut part_first = first_seq;
+    for part in parts {
+        let part_last = (part_first + u64::from(part.records))
+            .saturating_sub(1)
+            .max(part_first);
+        if let Some(key) = part.producer {
+            record_key(img, index, key, (part_first, part_last), timestamp, dirty);
         }
+        part_first += u64::from(part.records);
     }
+    evict_producers(img, dirty, max_producers);
     Response::Written {
         first_seq,
         last_seq,
         timestamp,
         duplicate: false,
     }
+}
+
+/// Records a keyed write's result in the producer table.
+fn record_key(
+    img: &mut Image,
+    index: u64,
+    key: ProducerKey,
+    (first_seq, last_seq): (SequenceNumber, SequenceNumber),
+    timestamp: u64,
+    dirty: &mut Dirty,
+) {
+    let duplicate = img.producers.get(&key.id).is_some_and(|p| key.seq <= p.seq);
+    if duplicate {
+        // The leader never proposes a known key (`core::producers`): this is a broken
+        // invariant, counted and logged on every replica. Its records are in the log already;
+        // the table keeps the first write.
+        dirty.duplicate_keys += 1;
+        tracing::error!(
+            producer = key.id,
+            seq = key.seq,
+            index,
+            "duplicate producer key applied (a key was proposed twice)"
+        );
+        return;
+    }
+    img.producers.insert(
+        key.id,
+        ProducerState {
+            seq: key.seq,
+            first_seq,
+            last_seq,
+            timestamp,
+            index,
+        },
+    );
+    dirty.producers.insert(key.id);
 }
 
 /// A named position; every replica refuses the same way: it must be a committed record.
@@ -425,7 +524,10 @@ fn put_changes(b: &mut sled::Batch, img: &Image, dirty: &Dirty) -> io::Result<()
         }
     }
     for id in &dirty.evicted {
-        b.remove(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()));
+        // Evicted, unless it came back since (then it was written above).
+        if !img.producers.contains_key(id) {
+            b.remove(prefixed(PREFIX_PRODUCER, &id.to_be_bytes()));
+        }
     }
     for c in &dirty.checkpoints {
         if let Some(cp) = img.checkpoints.get(c) {
@@ -460,6 +562,15 @@ fn store_image(tree: &sled::Tree, img: &Image) -> io::Result<()> {
     tree.apply_batch(b).map_err(io_err)
 }
 
+impl Drop for StateMachine {
+    /// Saves what was applied since the last save, so a clean stop re-applies nothing.
+    fn drop(&mut self) {
+        if let Err(e) = self.persist(Dirty::default(), 0, true) {
+            tracing::warn!(error = %e, "saving the state machine to sled at shutdown");
+        }
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
@@ -475,6 +586,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut dirty = Dirty::default();
         let mut replies = Vec::new();
         let mut last_index = None;
+        let mut applied = 0u64;
         while let Some((entry, responder)) = entries.try_next().await? {
             // Committed entries come in log order, without gaps.
             assert!(
@@ -483,11 +595,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 entry.log_id.index
             );
             last_index = Some(entry.log_id.index);
+            tracing::trace!(target: WRITE_PATH, stage = "sm.apply", index = entry.log_id.index);
             // Never ahead of the local log's durable copy (see `durable`).
             self.durable.wait_for(entry.log_id.index).await?;
             self.shared
                 .applied_since_open
                 .fetch_add(1, Ordering::Relaxed);
+            applied += 1;
             let resp = {
                 let mut img = self.shared.image.write();
                 Self::apply_one(&mut img, &entry, &mut dirty, self.max_producers)
@@ -502,12 +616,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .duplicate_keys_applied
             .fetch_add(dirty.duplicate_keys, Ordering::Relaxed);
         let (next_seq, log_start) = self.shared.read(|i| (i.next_seq, i.log_start));
-        // sled I/O is quick and buffered (no fsync), so it runs inline.
-        self.persist(&dirty)?;
+        // sled I/O is buffered (no fsync) and runs at most every `SAVE_INTERVAL`, inline.
+        self.persist(dirty, applied, false)?;
         self.shared
             .data_watermark
             .fetch_max(log_start, Ordering::AcqRel);
         self.shared.applied_seq.send_replace(next_seq);
+        tracing::trace!(target: WRITE_PATH, stage = "sm.applied", index = last_index);
         for (r, resp) in replies {
             r.send(resp);
         }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wal::{Operation, ProducerKey, SequenceNumber};
+use crate::wal::{Operation, ProducerKey, SequenceNumber, WritePart};
 
 pub type NodeId = u64;
 
@@ -68,6 +68,13 @@ pub enum Request {
     },
     /// Drops every record before `before` on every replica (prefix truncation).
     Truncate { before: SequenceNumber },
+    /// Client writes the leader coalesced into one entry (one WAL frame): each part is one
+    /// write, with its own key and the next `records` records, applied in order. The entry
+    /// gets one contiguous range; each part a contiguous piece of it.
+    Coalesced {
+        parts: Vec<WritePart>,
+        records: Vec<WriteRecord>,
+    },
 }
 
 impl fmt::Display for Request {
@@ -80,6 +87,14 @@ impl fmt::Display for Request {
                 write!(f, "checkpoint({name}={sequence})")
             }
             Request::Truncate { before } => write!(f, "truncate(before {before})"),
+            Request::Coalesced { parts, records } => {
+                write!(
+                    f,
+                    "write({} records in {} writes)",
+                    records.len(),
+                    parts.len()
+                )
+            }
         }
     }
 }

@@ -187,9 +187,20 @@ impl fmt::Display for SequenceRule {
 pub enum RecordError {
     EmptyBatch,
     EmptyTenant,
-    CheckpointName { len: usize, max: usize },
-    TenantTooLong { len: usize, max: usize },
-    DataTooLarge { len: usize, max: usize },
+    CheckpointName {
+        len: usize,
+        max: usize,
+    },
+    TenantTooLong {
+        len: usize,
+        max: usize,
+    },
+    DataTooLarge {
+        len: usize,
+        max: usize,
+    },
+    /// A frame's parts do not split its records (empty parts, a key beside them, a wrong sum).
+    BadParts,
 }
 
 impl fmt::Display for RecordError {
@@ -206,6 +217,10 @@ impl fmt::Display for RecordError {
             RecordError::DataTooLarge { len, max } => {
                 write!(f, "data is {len} bytes, the limit is {max}")
             }
+            RecordError::BadParts => write!(
+                f,
+                "a frame's parts must each hold at least one record, cover all its records, and come without a frame-wide producer key"
+            ),
         }
     }
 }

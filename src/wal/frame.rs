@@ -6,7 +6,10 @@
 //!  0 magic: u32          FRAME_MAGIC
 //!  4 version: u8         FRAME_VERSION
 //!  5 flags: u8           bit 0: body is zstd-compressed; bit 1: body is a control payload;
-//!                       bit 2: the raw body starts with a producer key (id: u64, seq: u64)
+//!                       bit 2: the raw body starts with a producer key (id: u64, seq: u64);
+//!                       bit 3: the raw body starts with a parts table (several client writes
+//!                       coalesced into this frame): count: u32, then per part id: u64,
+//!                       seq: u64, records: u32, keyed: u32 (1 when id/seq are a key, else 0)
 //!  6 reserved: u16       zero
 //!  8 body_len: u32       bytes of body stored after the header
 //! 12 raw_len: u32        bytes of body once decompressed (== body_len when not compressed)
@@ -24,7 +27,7 @@
 
 use super::error::Corruption;
 use super::record::{self, RECORD_HEADER_LEN};
-use super::types::{Payload, ProducerKey};
+use super::types::{Payload, ProducerKey, WritePart};
 
 pub const FRAME_HEADER_LEN: usize = 64;
 pub const FRAME_MAGIC: u32 = 0x5246_4C57; // "WLFR"
@@ -32,8 +35,11 @@ pub const FRAME_VERSION: u8 = 1;
 pub const FLAG_COMPRESSED: u8 = 1;
 pub const FLAG_CONTROL: u8 = 2;
 pub const FLAG_PRODUCER: u8 = 4;
+pub const FLAG_PARTS: u8 = 8;
 /// Bytes of the producer key at the start of a raw body with `FLAG_PRODUCER`.
 pub const PRODUCER_KEY_LEN: usize = 16;
+/// Bytes of one part in the parts table of a raw body with `FLAG_PARTS` (after its count).
+pub const PART_LEN: usize = 24;
 const CRC_AT: usize = 60;
 const _: () = assert!(CRC_AT + 4 == FRAME_HEADER_LEN);
 
@@ -65,35 +71,75 @@ impl FrameHeader {
         self.flags & FLAG_COMPRESSED != 0
     }
 
-    /// Splits a raw body into its producer key (if the frame has one) and its records.
-    pub fn split_body<'a>(
+    /// Splits a raw body into its producer key, its parts (decoded when `parts` is asked for,
+    /// else skipped) and its records.
+    pub fn split_keys<'a>(
         &self,
         raw: &'a [u8],
-    ) -> Result<(Option<ProducerKey>, &'a [u8]), Corruption> {
+        parts: bool,
+    ) -> Result<(Option<ProducerKey>, Vec<WritePart>, &'a [u8]), Corruption> {
+        let u64_at = |b: &[u8], at: usize| {
+            let mut a = [0; 8];
+            a.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(a)
+        };
+        let u32_at = |b: &[u8], at: usize| {
+            let mut a = [0; 4];
+            a.copy_from_slice(&b[at..at + 4]);
+            u32::from_le_bytes(a)
+        };
+        if self.flags & FLAG_PARTS != 0 {
+            if raw.len() < 4 {
+                return Err(Corruption::BadRecord("parts table cut short"));
+            }
+            let n = u32_at(raw, 0) as usize;
+            let end = n
+                .checked_mul(PART_LEN)
+                .and_then(|l| l.checked_add(4))
+                .filter(|end| *end <= raw.len())
+                .ok_or(Corruption::BadRecord("parts table cut short"))?;
+            let (table, rest) = raw.split_at(end);
+            let mut out = Vec::new();
+            if parts {
+                out.reserve(n);
+                let mut total = 0u64;
+                for p in table[4..].chunks_exact(PART_LEN) {
+                    let records = u32_at(p, 16);
+                    total += u64::from(records);
+                    out.push(WritePart {
+                        producer: (u32_at(p, 20) == 1).then(|| ProducerKey {
+                            id: u64_at(p, 0),
+                            seq: u64_at(p, 8),
+                        }),
+                        records,
+                    });
+                }
+                if total != u64::from(self.record_count) {
+                    return Err(Corruption::BadRecord("parts do not cover the records"));
+                }
+            }
+            return Ok((None, out, rest));
+        }
         if self.flags & FLAG_PRODUCER == 0 {
-            return Ok((None, raw));
+            return Ok((None, Vec::new(), raw));
         }
         if raw.len() < PRODUCER_KEY_LEN {
             return Err(Corruption::BadRecord("producer key cut short"));
         }
         let (key, rest) = raw.split_at(PRODUCER_KEY_LEN);
-        let u64_at = |at: usize| {
-            let mut a = [0; 8];
-            a.copy_from_slice(&key[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
         Ok((
             Some(ProducerKey {
-                id: u64_at(0),
-                seq: u64_at(8),
+                id: u64_at(key, 0),
+                seq: u64_at(key, 8),
             }),
+            Vec::new(),
             rest,
         ))
     }
 
     /// The records of a raw body (after its producer key, if any).
     pub fn records<'a>(&self, raw: &'a [u8]) -> Result<record::Records<'a>, Corruption> {
-        let (_, rest) = self.split_body(raw)?;
+        let (_, _, rest) = self.split_keys(raw, false)?;
         Ok(record::Records::new(
             rest,
             self.first_seq,
@@ -150,7 +196,7 @@ impl FrameHeader {
         let reserved_clear = h[6] == 0
             && h[7] == 0
             && u32_at(56) == 0
-            && header.flags & !(FLAG_COMPRESSED | FLAG_CONTROL | FLAG_PRODUCER) == 0;
+            && header.flags & !(FLAG_COMPRESSED | FLAG_CONTROL | FLAG_PRODUCER | FLAG_PARTS) == 0;
         if !reserved_clear {
             return Err(Corruption::BadRecord("reserved header bits set"));
         }
@@ -193,7 +239,7 @@ fn frame_crc(header: &[u8], body: &[u8]) -> u32 {
 }
 
 /// What the writer knows about a frame before encoding it.
-pub struct FrameMeta {
+pub struct FrameMeta<'a> {
     pub index: u64,
     pub term: u64,
     pub first_seq: u64,
@@ -201,17 +247,26 @@ pub struct FrameMeta {
     /// Timestamp for records that carry none.
     pub default_ts: u64,
     pub producer: Option<ProducerKey>,
+    /// The client writes coalesced into the frame (empty for one write).
+    pub parts: &'a [WritePart],
 }
 
-/// Upper bound of the encoded length of a payload (compression only ever shrinks it).
-pub fn max_encoded_len(payload: &Payload) -> usize {
+/// Upper bound of the encoded length of a payload with `parts` (compression only ever shrinks
+/// it).
+pub fn max_encoded_len(payload: &Payload, parts: usize) -> usize {
     FRAME_HEADER_LEN
         + match payload {
             Payload::Records(recs) => {
-                PRODUCER_KEY_LEN + recs.iter().map(record::encoded_len).sum::<usize>()
+                PRODUCER_KEY_LEN.max(parts_len(parts))
+                    + recs.iter().map(record::encoded_len).sum::<usize>()
             }
             Payload::Control(bytes) => bytes.len(),
         }
+}
+
+/// Bytes of a parts table of `n` parts (none when `n` is 0).
+pub fn parts_len(n: usize) -> usize {
+    if n == 0 { 0 } else { 4 + n * PART_LEN }
 }
 
 /// The most bytes a frame of `records` records takes, carrying `data_bytes` of data in all and
@@ -219,7 +274,9 @@ pub fn max_encoded_len(payload: &Payload) -> usize {
 /// What a caller checks its batch limits against `max_frame_bytes` with.
 pub fn max_batch_frame_len(records: u64, data_bytes: u64, tenant_bytes: u64) -> u64 {
     let per_record = RECORD_HEADER_LEN as u64 + tenant_bytes;
-    FRAME_HEADER_LEN as u64 + PRODUCER_KEY_LEN as u64 + records * per_record + data_bytes
+    // A coalesced frame has at most one part per record.
+    let keys = (PRODUCER_KEY_LEN as u64).max(parts_len(records as usize) as u64);
+    FRAME_HEADER_LEN as u64 + keys + records * per_record + data_bytes
 }
 
 /// Reusable state for encoding frames: a zstd context and a scratch buffer.
@@ -254,7 +311,17 @@ impl Encoder {
         let (mut flags, mut timestamp) = (0, 0u64);
         let record_count = match payload {
             Payload::Records(recs) => {
-                if let Some(key) = meta.producer {
+                if !meta.parts.is_empty() {
+                    flags |= FLAG_PARTS;
+                    buf.extend_from_slice(&(meta.parts.len() as u32).to_le_bytes());
+                    for p in meta.parts {
+                        let key = p.producer.unwrap_or(ProducerKey { id: 0, seq: 0 });
+                        buf.extend_from_slice(&key.id.to_le_bytes());
+                        buf.extend_from_slice(&key.seq.to_le_bytes());
+                        buf.extend_from_slice(&p.records.to_le_bytes());
+                        buf.extend_from_slice(&u32::from(p.producer.is_some()).to_le_bytes());
+                    }
+                } else if let Some(key) = meta.producer {
                     flags |= FLAG_PRODUCER;
                     buf.extend_from_slice(&key.id.to_le_bytes());
                     buf.extend_from_slice(&key.seq.to_le_bytes());
@@ -351,12 +418,12 @@ mod tests {
             .map(|i| Record::new("t".repeat(128), Operation::Insert, vec![0u8; i * 10]))
             .collect();
         let data: u64 = recs.iter().map(|r| r.data.len() as u64).sum();
-        let exact = max_encoded_len(&Payload::Records(recs)) as u64;
+        let exact = max_encoded_len(&Payload::Records(recs), 5) as u64;
         assert_eq!(exact, max_batch_frame_len(5, data, 128));
         assert!(max_batch_frame_len(5, data, 255) > exact);
     }
 
-    fn meta() -> FrameMeta {
+    fn meta() -> FrameMeta<'static> {
         FrameMeta {
             index: 7,
             term: 3,
@@ -364,6 +431,7 @@ mod tests {
             synced_upto: 40,
             default_ts: 1_000,
             producer: None,
+            parts: &[],
         }
     }
 
@@ -430,7 +498,7 @@ mod tests {
             let written = Encoder::new(compression).unwrap().encode(&mut buf, &m, &p);
             let (h, body) = decode(&buf).unwrap();
             assert_eq!(h, written);
-            assert_eq!(h.split_body(&body).unwrap().0, Some(key));
+            assert_eq!(h.split_keys(&body, true).unwrap().0, Some(key));
             let seqs: Vec<_> = h
                 .records(&body)
                 .unwrap()
@@ -438,7 +506,45 @@ mod tests {
                 .collect();
             assert_eq!(seqs, [100, 101, 102]);
             // A body too short to hold the key is corruption, not a panic.
-            assert!(h.split_body(&body[..10]).is_err());
+            assert!(h.split_keys(&body[..10], false).is_err());
+        }
+    }
+
+    #[test]
+    fn coalesced_parts_round_trip_and_take_no_sequence_number() {
+        let parts = [
+            WritePart {
+                producer: Some(ProducerKey { id: 9, seq: 4 }),
+                records: 2,
+            },
+            WritePart {
+                producer: None,
+                records: 1,
+            },
+        ];
+        let p = payload(3, b"abc");
+        for compression in [None, Some((3, 1))] {
+            let mut buf = Vec::new();
+            let m = FrameMeta {
+                parts: &parts,
+                ..meta()
+            };
+            let written = Encoder::new(compression).unwrap().encode(&mut buf, &m, &p);
+            let (h, body) = decode(&buf).unwrap();
+            assert_eq!(h, written);
+            let (key, got, _) = h.split_keys(&body, true).unwrap();
+            assert_eq!((key, got.as_slice()), (None, &parts[..]));
+            let seqs: Vec<_> = h
+                .records(&body)
+                .unwrap()
+                .map(|r| r.unwrap().sequence_number)
+                .collect();
+            assert_eq!(seqs, [100, 101, 102]);
+            // A table cut short, or one that does not cover the records, is corruption.
+            assert!(h.split_keys(&body[..30], true).is_err());
+            let mut h2 = h;
+            h2.record_count = 4;
+            assert!(h2.split_keys(&body, true).is_err());
         }
     }
 

@@ -370,7 +370,7 @@ impl Manager {
             if h.index < from {
                 continue;
             }
-            let (producer, body) = h.split_body(f.body).map_err(|k| f.corrupted(k))?;
+            let (producer, parts, body) = h.split_keys(f.body, true).map_err(|k| f.corrupted(k))?;
             let payload = if h.is_control() {
                 FramePayload::Control(body.to_vec())
             } else {
@@ -384,6 +384,7 @@ impl Manager {
                 first_seq: h.first_seq,
                 timestamp: h.timestamp,
                 producer,
+                parts,
                 payload,
             });
         }

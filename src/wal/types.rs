@@ -147,7 +147,19 @@ pub struct FrameSpec {
     /// The idempotency key of the write this frame holds, stored with it so that a state
     /// machine rebuilt from the log knows it too. Only for record frames.
     pub producer: Option<ProducerKey>,
+    /// Several client writes coalesced into this one frame, in order, each with its own key
+    /// (or none) and its share of the records. Empty for a frame of one write (then `producer`
+    /// is its key); when given, `producer` is `None` and the parts cover every record.
+    pub parts: Vec<WritePart>,
     pub payload: Payload,
+}
+
+/// One client write among several a leader coalesced into one frame: its idempotency key, if
+/// any, and how many of the frame's records (the next ones, in order) are its.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WritePart {
+    pub producer: Option<ProducerKey>,
+    pub records: u32,
 }
 
 /// A producer's idempotency key: `(producer_id, producer_seq)`, as in Kafka's idempotent
@@ -167,6 +179,7 @@ impl FrameSpec {
             term: 0,
             first_seq: None,
             producer: None,
+            parts: Vec::new(),
             payload: Payload::Records(records),
         }
     }
@@ -193,6 +206,8 @@ pub struct Frame {
     pub first_seq: SequenceNumber,
     pub timestamp: u64,
     pub producer: Option<ProducerKey>,
+    /// The client writes coalesced into this frame (see [`FrameSpec::parts`]).
+    pub parts: Vec<WritePart>,
     pub payload: FramePayload,
 }
 

@@ -57,7 +57,7 @@ impl AppendReq {
     ) -> Self {
         let bytes = frames
             .iter()
-            .map(|f| max_encoded_len(&f.payload) as u64)
+            .map(|f| max_encoded_len(&f.payload, f.parts.len()) as u64)
             .sum();
         AppendReq {
             frames,
@@ -355,12 +355,23 @@ impl Writer {
                 }
                 seq = s;
             }
-            let bytes = max_encoded_len(&f.payload) as u64;
+            let bytes = max_encoded_len(&f.payload, f.parts.len()) as u64;
             if bytes > max_frame {
                 return Err(WalError::FrameTooLarge {
                     bytes,
                     limit_bytes: max_frame,
                 });
+            }
+            if !f.parts.is_empty() {
+                let records = match &f.payload {
+                    Payload::Records(recs) => recs.len() as u64,
+                    Payload::Control(_) => 0,
+                };
+                let sum: u64 = f.parts.iter().map(|p| u64::from(p.records)).sum();
+                if f.producer.is_some() || sum != records || f.parts.iter().any(|p| p.records == 0)
+                {
+                    return Err(WalError::InvalidRecord(RecordError::BadParts));
+                }
             }
             if let Payload::Records(recs) = &f.payload {
                 for r in recs {
@@ -379,7 +390,7 @@ impl Writer {
         let first_seq = frames[0].first_seq.unwrap_or(self.next_seq);
         let segment_size = self.sh.cfg.segment_size.as_u64();
         for f in frames {
-            let upper = max_encoded_len(&f.payload) as u64;
+            let upper = max_encoded_len(&f.payload, f.parts.len()) as u64;
             let used = self.active_len + self.buf.len() as u64;
             if used + upper > segment_size && used > SEGMENT_HEADER_LEN as u64 {
                 self.roll()?;
@@ -392,6 +403,7 @@ impl Writer {
                 synced_upto: self.synced_hint,
                 default_ts: now,
                 producer: f.producer,
+                parts: &f.parts,
             };
             // Log indexes start at 1 and follow each other; sequence numbers never go back, and
             // a frame's records take the contiguous range `first_seq..next_seq`.
