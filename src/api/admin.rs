@@ -146,6 +146,7 @@ fn to_member(n: NodeStatus) -> Member {
         error: String::new(),
         log_start: n.log_start,
         commit_sequence: n.commit_sequence,
+        cpu_seconds: n.cpu_seconds,
     }
 }
 

@@ -2,7 +2,7 @@
 //! Each parses its flags, makes one [`Client`] call (or a stream of them) and prints the answer
 //! as a table or JSON. Failures exit 1 with the server's message.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use super::CliError;
 use super::output::Format;
-use crate::client::{Client, ClientError, ClientOptions, NewEntry};
+use crate::client::{
+    AckFuture, Client, ClientError, ClientOptions, NewEntry, Producer, ProducerOptions,
+};
 use crate::proto::{self as pb, ReplayRequest, replay_request::Start};
 use crate::wal::{EntryRef, Operation};
 
@@ -216,7 +218,7 @@ fn stdout_line(line: std::fmt::Arguments<'_>) -> Result<(), CliError> {
         .map_err(|e| CliError::failure(format!("writing to stdout: {e}")))
 }
 
-fn print_json(v: &impl Serialize) -> Result<(), CliError> {
+pub(super) fn print_json(v: &impl Serialize) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::failure(e.to_string()))?;
     stdout_line(format_args!("{s}"))
 }
@@ -229,30 +231,64 @@ pub async fn write(a: &WriteArgs) -> Result<(), CliError> {
         operation: op,
         data,
     };
-    let mut batch_no = 0u64;
-    let mut send = async |batch: Vec<NewEntry>| -> Result<(), CliError> {
-        batch_no += 1;
-        let r = match a.producer_id {
-            Some(p) => client.write_batch_keyed(batch, p, batch_no).await?,
-            None => client.write_batch(batch).await?,
-        };
-        for seq in r.first_sequence..=r.last_sequence {
-            stdout_line(format_args!("{seq}"))?;
+    // Batch k of the input is request k of the producer: with a fixed id, its key is (id, k).
+    let producer = Producer::new(
+        &client,
+        ProducerOptions {
+            producer_id: a.producer_id,
+            ..ProducerOptions::default()
+        },
+    );
+    // Acks are printed in input order as they come, while later batches are in flight.
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel::<Vec<AckFuture>>(1024);
+    let printer = tokio::spawn(async move {
+        while let Some(batch) = acks_rx.recv().await {
+            for ack in batch {
+                let seq = ack.await?.sequence;
+                stdout_line(format_args!("{seq}"))?;
+            }
         }
-        Ok(())
+        Ok::<(), CliError>(())
+    });
+    let sent = send_input(a, &producer, &acks_tx, entry).await;
+    drop(acks_tx);
+    let printed = printer
+        .await
+        .map_err(|e| CliError::failure(format!("the output task: {e}")))?;
+    // The first failure, whether reading the input or writing it.
+    printed?;
+    sent?;
+    producer.close().await?;
+    Ok(())
+}
+
+/// Sends `--data`, or stdin in batches of `--batch` lines, through the producer.
+async fn send_input(
+    a: &WriteArgs,
+    producer: &Producer,
+    acks: &tokio::sync::mpsc::Sender<Vec<AckFuture>>,
+    entry: impl Fn(Vec<u8>) -> NewEntry,
+) -> Result<(), CliError> {
+    let send = async |batch: Vec<NewEntry>| -> Result<(), CliError> {
+        let futures = producer.send_batch(batch).await?;
+        // The printer stopped at a failure: stop reading.
+        acks.send(futures)
+            .await
+            .map_err(|_| CliError::failure("writing stopped"))
     };
     if let Some(d) = &a.data {
         return send(vec![entry(d.clone().into_bytes())]).await;
     }
+    use tokio::io::AsyncBufReadExt;
     let mut batch = Vec::new();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock();
+    // Tokio reads stdin on a blocking thread, so the producer runs meanwhile.
+    let mut lines = tokio::io::BufReader::with_capacity(1 << 16, tokio::io::stdin());
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        // Reading stdin blocks: fine here, the CLI's runtime runs nothing else meanwhile.
         let n = lines
             .read_until(b'\n', &mut buf)
+            .await
             .map_err(|e| CliError::failure(format!("reading stdin: {e}")))?;
         if n == 0 {
             break;

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_cluster;
 pub mod client;
+pub mod load;
 pub mod output;
 pub mod serve;
 pub mod verify;
@@ -65,6 +66,9 @@ pub enum Command {
     Wal(wal::WalCommand),
     /// Measure acknowledged writes/s and latency of an in-process cluster (Raft over loopback).
     BenchCluster(bench_cluster::BenchClusterArgs),
+    /// Load a running cluster and report throughput, latency percentiles and server CPU:
+    /// `bench produce` (writes) and `bench replay` (reads).
+    Bench(load::BenchArgs),
 }
 
 /// A failure, with the exit code it maps to.
@@ -135,6 +139,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => client::run_async(verify::verify(&args)),
         Command::Wal(cmd) => wal::run(cmd),
         Command::BenchCluster(args) => bench_cluster::run(&args),
+        Command::Bench(args) => load::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

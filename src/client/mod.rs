@@ -33,6 +33,9 @@ use crate::proto::{
 };
 use crate::wire::{self, leader_hint};
 
+mod producer;
+pub use producer::{Ack, AckFuture, Producer, ProducerOptions};
+
 /// Endpoints remembered at most (the given ones plus leaders named by the cluster).
 const MAX_ENDPOINTS: usize = 64;
 /// Producer ids kept for reuse at most (one per concurrent write).
@@ -104,7 +107,8 @@ pub struct NewEntry {
     pub data: Vec<u8>,
 }
 
-struct Producer {
+/// A producer id of the unary calls' pool, with its next producer seq.
+struct PooledId {
     id: u64,
     next_seq: u64,
 }
@@ -114,7 +118,7 @@ struct State {
     /// Index into `endpoints` of the node to ask first.
     current: usize,
     channels: HashMap<String, Channel>,
-    idle_producers: Vec<Producer>,
+    idle_producers: Vec<PooledId>,
     /// The highest sequence number this client has written: its replays wait until the node
     /// serving them has applied it (read-your-writes on any replica).
     last_written: u64,
@@ -125,6 +129,20 @@ struct State {
 pub struct Client {
     state: Arc<parking_lot::Mutex<State>>,
     opts: ClientOptions,
+}
+
+/// A random producer id, for a caller that keys its own writes.
+pub fn random_producer_id() -> u64 {
+    random_id()
+}
+
+/// A random producer id; the time as a fallback keeps ids distinct between processes.
+fn random_id() -> u64 {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => now_us() ^ u64::from(std::process::id()) << 40,
+    }
 }
 
 fn is_retryable(s: &Status) -> bool {
@@ -334,20 +352,26 @@ impl Client {
         .map(tonic::Response::into_inner)
     }
 
-    fn take_producer(&self) -> Producer {
+    fn take_producer(&self) -> PooledId {
         if let Some(p) = self.state.lock().idle_producers.pop() {
             return p;
         }
-        let mut b = [0u8; 8];
-        // A random id; the time as a fallback keeps ids distinct between processes.
-        let id = match getrandom::fill(&mut b) {
-            Ok(()) => u64::from_le_bytes(b),
-            Err(_) => now_us() ^ u64::from(std::process::id()) << 40,
-        };
-        Producer { id, next_seq: 1 }
+        PooledId {
+            id: random_id(),
+            next_seq: 1,
+        }
     }
 
-    fn give_back(&self, p: Producer) {
+    /// Notes a write acknowledged by the leader at `leader_address`: replays wait for it, and
+    /// later calls go to that leader first.
+    fn note_written(&self, last_sequence: u64, leader_address: &str) {
+        let mut st = self.state.lock();
+        st.last_written = st.last_written.max(last_sequence);
+        let leader = normalize(leader_address);
+        self.prefer(&mut st, leader);
+    }
+
+    fn give_back(&self, p: PooledId) {
         let mut st = self.state.lock();
         if st.idle_producers.len() < MAX_IDLE_PRODUCERS {
             st.idle_producers.push(p);

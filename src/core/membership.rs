@@ -11,7 +11,7 @@ use crate::raft::NodeId;
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One node's view of itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NodeStatus {
     pub id: NodeId,
     pub address: String,
@@ -27,6 +27,8 @@ pub struct NodeStatus {
     pub leader_id: NodeId,
     pub log_start: u64,
     pub commit_sequence: u64,
+    /// CPU time (user + system) of this process so far, in seconds (0 if unknown).
+    pub cpu_seconds: f64,
 }
 
 /// The cluster's members as this node knows them.
@@ -73,6 +75,7 @@ impl Core {
             leader_id: s.leader.unwrap_or(0),
             log_start,
             commit_sequence,
+            cpu_seconds: process_cpu_seconds(),
         }
     }
 
@@ -150,4 +153,16 @@ impl Core {
         }
         Ok(to)
     }
+}
+
+/// CPU time (user + system) this process has used, in seconds (0 if the OS does not say).
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: `getrusage` fills the zeroed struct it is given and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct, for the calling process.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }

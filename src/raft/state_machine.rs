@@ -66,7 +66,18 @@ pub struct SmShared {
     /// Keyed writes applied whose key had been applied before, since the node started. The
     /// leader never proposes a key twice (`core::producers`): anything but 0 is a bug.
     pub duplicate_keys_applied: AtomicU64,
+    /// The last `RECENT_KEYS` keyed writes applied per producer since the node started (the
+    /// table keeps only the last one), so a pipelining producer that resends several keys
+    /// after a leader change gets each one's own result. In memory only: after a restart an
+    /// older key's retry gets the last write's result, as the table alone answers.
+    recent: parking_lot::Mutex<
+        std::collections::HashMap<u64, std::collections::VecDeque<ProducerState>>,
+    >,
 }
+
+/// Keyed writes remembered per producer (see [`SmShared::recent`]); a producer keeps at most
+/// this many writes in flight.
+pub const RECENT_KEYS: usize = 16;
 
 impl SmShared {
     pub fn read<T>(&self, f: impl FnOnce(&Image) -> T) -> T {
@@ -88,14 +99,44 @@ impl SmShared {
         self.applied_seq.subscribe()
     }
 
-    /// A producer's last applied write, if the key is not newer than it.
+    /// The applied write of a key not newer than its producer's last: its own result if this
+    /// node remembers it, else the producer's last write.
     pub fn duplicate_of(&self, key: ProducerKey) -> Option<ProducerState> {
-        self.image
+        let last = self
+            .image
             .read()
             .producers
             .get(&key.id)
             .filter(|p| key.seq <= p.seq)
-            .copied()
+            .copied()?;
+        if key.seq == last.seq {
+            return Some(last);
+        }
+        let recent = self.recent.lock();
+        let own = recent
+            .get(&key.id)
+            .and_then(|r| r.iter().find(|p| p.seq == key.seq).copied());
+        Some(own.unwrap_or(last))
+    }
+
+    /// Remembers keyed writes just applied (`(producer, its write)`), forgetting producers
+    /// the table evicted.
+    fn remember(&self, keyed: Vec<(u64, ProducerState)>, evicted: &[u64], max_producers: usize) {
+        let mut recent = self.recent.lock();
+        for (id, p) in keyed {
+            let r = recent.entry(id).or_default();
+            if r.len() >= RECENT_KEYS {
+                r.pop_front();
+            }
+            r.push_back(p);
+        }
+        for id in evicted {
+            recent.remove(id);
+        }
+        if recent.len() > max_producers {
+            let image = self.image.read();
+            recent.retain(|id, _| image.producers.contains_key(id));
+        }
     }
 }
 
@@ -146,6 +187,8 @@ struct Dirty {
     checkpoints: HashSet<String>,
     membership: bool,
     duplicate_keys: u64,
+    /// Keyed writes applied, in order (for [`SmShared::remember`]; not saved).
+    keyed: Vec<(u64, ProducerState)>,
 }
 
 impl Dirty {
@@ -206,6 +249,7 @@ impl StateMachine {
             snapshots_installed: AtomicU64::new(0),
             applied_since_open: AtomicU64::new(0),
             duplicate_keys_applied: AtomicU64::new(0),
+            recent: parking_lot::Mutex::new(std::collections::HashMap::new()),
         });
         Ok(StateMachine {
             shared,
@@ -406,17 +450,16 @@ fn record_key(
         );
         return;
     }
-    img.producers.insert(
-        key.id,
-        ProducerState {
-            seq: key.seq,
-            first_seq,
-            last_seq,
-            timestamp,
-            index,
-        },
-    );
+    let state = ProducerState {
+        seq: key.seq,
+        first_seq,
+        last_seq,
+        timestamp,
+        index,
+    };
+    img.producers.insert(key.id, state);
     dirty.producers.insert(key.id);
+    dirty.keyed.push((key.id, state));
 }
 
 /// A named position; every replica refuses the same way: it must be a committed record.
@@ -556,6 +599,7 @@ fn store_image(tree: &sled::Tree, img: &Image) -> io::Result<()> {
         checkpoints: img.checkpoints.keys().cloned().collect(),
         membership: true,
         duplicate_keys: 0,
+        keyed: Vec::new(),
     };
     // A later insert of a key overrides its removal above within the batch.
     put_changes(&mut b, img, &everything)?;
@@ -616,6 +660,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .duplicate_keys_applied
             .fetch_add(dirty.duplicate_keys, Ordering::Relaxed);
         let (next_seq, log_start) = self.shared.read(|i| (i.next_seq, i.log_start));
+        let keyed = std::mem::take(&mut dirty.keyed);
+        self.shared
+            .remember(keyed, &dirty.evicted, self.max_producers);
         // sled I/O is buffered (no fsync) and runs at most every `SAVE_INTERVAL`, inline.
         self.persist(dirty, applied, false)?;
         self.shared
