@@ -610,10 +610,12 @@ fn metrics_parse_and_follow_prometheus_conventions() {
     ] {
         assert!(names.contains(want), "{want} missing from {names:?}");
     }
+    // `replog write` sends through a `Produce` stream: each write is counted as `ProduceWrite`.
     let codes: Vec<&str> = scrape
         .samples
         .iter()
         .filter(|s| s.metric == "replog_grpc_requests_total")
+        .filter(|s| s.labels.get("method") == Some("ProduceWrite"))
         .filter_map(|s| s.labels.get("code"))
         .collect();
     assert!(

@@ -60,6 +60,7 @@ async fn run(
         tokio::select! {
             biased;
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                count(core, &answer);
                 if tx.send(Ok(answer)).await.is_err() {
                     // The client went away; the writes it sent go on without it.
                     return;
@@ -73,6 +74,18 @@ async fn run(
             () = tx.closed() => return,
         }
     }
+}
+
+/// Counts a write answered on a stream, as a unary call is counted (method `ProduceWrite`).
+fn count(core: &Core, answer: &ProduceResponse) {
+    let code = match &answer.result {
+        Some(produce_response::Result::Error(e)) => tonic::Code::from(e.code),
+        _ => tonic::Code::Ok,
+    };
+    core.metrics()
+        .grpc_requests
+        .with_label_values(&["ProduceWrite", crate::wire::code_name(code)])
+        .inc();
 }
 
 /// The ordered part of one request: checked and queued (or relayed) now; its answer later.

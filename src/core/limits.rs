@@ -163,3 +163,60 @@ impl Limits {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_and_produce_limits_are_checked_by_name() {
+        assert!(Limits::default().validate().is_ok());
+        let bad = |l: Limits| l.validate().map_err(|e| e.key).err();
+        assert_eq!(
+            bad(Limits {
+                coalesce_max_entries: 20_000,
+                ..Limits::default()
+            }),
+            Some("coalesce_max_entries")
+        );
+        assert_eq!(
+            bad(Limits {
+                coalesce_max_bytes: ByteSize::mib(9),
+                ..Limits::default()
+            }),
+            Some("coalesce_max_bytes")
+        );
+        for (key, l) in [
+            (
+                "coalesce_max_proposals",
+                Limits {
+                    coalesce_max_proposals: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "write_queue",
+                Limits {
+                    write_queue: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "max_produce_streams",
+                Limits {
+                    max_produce_streams: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "produce_max_in_flight",
+                Limits {
+                    produce_max_in_flight: 0,
+                    ..Limits::default()
+                },
+            ),
+        ] {
+            assert_eq!(bad(l), Some(key));
+        }
+    }
+}

@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub max_producers: usize,
     /// Entries per AppendEntries at most (bytes are capped by `net.append_max_bytes`).
     pub max_payload_entries: u64,
+    /// Bytes of the newest log entries kept in memory for replication and apply.
+    pub entry_cache_bytes: usize,
     /// How often the leader checks retention (default 60 s).
     pub retention_check_interval: Duration,
     pub cluster_name: String,
@@ -95,6 +97,7 @@ impl NodeConfig {
             initial_members: None,
             max_producers: DEFAULT_MAX_PRODUCERS,
             max_payload_entries: 4096,
+            entry_cache_bytes: crate::raft::log_store::DEFAULT_ENTRY_CACHE_BYTES,
             retention_check_interval: Duration::from_secs(60),
             cluster_name: "replog".to_owned(),
             metrics_listen: None,
@@ -349,15 +352,12 @@ async fn open_storage(cfg: &NodeConfig, metrics: &NodeMetrics) -> Result<Storage
         || Arc::new(crate::fs::StdFs) as Arc<dyn crate::fs::FileSystem>,
         |f| f.0,
     );
+    let cache = cfg.entry_cache_bytes;
     tokio::task::spawn_blocking(move || {
         claim_data_dir(&data_dir, id)?;
-        Ok::<_, NodeError>(Storage::open_with(
-            &data_dir,
-            wal_cfg,
-            Some(&registry),
-            max_producers,
-            fs,
-        )?)
+        let storage = Storage::open_with(&data_dir, wal_cfg, Some(&registry), max_producers, fs)?;
+        storage.log_store.set_entry_cache_bytes(cache);
+        Ok::<_, NodeError>(storage)
     })
     .await?
 }

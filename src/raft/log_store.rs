@@ -576,3 +576,61 @@ fn delete_below(wal: &Manager, watermark: u64, purged_index: u64) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::MemFs;
+    use crate::wal::WalConfig;
+
+    fn wal() -> Arc<Manager> {
+        let cfg = WalConfig::new(std::path::PathBuf::from("/wal"));
+        Arc::new(Manager::open_with(cfg, Arc::new(MemFs::new()), None).unwrap())
+    }
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry::new(
+            LogId::new_term_index(1, index),
+            EntryPayload::Normal(Request::Write {
+                producer: None,
+                records: vec![WriteRecord {
+                    tenant_id: "t".into(),
+                    operation: crate::wal::Operation::Insert,
+                    data: vec![0; bytes],
+                    timestamp: 1,
+                }],
+            }),
+        )
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn the_entry_cache_serves_only_what_it_holds_of_the_wal_it_holds_it_for() {
+        let (a, b) = (wal(), wal());
+        let mut c = EntryCache::new(10_000);
+        c.push(&a, (1..=5).map(|i| entry(i, 10)).collect());
+        assert_eq!(indexes(c.get(&a, 2, 4)), Some(vec![2, 3]));
+        assert_eq!(indexes(c.get(&a, 1, 6)), Some(vec![1, 2, 3, 4, 5]));
+        // Outside what it holds, or another WAL (a swap): a miss.
+        assert_eq!(indexes(c.get(&a, 0, 3)), None);
+        assert_eq!(indexes(c.get(&a, 3, 7)), None);
+        assert_eq!(indexes(c.get(&b, 2, 3)), None);
+        // A truncation cuts the tail; an append that does not follow starts over.
+        c.cut_after(Some(3));
+        assert_eq!(indexes(c.get(&a, 3, 5)), None);
+        assert_eq!(indexes(c.get(&a, 1, 4)), Some(vec![1, 2, 3]));
+        c.push(&a, vec![entry(9, 10)]);
+        assert_eq!(indexes(c.get(&a, 1, 2)), None);
+        assert_eq!(indexes(c.get(&a, 9, 10)), Some(vec![9]));
+        // The byte bound drops the oldest entries.
+        c.push(&a, (10..=100).map(|i| entry(i, 1000)).collect());
+        assert!(c.bytes <= 10_000);
+        assert_eq!(indexes(c.get(&a, 100, 101)), Some(vec![100]));
+        assert_eq!(indexes(c.get(&a, 9, 10)), None);
+        c.cut_after(None);
+        assert_eq!(c.bytes, 0);
+    }
+}

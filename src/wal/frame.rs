@@ -43,6 +43,10 @@ pub const PART_LEN: usize = 24;
 const CRC_AT: usize = 60;
 const _: () = assert!(CRC_AT + 4 == FRAME_HEADER_LEN);
 
+/// A raw body split: its producer key, its parts (see [`FrameHeader::split_keys`]) and its
+/// records' bytes.
+pub type Keys<'a> = (Option<ProducerKey>, Vec<WritePart>, &'a [u8]);
+
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -73,11 +77,7 @@ impl FrameHeader {
 
     /// Splits a raw body into its producer key, its parts (decoded when `parts` is asked for,
     /// else skipped) and its records.
-    pub fn split_keys<'a>(
-        &self,
-        raw: &'a [u8],
-        parts: bool,
-    ) -> Result<(Option<ProducerKey>, Vec<WritePart>, &'a [u8]), Corruption> {
+    pub fn split_keys<'a>(&self, raw: &'a [u8], parts: bool) -> Result<Keys<'a>, Corruption> {
         let u64_at = |b: &[u8], at: usize| {
             let mut a = [0; 8];
             a.copy_from_slice(&b[at..at + 8]);
