@@ -57,6 +57,21 @@ pub struct LogStore {
     data_watermark: Arc<AtomicU64>,
     durable: Arc<LocalDurable>,
     cache: Arc<Mutex<EntryCache>>,
+    /// Raft indexes below this were submitted to the WAL, and below `written` the WAL has
+    /// written them: an append whose entries are in the cache returns before the WAL has
+    /// written them (they are readable from the cache), and a read the cache cannot serve waits
+    /// for the WAL to write what it asks for.
+    submitted: Arc<AtomicU64>,
+    written: Arc<tokio::sync::watch::Sender<Written>>,
+}
+
+/// How far the WAL has written a log store's appends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    /// Raft indexes below this are written.
+    Upto(u64),
+    /// A write failed: the WAL is closed and Raft stops.
+    Failed,
 }
 
 /// Default bytes of recent entries kept in memory (`raft.entry_cache_bytes`).
@@ -196,11 +211,14 @@ impl LogStore {
             current.purged = snapshot_last;
             meta.store(&current)?;
         }
+        let next = wal.get().map_err(to_io)?.acked_index().saturating_sub(1);
         Ok(LogStore {
             wal,
             data_watermark,
             durable,
             cache: Arc::new(Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES))),
+            submitted: Arc::new(AtomicU64::new(next)),
+            written: Arc::new(tokio::sync::watch::Sender::new(Written::Upto(next))),
             meta: Arc::new(SharedMeta {
                 store: meta,
                 current: Mutex::new(current),
@@ -262,6 +280,17 @@ impl LogStore {
         let wal = self.wal()?;
         if let Some(hit) = self.cache.lock().get(&wal, start, end) {
             return Ok(hit);
+        }
+        // Entries appended but not yet written by the WAL must be read once written.
+        let wanted = end.min(self.submitted.load(Ordering::Acquire));
+        let mut rx = self.written.subscribe();
+        let failed = *rx
+            .wait_for(|w| *w == Written::Failed || matches!(w, Written::Upto(u) if *u >= wanted))
+            .await
+            .map_err(|_| to_io(WalError::Closed))?
+            == Written::Failed;
+        if failed {
+            return Err(to_io(WalError::Closed));
         }
         tokio::task::spawn_blocking(move || {
             // Frames below the WAL's start do not exist (never written, or truncated).
@@ -469,11 +498,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let cached = if self.cache.lock().max_bytes > 0 {
-            entries.clone()
-        } else {
-            Vec::new()
+        // Entries that fit the cache well are readable from it at once: the append returns
+        // without waiting for the WAL thread to write them.
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
+        let early = {
+            let c = self.cache.lock();
+            c.max_bytes > 0 && bytes <= c.max_bytes / 2
         };
+        let cached = if early { entries.clone() } else { Vec::new() };
         let frames: Vec<FrameSpec> = entries
             .into_iter()
             .map(entry_to_frame)
@@ -502,8 +534,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_index = first_index - 1 + frames.len() as u64 - 1;
         tracing::trace!(target: WRITE_PATH, stage = "log.append", index = last_index);
         let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+        let written = self.written.clone();
         let on_written: crate::wal::Completion = Box::new(move |r| {
             tracing::trace!(target: WRITE_PATH, stage = "log.written", index = last_index);
+            written.send_modify(|w| {
+                *w = match (&r, *w) {
+                    (Err(_), _) | (_, Written::Failed) => Written::Failed,
+                    (Ok(_), Written::Upto(u)) => Written::Upto(u.max(last_index + 1)),
+                }
+            });
             let _ = written_tx.send(r.map(|_| ()));
         });
         let durable = self.durable.clone();
@@ -519,15 +558,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let next = first_index - 1 + frames.len() as u64;
         // Blocks only while `queue_depth` commands wait: the WAL's back-pressure.
         let wal = self.wal()?;
+        if early {
+            // In the cache before the WAL takes them: readable from now on.
+            self.cache.lock().push(&wal, cached);
+        }
+        self.submitted.fetch_max(next, Ordering::AcqRel);
         wal.append_with(frames, Some(on_written), on_durable)
             .map_err(to_io)?;
         self.durable.written(next);
-        // Readable once written; durability is reported through the callback.
-        written_rx
-            .await
-            .map_err(|_| to_io(WalError::Closed))?
-            .map_err(to_io)?;
-        self.cache.lock().push(&wal, cached);
+        if !early {
+            // Readable once written; durability is reported through the callback.
+            written_rx
+                .await
+                .map_err(|_| to_io(WalError::Closed))?
+                .map_err(to_io)?;
+        }
         Ok(())
     }
 
@@ -536,10 +581,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.cache.lock().cut_after(last_log_id.map(|l| l.index));
         self.durable.cut(from - 1);
         let wal = self.wal()?;
+        // Queued behind the appends before it, so they are written (then cut) first.
         tokio::task::spawn_blocking(move || wal.truncate_from_index(from))
             .await
             .map_err(join_err)?
-            .map_err(to_io)
+            .map_err(to_io)?;
+        self.submitted.store(from - 1, Ordering::Release);
+        self.written.send_modify(|w| {
+            if let Written::Upto(u) = w {
+                *u = (*u).min(from - 1);
+            }
+        });
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
