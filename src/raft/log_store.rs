@@ -68,10 +68,28 @@ pub struct LogStore {
 /// How far the WAL has written a log store's appends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Written {
-    /// Raft indexes below this are written.
-    Upto(u64),
+    /// Raft indexes below `next` are written. `generation` changes whenever `next` goes back
+    /// (indexes rewritten after a truncation or a snapshot install), so a late report of a write
+    /// submitted before cannot move it forward again.
+    Upto { next: u64, generation: u64 },
     /// A write failed: the WAL is closed and Raft stops.
     Failed,
+}
+
+impl Written {
+    /// Indexes from `first` on are not written (yet): returns the generation to report in.
+    fn rewind(&mut self, first: u64) -> u64 {
+        match self {
+            Written::Upto { next, generation } => {
+                if *next > first {
+                    *next = first;
+                    *generation += 1;
+                }
+                *generation
+            }
+            Written::Failed => 0,
+        }
+    }
 }
 
 /// Default bytes of recent entries kept in memory (`raft.entry_cache_bytes`).
@@ -218,7 +236,10 @@ impl LogStore {
             durable,
             cache: Arc::new(Mutex::new(EntryCache::new(DEFAULT_ENTRY_CACHE_BYTES))),
             submitted: Arc::new(AtomicU64::new(next)),
-            written: Arc::new(tokio::sync::watch::Sender::new(Written::Upto(next))),
+            written: Arc::new(tokio::sync::watch::Sender::new(Written::Upto {
+                next,
+                generation: 0,
+            })),
             meta: Arc::new(SharedMeta {
                 store: meta,
                 current: Mutex::new(current),
@@ -285,7 +306,10 @@ impl LogStore {
         let wanted = end.min(self.submitted.load(Ordering::Acquire));
         let mut rx = self.written.subscribe();
         let failed = *rx
-            .wait_for(|w| *w == Written::Failed || matches!(w, Written::Upto(u) if *u >= wanted))
+            .wait_for(|w| match w {
+                Written::Failed => true,
+                Written::Upto { next, .. } => *next >= wanted,
+            })
             .await
             .map_err(|_| to_io(WalError::Closed))?
             == Written::Failed;
@@ -535,13 +559,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tracing::trace!(target: WRITE_PATH, stage = "log.append", index = last_index);
         let (written_tx, written_rx) = tokio::sync::oneshot::channel();
         let written = self.written.clone();
+        // These indexes are being (re)written: not written until the WAL says so, whatever an
+        // earlier log (before a truncation or a snapshot install) held there.
+        let mut generation = 0;
+        written.send_modify(|w| generation = w.rewind(first_index - 1));
         let on_written: crate::wal::Completion = Box::new(move |r| {
             tracing::trace!(target: WRITE_PATH, stage = "log.written", index = last_index);
-            written.send_modify(|w| {
-                *w = match (&r, *w) {
-                    (Err(_), _) | (_, Written::Failed) => Written::Failed,
-                    (Ok(_), Written::Upto(u)) => Written::Upto(u.max(last_index + 1)),
+            written.send_modify(|w| match (&r, w) {
+                (Err(_), w) => *w = Written::Failed,
+                (
+                    Ok(_),
+                    Written::Upto {
+                        next,
+                        generation: g,
+                    },
+                ) if *g == generation => {
+                    *next = (*next).max(last_index + 1);
                 }
+                (Ok(_), _) => {}
             });
             let _ = written_tx.send(r.map(|_| ()));
         });
@@ -562,9 +597,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // In the cache before the WAL takes them: readable from now on.
             self.cache.lock().push(&wal, cached);
         }
-        self.submitted.fetch_max(next, Ordering::AcqRel);
-        wal.append_with(frames, Some(on_written), on_durable)
-            .map_err(to_io)?;
+        if let Err(e) = wal.append_with(frames, Some(on_written), on_durable) {
+            // Refused (nothing written): nor cached, nor waited for.
+            self.cache.lock().cut_after(first_index.checked_sub(2));
+            return Err(to_io(e));
+        }
+        self.submitted.store(next, Ordering::Release);
         self.durable.written(next);
         if !early {
             // Readable once written; durability is reported through the callback.
@@ -586,11 +624,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(join_err)?
             .map_err(to_io)?;
-        self.submitted.store(from - 1, Ordering::Release);
+        // Only ever lowers it: truncating after the end removes nothing.
+        self.submitted.fetch_min(from - 1, Ordering::AcqRel);
         self.written.send_modify(|w| {
-            if let Written::Upto(u) = w {
-                *u = (*u).min(from - 1);
-            }
+            w.rewind(from - 1);
         });
         Ok(())
     }
