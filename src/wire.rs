@@ -143,6 +143,21 @@ pub fn operation_code(op: proto::Operation) -> u8 {
     op as u8
 }
 
+/// A failed write of a `Produce` stream, as its answer carries it: the status a unary call
+/// would have had (code, message and details).
+pub fn produce_error(status: &Status) -> proto::ProduceError {
+    proto::ProduceError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: status.details().to_vec(),
+    }
+}
+
+/// The status a `Produce` answer's error stands for (the inverse of [`produce_error`]).
+pub fn produce_status(e: proto::ProduceError) -> Status {
+    Status::with_details(Code::from(e.code), e.message, e.details.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,9 +20,7 @@ use super::error::to_status;
 use super::forward::{Target, target};
 use super::relay::{Relay, Relayed};
 use crate::core::{Core, CoreError, NewRecord};
-use crate::proto::{
-    self as pb, ProduceError, ProduceRequest, ProduceResponse, WriteResponse, produce_response,
-};
+use crate::proto::{self as pb, ProduceRequest, ProduceResponse, WriteResponse, produce_response};
 use crate::wal::ProducerKey;
 
 pub type ProduceStream = ReceiverStream<Result<ProduceResponse, Status>>;
@@ -182,10 +180,8 @@ fn written(id: u64, w: WriteResponse) -> ProduceResponse {
 fn error(id: u64, status: &Status) -> ProduceResponse {
     ProduceResponse {
         id,
-        result: Some(produce_response::Result::Error(ProduceError {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-            details: status.details().to_vec(),
-        })),
+        result: Some(produce_response::Result::Error(crate::wire::produce_error(
+            status,
+        ))),
     }
 }

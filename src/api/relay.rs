@@ -192,11 +192,7 @@ fn silent(core: &Core, leader: NodeId, addr: &str) -> Status {
 pub fn from_response(r: ProduceResponse) -> Relayed {
     match r.result {
         Some(produce_response::Result::Written(w)) => Ok(w),
-        Some(produce_response::Result::Error(e)) => Err(Status::with_details(
-            tonic::Code::from(e.code),
-            e.message,
-            e.details.into(),
-        )),
+        Some(produce_response::Result::Error(e)) => Err(crate::wire::produce_status(e)),
         None => Err(Status::internal("the leader sent an empty answer")),
     }
 }

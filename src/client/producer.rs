@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use super::{BACKOFF_MAX, BACKOFF_MIN, Client, ClientError, NewEntry, is_retryable, random_id};
 use crate::proto::{self as pb, ProduceRequest, ProduceResponse, produce_response};
@@ -456,9 +456,7 @@ impl Engine {
                     }
                     return;
                 }
-                Some(produce_response::Result::Error(e)) => {
-                    Status::with_details(Code::from(e.code), e.message, e.details.into())
-                }
+                Some(produce_response::Result::Error(e)) => crate::wire::produce_status(e),
                 None => Status::internal("the server sent an empty answer"),
             },
             Some(Err(status)) => status,

@@ -13,7 +13,7 @@ use crate::raft::types::WriteRecord;
 use crate::wal::ProducerKey;
 use crate::wire::check_name;
 
-/// Other writes of one producer a keyed write waits behind at most (see `write_keyed`).
+/// Other writes of one producer a keyed write waits behind at most (see `submit_keyed`).
 const MAX_KEYED_TURNS: usize = 64;
 
 /// A write queued at the leader, to be awaited for its result (see [`Core::submit_write`]).

@@ -17,7 +17,8 @@
 //!
 //! Idempotency: `(producer_id, producer_seq)`. A write whose key is at or below the producer's
 //! last applied `producer_seq` is a duplicate: it changes nothing and answers the original
-//! result (exact for a retry of the last write; for an older one, the last write's result).
+//! result (exact for a retry of one of the producer's last `RECENT_KEYS` writes since the node
+//! started; for an older one, the last write's result).
 //! The table keeps `max_producers` producers; past that, the producer whose last write is the
 //! oldest (by log index, so every replica evicts the same one) is forgotten, and a retry from
 //! it would be written again. The leader never proposes a key that is applied or in flight
