@@ -125,23 +125,31 @@ impl Core {
         F: Fn(&EntryRef<'_>) -> T + Send + 'static,
     {
         let wal = self.wal()?;
-        // Records skipped by the tenant filter count too, so a chunk's work stays bounded.
-        let scan_max = max.saturating_mul(64).max(4096);
         let read = tokio::task::spawn_blocking(move || {
             let mut entries = Vec::new();
-            let mut next = from;
-            let mut scanned = 0usize;
-            wal.replay(from, |e| {
-                if e.sequence_number >= upto || entries.len() >= max || scanned >= scan_max {
-                    return ControlFlow::Break(());
-                }
-                scanned += 1;
-                next = e.sequence_number + 1;
-                if tenant.as_deref().is_none_or(|t| t == e.tenant_id) {
+            let next = match tenant.as_deref() {
+                // The tenant index reads that tenant's records and no others.
+                Some(t) => wal.read_tenant(from, upto, t, |e| {
                     entries.push(map(&e));
+                    if entries.len() >= max {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })?,
+                None => {
+                    let mut next = from;
+                    wal.replay(from, |e| {
+                        if e.sequence_number >= upto || entries.len() >= max {
+                            return ControlFlow::Break(());
+                        }
+                        next = e.sequence_number + 1;
+                        entries.push(map(&e));
+                        ControlFlow::Continue(())
+                    })?;
+                    next
                 }
-                ControlFlow::Continue(())
-            })?;
+            };
             Ok::<_, WalError>(Chunk { entries, next })
         });
         let chunk = read.await?.map_err(|e| self.read_error(e))?;

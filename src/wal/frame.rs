@@ -264,6 +264,14 @@ pub fn max_encoded_len(payload: &Payload, parts: usize) -> usize {
         }
 }
 
+/// Where the records start in a raw body with `parts` parts or, without parts, a producer key.
+pub fn records_at(parts: usize, producer: bool) -> usize {
+    match (parts, producer) {
+        (0, true) => PRODUCER_KEY_LEN,
+        (n, _) => parts_len(n),
+    }
+}
+
 /// Bytes of a parts table of `n` parts (none when `n` is 0).
 pub fn parts_len(n: usize) -> usize {
     if n == 0 { 0 } else { 4 + n * PART_LEN }

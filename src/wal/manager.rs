@@ -27,6 +27,7 @@ use super::read::{Bound, Cursor, EntryIter};
 use super::record::Records;
 use super::recovery;
 use super::state::{SegState, Shared, SyncedPos};
+use super::tenants;
 use super::types::*;
 use super::writer::{AppendReq, Command, Completion, PrefixPoint, SuffixPoint, Writer};
 use crate::fs::{FileSystem, StdFs};
@@ -325,6 +326,66 @@ impl Manager {
             }
         }
         Ok(seen)
+    }
+
+    /// Replays the acknowledged records of one tenant from `from` on, reading only that
+    /// tenant's records through the per-tenant index (segments without one are scanned).
+    /// Returns how many records `handler` was given.
+    pub fn replay_tenant<F>(
+        &self,
+        from: SequenceNumber,
+        tenant: &str,
+        mut handler: F,
+    ) -> Result<u64>
+    where
+        F: FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    {
+        let started = Instant::now();
+        let (mut pos, mut seen, mut stopped) = (from, 0, false);
+        loop {
+            let next = self.read_tenant(pos, SequenceNumber::MAX, tenant, |e| {
+                seen += 1;
+                let r = handler(e);
+                stopped = r.is_break();
+                r
+            })?;
+            if stopped || next <= pos {
+                break;
+            }
+            pos = next;
+        }
+        self.shared
+            .metrics
+            .replay_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(seen)
+    }
+
+    /// One bounded step of a tenant replay: hands `handler` the acknowledged records of
+    /// `tenant` in `from..upto`, through the per-tenant index, and returns where the next step
+    /// starts: one past the record `handler` stopped at, or how far every record was
+    /// considered. A step looks at a bounded number of segments, so it may return before
+    /// `upto` having handed nothing over; it returns `from` when nothing is left to read.
+    pub fn read_tenant<F>(
+        &self,
+        from: SequenceNumber,
+        upto: SequenceNumber,
+        tenant: &str,
+        mut handler: F,
+    ) -> Result<SequenceNumber>
+    where
+        F: FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    {
+        if from >= upto {
+            return Ok(from);
+        }
+        self.shared.noted(tenants::replay_tenant(
+            &self.shared,
+            from,
+            upto,
+            tenant,
+            &mut handler,
+        ))
     }
 
     /// Replays the records after checkpoint `name`.

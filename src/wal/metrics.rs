@@ -16,6 +16,10 @@ pub struct WalMetrics {
     pub damaged_segments: IntGauge,
     /// Damaged segments rewritten from a replica's frames.
     pub segments_repaired: IntCounter,
+    /// Bytes read by tenant-filtered replays (index runs and records, or frames scanned).
+    pub tenant_read_bytes: IntCounter,
+    /// Segments a tenant-filtered replay scanned because they had no usable tenant index.
+    pub tenant_scans: IntCounter,
 }
 
 impl WalMetrics {
@@ -57,6 +61,14 @@ impl WalMetrics {
                 "wal_segments_repaired_total",
                 "Damaged WAL segments rewritten from frames fetched from a healthy replica.",
             )?,
+            tenant_read_bytes: IntCounter::new(
+                "wal_tenant_read_bytes_total",
+                "Bytes read by tenant-filtered replays: tenant index runs and the records they point at, or whole frames of segments scanned without an index.",
+            )?,
+            tenant_scans: IntCounter::new(
+                "wal_tenant_scans_total",
+                "Segments a tenant-filtered replay scanned whole because they had no usable tenant index.",
+            )?,
         };
         if let Some(r) = registry {
             r.register(Box::new(m.entries_written.clone()))?;
@@ -67,6 +79,8 @@ impl WalMetrics {
             r.register(Box::new(m.sync_duration.clone()))?;
             r.register(Box::new(m.damaged_segments.clone()))?;
             r.register(Box::new(m.segments_repaired.clone()))?;
+            r.register(Box::new(m.tenant_read_bytes.clone()))?;
+            r.register(Box::new(m.tenant_scans.clone()))?;
         }
         Ok(m)
     }

@@ -50,6 +50,7 @@ mod repair;
 mod scan;
 pub(crate) mod segment;
 mod state;
+mod tenants;
 pub mod types;
 mod verify;
 mod writer;

@@ -24,6 +24,7 @@ use super::preparer::{install_file, prepare};
 use super::scan::{self, ScanEnd, Tail, read_header, scan_options};
 use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader, SegmentMeta};
 use super::state::{Active, Damage, LogState, SegState, now_us};
+use super::tenants;
 use super::types::{LogStart, SegmentId};
 use crate::fs::{FileSystem, WalFile, read_file, read_full_at, write_all_at, write_file_atomic};
 
@@ -86,16 +87,18 @@ fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<SegmentId>> {
         } else if let Some(id) = segment::parse_file_name(name, ".seg") {
             ids.push(id);
         } else if let Some(id) = segment::parse_file_name(name, ".idx") {
-            idx_ids.push(id);
+            idx_ids.push((id, segment::index_file_name(id)));
+        } else if let Some(id) = segment::parse_file_name(name, ".tix") {
+            idx_ids.push((id, tenants::tenant_index_file_name(id)));
         }
     }
     ids.sort_unstable();
     // An index whose segment is gone (deleted by a truncation that crashed midway).
-    for id in idx_ids
+    for (_, name) in idx_ids
         .into_iter()
-        .filter(|id| ids.binary_search(id).is_err())
+        .filter(|(id, _)| ids.binary_search(id).is_err())
     {
-        fs.remove(&dir.join(segment::index_file_name(id)))?;
+        fs.remove(&dir.join(name))?;
     }
     Ok(ids)
 }
@@ -241,6 +244,7 @@ fn assemble(
 fn remove_segment(fs: &dyn FileSystem, dir: &std::path::Path, id: SegmentId) -> Result<()> {
     for p in [
         dir.join(segment::index_file_name(id)),
+        dir.join(tenants::tenant_index_file_name(id)),
         dir.join(segment::segment_file_name(id)),
     ] {
         match fs.remove(&p) {
@@ -322,6 +326,14 @@ fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Se
             scan.meta
         }
     };
+    // Segments sealed by an older replog (or whose index write failed) get a tenant index.
+    tenants::ensure_file(
+        fs,
+        &cfg.directory,
+        &*file,
+        &meta,
+        scan_options(cfg).max_body,
+    )?;
     Ok(Sealed::Intact(SegState {
         meta,
         path,
@@ -356,11 +368,16 @@ fn recover_tail(
             return Err(WalError::corrupted(id, 0, kind));
         }
     };
-    // The tail is always rescanned; its index is rewritten when it is sealed.
-    match fs.remove(&dir.join(segment::index_file_name(id))) {
-        Ok(()) => fs.sync_dir(dir)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+    // The tail is always rescanned; its indexes are rewritten when it is sealed.
+    for name in [
+        segment::index_file_name(id),
+        tenants::tenant_index_file_name(id),
+    ] {
+        match fs.remove(&dir.join(name)) {
+            Ok(()) => fs.sync_dir(dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let opts = scan_options(cfg);
     let scan = scan::scan(&*file, &header, file_len, &opts)?;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,7 @@ use super::error::{Corruption, Result, WalError};
 use super::metrics::WalMetrics;
 use super::scan;
 use super::segment::{self, IndexEntry, SegmentHeader, SegmentMeta};
+use super::tenants::{self, NO_SEGMENT, TenantIndex, TixDir};
 use super::types::{LogStart, SegmentId, SequenceNumber};
 use crate::fs::{FileSystem, WalFile, read_file};
 
@@ -108,10 +109,17 @@ pub(crate) struct Shared {
     pub state: RwLock<LogState>,
     /// Frames with a lower index are acknowledged as the sync policy promises; replay stops here.
     pub acked_index: AtomicU64,
+    /// The sequence number after the records of the frames below some `acked_index` (never
+    /// ahead of it: raised after it, lowered before it; read it first).
+    pub acked_seq: AtomicU64,
     pub synced: Mutex<SyncedPos>,
     pub fatal: OnceLock<Arc<io::Error>>,
     pub metrics: WalMetrics,
     pub index_cache: Mutex<LruCache<SegmentId, Arc<Vec<IndexEntry>>>>,
+    /// The active segment's tenant index (the writer adds to it as it encodes frames).
+    pub active_tenants: Mutex<TenantIndex>,
+    /// Directories of sealed segments' `.tix` files (LRU, `index_cache_segments`).
+    pub tenant_dirs: Mutex<LruCache<SegmentId, Arc<TixDir>>>,
     /// Open handles of sealed segments (LRU, `max_open_segments`).
     pub open_files: Mutex<LruCache<SegmentId, Arc<dyn WalFile>>>,
     pub checkpoints: RwLock<BTreeMap<String, SequenceNumber>>,
@@ -140,11 +148,14 @@ impl Shared {
         Shared {
             fs,
             acked_index: AtomicU64::new(state.next_index),
+            acked_seq: AtomicU64::new(state.next_seq),
             synced: Mutex::new(synced),
             state: RwLock::new(state),
             fatal: OnceLock::new(),
             metrics,
             index_cache: Mutex::new(LruCache::new(cache_len)),
+            active_tenants: Mutex::new(TenantIndex::new(NO_SEGMENT)),
+            tenant_dirs: Mutex::new(LruCache::new(cache_len)),
             open_files: Mutex::new(LruCache::new(open_len)),
             checkpoints: RwLock::new(checkpoints),
             damaged: Mutex::new(damaged),
@@ -173,6 +184,18 @@ impl Shared {
 
     pub fn fatal_error(&self) -> Option<WalError> {
         self.fatal.get().map(|e| WalError::Fatal(e.clone()))
+    }
+
+    /// Frames below `index` (records below `seq`) are acknowledged.
+    pub fn raise_acked(&self, (index, seq): (u64, SequenceNumber)) {
+        self.acked_index.fetch_max(index, Ordering::AcqRel);
+        self.acked_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// After a suffix truncation: only frames below `index` (records below `seq`) remain.
+    pub fn rewind_acked(&self, (index, seq): (u64, SequenceNumber)) {
+        self.acked_seq.store(seq, Ordering::Release);
+        self.acked_index.store(index, Ordering::Release);
     }
 
     pub fn note_synced(&self, segment: SegmentId, offset: u64) {
@@ -214,10 +237,32 @@ impl Shared {
     /// Forgets cached handles and indexes of segments that were deleted or changed.
     pub fn forget_segments(&self, ids: impl IntoIterator<Item = SegmentId>) {
         let (mut files, mut indexes) = (self.open_files.lock(), self.index_cache.lock());
+        let mut tenants = self.tenant_dirs.lock();
         for id in ids {
             files.pop(&id);
             indexes.pop(&id);
+            tenants.pop(&id);
         }
+    }
+
+    /// The tenant index directory of sealed segment `id` (summed up by `meta`): from the cache
+    /// or its `.tix` file; `None` if it has no valid one.
+    pub fn tenant_dir(&self, id: SegmentId, meta: &SegmentMeta) -> Result<Option<Arc<TixDir>>> {
+        if let Some(d) = self.tenant_dirs.lock().get(&id) {
+            return Ok(Some(d.clone()));
+        }
+        let path = self.dir().join(tenants::tenant_index_file_name(id));
+        let Some((dir, read)) = TixDir::load(&*self.fs, &path, meta)? else {
+            return Ok(None);
+        };
+        self.metrics.tenant_read_bytes.inc_by(read);
+        let dir = Arc::new(dir);
+        self.tenant_dirs.lock().put(id, dir.clone());
+        Ok(Some(dir))
+    }
+
+    pub fn forget_tenant_dir(&self, id: SegmentId) {
+        self.tenant_dirs.lock().pop(&id);
     }
 
     /// The sparse index of a sealed segment: from the cache, its `.idx` file, or a scan.

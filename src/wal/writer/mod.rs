@@ -22,18 +22,18 @@ pub(crate) use swap::StagedRepair;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use super::config::{Compression, SyncPolicy};
 use super::error::{RecordError, Result, SequenceRule, WalError};
-use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len};
+use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len, records_at};
 use super::meta;
 use super::preparer::{Prepared, Preparer, install_file};
 use super::record;
 use super::segment::{self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, maybe_index};
 use super::state::{Active, SegState, Shared, now_us};
+use super::tenants::{self, NO_SEGMENT, TenantIndex};
 use super::types::*;
 use crate::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
 
@@ -177,6 +177,8 @@ impl Writer {
             let st = sh.state.read();
             (st.next_index, st.next_seq, st.last_term)
         };
+        *sh.active_tenants.lock() =
+            TenantIndex::build_active(&*active.file, active.id, active.len, sh.max_body());
         let mut writer = Writer {
             encoder: Encoder::new(compression)?,
             buf: Vec::with_capacity(1 << 20),
@@ -307,9 +309,7 @@ impl Writer {
         }
         if any_ok && self.sh.fatal.get().is_none() {
             // Before answering anyone: a reader that starts once an append returned must see it.
-            self.sh
-                .acked_index
-                .fetch_max(self.published.0, Ordering::AcqRel);
+            self.sh.raise_acked((self.published.0, self.published.1));
         }
         for (req, r) in self.done.drain(..) {
             (req.on_durable)(r);
@@ -411,6 +411,20 @@ impl Writer {
             debug_assert!(meta.first_seq >= self.next_seq, "sequence numbers go back");
             let h = self.encoder.encode(&mut self.buf, &meta, &f.payload);
             debug_assert_eq!((h.index, h.first_seq), (meta.index, meta.first_seq));
+            if let Payload::Records(recs) = &f.payload {
+                // Readers bound themselves by the acknowledged index, so the runs of a frame
+                // not yet written are never used (and a discarded frame's are dropped).
+                let at = records_at(f.parts.len(), f.producer.is_some());
+                let lens = recs.iter().map(|r| {
+                    Ok::<_, std::convert::Infallible>((
+                        r.tenant_id.as_str(),
+                        record::encoded_len(r),
+                    ))
+                });
+                let mut active = self.sh.active_tenants.lock();
+                debug_assert_eq!(active.segment(), self.active_id);
+                let Ok(()) = active.add_frame(&h, offset, at, lens);
+            }
             self.pending.push((h, offset));
             self.next_index += 1;
             self.next_seq = h.next_seq();
@@ -495,6 +509,10 @@ impl Writer {
         self.buf.clear();
         self.pending.clear();
         (self.next_index, self.next_seq, self.last_term) = self.published;
+        self.sh
+            .active_tenants
+            .lock()
+            .truncate_from(self.published.0);
     }
 
     fn ensure_space(&self, grow: u64) -> Result<()> {
@@ -581,9 +599,7 @@ impl Writer {
         }
         self.file_len = self.active_len;
         self.fsync_active()?;
-        self.sh
-            .acked_index
-            .fetch_max(self.published.0, Ordering::AcqRel);
+        self.sh.raise_acked((self.published.0, self.published.1));
         let (meta, index) = {
             let st = self.sh.state.read();
             let seg = &st.segments[&self.active_id];
@@ -596,6 +612,20 @@ impl Writer {
             &segment::encode_index_file(&meta, &index),
         )
         .map_err(|e| self.meta_write_failed(e))?;
+        // The tenant index goes to its file before readers stop finding it in memory. Without
+        // the file a tenant replay scans the segment, so a failure here is not fatal.
+        let tix = {
+            let active = self.sh.active_tenants.lock();
+            active.usable().then(|| active.encode(&meta))
+        };
+        let tix_path = self
+            .sh
+            .dir()
+            .join(tenants::tenant_index_file_name(self.active_id));
+        if let Some(Err(e)) = tix.map(|tix| write_file_atomic(&*self.sh.fs, &tix_path, &tix)) {
+            tracing::warn!(error = %e, path = %tix_path.display(), "could not write a WAL tenant index; tenant replays will scan this segment");
+        }
+        *self.sh.active_tenants.lock() = TenantIndex::new(NO_SEGMENT);
         let mut st = self.sh.state.write();
         let seg = st
             .segments
@@ -627,6 +657,7 @@ impl Writer {
             Ok(path) => path,
             Err(e) => return Err(self.sh.set_fatal(e)),
         };
+        *self.sh.active_tenants.lock() = TenantIndex::new(header.first_index);
         let count = {
             let mut st = self.sh.state.write();
             st.segments.insert(
@@ -667,9 +698,7 @@ impl Writer {
         }
         self.write_out()?;
         self.fsync_active()?;
-        self.sh
-            .acked_index
-            .fetch_max(self.published.0, Ordering::AcqRel);
+        self.sh.raise_acked((self.published.0, self.published.1));
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use crate::fs::write_file_atomic;
 use crate::wal::error::{Result, WalError};
 use crate::wal::segment::{self, IndexEntry, SegmentMeta};
 use crate::wal::state::{SegState, Shared};
+use crate::wal::tenants;
 use crate::wal::types::SegmentId;
 
 /// A repaired segment file, written and checked, waiting for the writer to install it.
@@ -48,6 +49,15 @@ pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
         if new_id != id {
             sh.fs.remove(&old_path)?;
         }
+        for tix in [id, new_id] {
+            match sh
+                .fs
+                .remove(&dir.join(tenants::tenant_index_file_name(tix)))
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         sh.fs.sync_dir(&dir)?;
         write_file_atomic(
             &*sh.fs,
@@ -63,7 +73,7 @@ pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
             new_id,
             SegState {
                 meta: staged.meta,
-                path,
+                path: path.clone(),
                 file: None,
                 sealed: true,
                 index: Vec::new(),
@@ -71,6 +81,15 @@ pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
         );
     }
     sh.forget_segments([id, new_id]);
+    // Its tenant index; without one, tenant replays scan the segment.
+    let tix = sh
+        .fs
+        .open(&path)
+        .map_err(WalError::from)
+        .and_then(|f| tenants::ensure_file(&*sh.fs, &dir, &*f, &staged.meta, sh.max_body()));
+    if let Err(e) = tix {
+        tracing::warn!(segment = new_id, error = %e, "could not write the tenant index of a repaired WAL segment");
+    }
     {
         let mut damaged = sh.damaged.lock();
         damaged.remove(&id);

@@ -7,7 +7,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use super::{PrefixPoint, SuffixPoint, Writer};
 use crate::fs::{FileSystem, write_file_atomic};
@@ -18,6 +17,7 @@ use crate::wal::read::{Bound, Cursor};
 use crate::wal::scan::{self, scan_options};
 use crate::wal::segment::{self, SegmentHeader};
 use crate::wal::state::SyncedPos;
+use crate::wal::tenants::{self, TenantIndex};
 use crate::wal::types::{LogStart, SegmentId};
 
 impl Writer {
@@ -99,7 +99,7 @@ impl Writer {
         self.next_index = index;
         self.published.0 = index;
         self.sh.state.write().next_index = index;
-        self.sh.acked_index.fetch_max(index, Ordering::AcqRel);
+        self.sh.raise_acked((index, self.next_seq));
         self.roll()?;
         // Deletes the segment that was active (it now lies wholly below the start).
         self.set_log_start(new)?;
@@ -147,7 +147,8 @@ impl Writer {
         let fs = &*self.sh.fs;
         for (id, path) in doomed {
             let idx = self.sh.dir().join(segment::index_file_name(*id));
-            for p in [path, &idx] {
+            let tix = self.sh.dir().join(tenants::tenant_index_file_name(*id));
+            for p in [path, &idx, &tix] {
                 if let Err(e) = fs.remove(p)
                     && e.kind() != io::ErrorKind::NotFound
                 {
@@ -231,12 +232,18 @@ impl Writer {
         // Newest first, each removal durable, so a crash leaves a contiguous log.
         for (id, path) in later.iter().rev() {
             let r = remove_if_exists(&*fs, &dir.join(segment::index_file_name(*id)))
+                .and_then(|()| {
+                    remove_if_exists(&*fs, &dir.join(tenants::tenant_index_file_name(*id)))
+                })
                 .and_then(|()| fs.remove(path))
                 .and_then(|()| fs.sync_dir(&dir));
             r.map_err(|e| self.sh.set_fatal(e))?;
         }
         if sealed {
             remove_if_exists(&*fs, &dir.join(segment::index_file_name(segment)))
+                .and_then(|()| {
+                    remove_if_exists(&*fs, &dir.join(tenants::tenant_index_file_name(segment)))
+                })
                 .and_then(|()| fs.sync_dir(&dir))
                 .map_err(|e| self.sh.set_fatal(e))?;
         }
@@ -251,6 +258,17 @@ impl Writer {
         let opts = scan_options(&self.sh.cfg);
         let scan = scan::scan(&*file, &header, offset, &opts).map_err(|e| self.sh.set_fatal(e))?;
         debug_assert_eq!(scan.meta.next_index, index);
+        // The segment the log now ends in is the active one: its tenant index moves to memory.
+        let tenants = if sealed {
+            TenantIndex::build_active(&*file, segment, offset, self.sh.max_body())
+        } else {
+            let mut active = std::mem::replace(
+                &mut *self.sh.active_tenants.lock(),
+                TenantIndex::new(tenants::NO_SEGMENT),
+            );
+            active.truncate_from(index);
+            active
+        };
         {
             let mut st = self.sh.state.write();
             for (id, _) in &later {
@@ -270,6 +288,7 @@ impl Writer {
             st.generation += 1;
             self.published = (st.next_index, st.next_seq, st.last_term);
         }
+        *self.sh.active_tenants.lock() = tenants;
         self.sh
             .forget_segments(std::iter::once(segment).chain(later.iter().map(|(id, _)| *id)));
         (self.next_index, self.next_seq, self.last_term) = self.published;
@@ -277,9 +296,7 @@ impl Writer {
         self.active_file = file;
         self.active_len = offset;
         self.file_len = offset;
-        self.sh
-            .acked_index
-            .store(self.published.0, Ordering::Release);
+        self.sh.rewind_acked((self.published.0, self.published.1));
         *self.sh.synced.lock() = SyncedPos { segment, offset };
         self.sh
             .metrics

@@ -1,0 +1,913 @@
+//! The per-tenant index (DESIGN §6): where each tenant's records lie in a segment, so a replay
+//! of one tenant reads that tenant's records and not the rest of the log.
+//!
+//! The index lists *runs* per tenant: consecutive records of one tenant inside one frame, in
+//! sequence order. The active segment's index is in memory ([`TenantIndex`]): the writer adds a
+//! frame's runs as it encodes the frame, and opening the log rebuilds it from the active
+//! segment. When a segment is sealed, its index is written beside it as `{first_index:020}.tix`:
+//! ```text
+//!  0 magic: u32 TENANT_INDEX_MAGIC | 4 version: u8 | 5 reserved: [u8; 3]
+//!  8 first_index: u64 | 16 next_index: u64 | 24 data_len: u64
+//! 32 tenants: u32 | 36 runs: u32 | 40 directory_len: u32
+//! 44 crc: u32 (CRC-32 of bytes 0..44 and of the directory)
+//! 48 directory: per tenant, sorted by name { name_len: u8 | name | first_run: u32 | runs: u32 }
+//!    runs: per tenant in directory order, each tenant's in sequence order, RUN_LEN bytes each:
+//!    { first_seq: u64 | frame: u32 | index: u32 | at: u32 | len: u32 | count: u32 | crc: u32 }
+//! ```
+//! `frame` is the frame's byte offset in the segment and `index` its log index minus the
+//! segment's first; `at` and `len` place the run's records in the frame's raw body; the top bit
+//! of `count` says the frame is compressed (its body is read whole and decompressed). Each run
+//! carries its own CRC, so a reader reads only the runs it needs (found by a binary search on
+//! the sequence number), and every record read through a run is checked by its entry checksum
+//! and its tenant (the frame's CRC covers the whole frame, which such a read does not load).
+//!
+//! A sealed segment without a valid `.tix` (written by an older replog, or damaged) gets one
+//! when the log is opened or the segment is repaired; until then a tenant replay scans it.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::error::{Corruption, Result, WalError};
+use super::frame::{FRAME_HEADER_LEN, FrameHeader, raw_body};
+use super::read::{Bound, Cursor};
+use super::record::{RECORD_HEADER_LEN, Records};
+use super::segment::{ChunkReader, SEGMENT_HEADER_LEN, SegmentMeta};
+use super::state::Shared;
+use super::types::{EntryRef, SegmentId, SequenceNumber};
+use crate::fs::{FileSystem, WalFile, read_full_at};
+
+pub const TENANT_INDEX_MAGIC: u32 = 0x5854_4C57; // "WLTX"
+pub const TENANT_INDEX_VERSION: u8 = 1;
+/// The segment id of no segment (the active tenant index between a seal and the next segment).
+pub(crate) const NO_SEGMENT: SegmentId = SegmentId::MAX;
+const HEADER_LEN: usize = 48;
+/// Bytes of one run in a `.tix` file.
+pub const RUN_LEN: usize = 32;
+const COMPRESSED: u32 = 1 << 31;
+/// Runs a reader takes at a time.
+const RUNS_PER_READ: usize = 4096;
+/// Runs of uncompressed frames closer than this are read with one `pread`.
+const MERGE_GAP: u64 = 4 << 10;
+/// The most bytes one `pread` of records asks for.
+const MAX_SPAN: u64 = 1 << 20;
+/// Segments one call looks at before it returns (so a rare tenant in a long log is read in
+/// bounded steps).
+const SEGMENTS_PER_CALL: usize = 64;
+
+pub fn tenant_index_file_name(first_index: u64) -> String {
+    format!("{first_index:020}.tix")
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32)
+}
+
+/// Consecutive records of one tenant in one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub first_seq: SequenceNumber,
+    /// Byte offset of the frame in its segment.
+    pub frame: u32,
+    /// The frame's log index minus the segment's first.
+    pub index: u32,
+    /// Where the run's records start in the frame's raw body, and their bytes.
+    pub at: u32,
+    pub len: u32,
+    /// Records, with [`COMPRESSED`] set when the frame's body is compressed.
+    count: u32,
+}
+
+impl Run {
+    pub fn count(&self) -> u32 {
+        self.count & !COMPRESSED
+    }
+
+    pub fn compressed(&self) -> bool {
+        self.count & COMPRESSED != 0
+    }
+
+    pub fn next_seq(&self) -> SequenceNumber {
+        self.first_seq + u64::from(self.count())
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.first_seq.to_le_bytes());
+        for v in [self.frame, self.index, self.at, self.len, self.count] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> std::result::Result<Run, Corruption> {
+        if b.len() < RUN_LEN {
+            return Err(Corruption::Truncated);
+        }
+        let stored = u32_at(b, RUN_LEN - 4);
+        let computed = crc32fast::hash(&b[..RUN_LEN - 4]);
+        if stored != computed {
+            return Err(Corruption::BadChecksum { stored, computed });
+        }
+        Ok(Run {
+            first_seq: u64_at(b, 0),
+            frame: u32_at(b, 8),
+            index: u32_at(b, 12),
+            at: u32_at(b, 16),
+            len: u32_at(b, 20),
+            count: u32_at(b, 24),
+        })
+    }
+}
+
+/// The runs of every tenant of one segment, in memory.
+#[derive(Debug)]
+pub(crate) struct TenantIndex {
+    segment: SegmentId,
+    tenants: HashMap<Box<str>, Vec<Run>>,
+    runs: usize,
+    /// False when the index could not be built: readers scan the segment instead, and sealing
+    /// it writes no `.tix`.
+    usable: bool,
+}
+
+impl TenantIndex {
+    pub fn new(segment: SegmentId) -> Self {
+        TenantIndex {
+            segment,
+            tenants: HashMap::new(),
+            runs: 0,
+            usable: true,
+        }
+    }
+
+    /// The index of a segment whose frames could not be read back (`why`), which readers do
+    /// not use.
+    pub fn unusable(segment: SegmentId, why: &WalError) -> Self {
+        tracing::warn!(segment, error = %why, "could not build the WAL tenant index of the active segment; tenant replays will scan it");
+        TenantIndex {
+            usable: false,
+            ..TenantIndex::new(segment)
+        }
+    }
+
+    pub fn usable(&self) -> bool {
+        self.usable
+    }
+
+    /// The index of the active segment `segment`, whose frames lie below `end` of `file`.
+    pub fn build_active(file: &dyn WalFile, segment: SegmentId, end: u64, max_body: u32) -> Self {
+        Self::build(file, segment, end, max_body)
+            .unwrap_or_else(|e| TenantIndex::unusable(segment, &e))
+    }
+
+    pub fn segment(&self) -> SegmentId {
+        self.segment
+    }
+
+    /// Adds the records of frame `h`, stored at `offset` of the segment; `records` yields each
+    /// record's tenant and encoded length in order, the first starting `at` bytes into the raw
+    /// body.
+    pub fn add_frame<'a, E>(
+        &mut self,
+        h: &FrameHeader,
+        offset: u64,
+        at: usize,
+        records: impl Iterator<Item = std::result::Result<(&'a str, usize), E>>,
+    ) -> std::result::Result<(), E> {
+        if !self.usable {
+            return Ok(());
+        }
+        let flag = if h.is_compressed() { COMPRESSED } else { 0 };
+        let index = (h.index - self.segment) as u32;
+        let (mut pos, mut seq) = (at as u32, h.first_seq);
+        let mut cur: Option<(&'a str, Run)> = None;
+        for r in records {
+            let (tenant, len) = r?;
+            let len = len as u32;
+            match &mut cur {
+                Some((t, run)) if *t == tenant => {
+                    run.len += len;
+                    run.count += 1;
+                }
+                _ => {
+                    if let Some((t, run)) = cur.take() {
+                        self.push(t, run);
+                    }
+                    let run = Run {
+                        first_seq: seq,
+                        frame: offset as u32,
+                        index,
+                        at: pos,
+                        len,
+                        count: 1 | flag,
+                    };
+                    cur = Some((tenant, run));
+                }
+            }
+            pos += len;
+            seq += 1;
+        }
+        if let Some((t, run)) = cur {
+            self.push(t, run);
+        }
+        Ok(())
+    }
+
+    /// Adds the records of a frame read back from disk (`raw` is its raw body).
+    fn add_raw(
+        &mut self,
+        h: &FrameHeader,
+        offset: u64,
+        raw: &[u8],
+    ) -> std::result::Result<(), Corruption> {
+        let (_, _, rest) = h.split_keys(raw, false)?;
+        let at = raw.len() - rest.len();
+        let records = Records::new(rest, h.first_seq, h.record_count).map(|r| {
+            r.map(|e| {
+                (
+                    e.tenant_id,
+                    RECORD_HEADER_LEN + e.tenant_id.len() + e.data.len(),
+                )
+            })
+        });
+        self.add_frame(h, offset, at, records)
+    }
+
+    fn push(&mut self, tenant: &str, run: Run) {
+        self.runs += 1;
+        match self.tenants.get_mut(tenant) {
+            Some(v) => v.push(run),
+            None => {
+                self.tenants.insert(tenant.into(), vec![run]);
+            }
+        }
+    }
+
+    /// Forgets the runs of frames `index` and later (a discarded write or a suffix truncation).
+    pub fn truncate_from(&mut self, index: u64) {
+        let Some(keep_below) = index.checked_sub(self.segment) else {
+            self.tenants.clear();
+            self.runs = 0;
+            return;
+        };
+        let mut runs = 0;
+        self.tenants.retain(|_, v| {
+            while v.last().is_some_and(|r| u64::from(r.index) >= keep_below) {
+                v.pop();
+            }
+            runs += v.len();
+            !v.is_empty()
+        });
+        self.runs = runs;
+    }
+
+    /// Appends to `out` up to `max` runs of `tenant` holding records at or after `from`.
+    pub fn runs_from(&self, tenant: &str, from: SequenceNumber, max: usize, out: &mut Vec<Run>) {
+        if let Some(v) = self.tenants.get(tenant) {
+            let first = v.partition_point(|r| r.next_seq() <= from);
+            out.extend_from_slice(&v[first..(first + max).min(v.len())]);
+        }
+    }
+
+    /// The `.tix` file of this index, for a segment summed up by `meta`.
+    pub fn encode(&self, meta: &SegmentMeta) -> Vec<u8> {
+        let mut names: Vec<(&str, &Vec<Run>)> =
+            self.tenants.iter().map(|(t, v)| (&**t, v)).collect();
+        names.sort_unstable_by_key(|(t, _)| *t);
+        let mut directory = Vec::new();
+        let mut first_run = 0u32;
+        for (t, v) in &names {
+            directory.push(t.len() as u8);
+            directory.extend_from_slice(t.as_bytes());
+            directory.extend_from_slice(&first_run.to_le_bytes());
+            directory.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            first_run += v.len() as u32;
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + directory.len() + self.runs * RUN_LEN);
+        out.extend_from_slice(&TENANT_INDEX_MAGIC.to_le_bytes());
+        out.extend_from_slice(&[TENANT_INDEX_VERSION, 0, 0, 0]);
+        for v in [meta.first_index, meta.next_index, meta.data_len] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [names.len() as u32, first_run, directory.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&out);
+        crc.update(&directory);
+        out.extend_from_slice(&crc.finalize().to_le_bytes());
+        out.extend_from_slice(&directory);
+        for (_, v) in &names {
+            for r in v.iter() {
+                r.encode(&mut out);
+            }
+        }
+        out
+    }
+
+    /// The index of a segment's frames in `SEGMENT_HEADER_LEN..end`, read from its file.
+    pub fn build(
+        file: &dyn WalFile,
+        segment: SegmentId,
+        end: u64,
+        max_body: u32,
+    ) -> Result<TenantIndex> {
+        let mut idx = TenantIndex::new(segment);
+        let mut reader = ChunkReader::new(1 << 20);
+        let mut scratch = Vec::new();
+        let mut pos = SEGMENT_HEADER_LEN as u64;
+        let bad = |pos: u64, kind| WalError::corrupted(segment, pos, kind);
+        while pos < end {
+            let head = reader.get(file, pos, FRAME_HEADER_LEN, end)?;
+            let h = FrameHeader::decode(head, max_body).map_err(|k| bad(pos, k))?;
+            let frame = reader.get(file, pos, h.frame_len() as usize, end)?;
+            if frame.len() as u64 != h.frame_len() {
+                return Err(bad(pos, Corruption::Truncated));
+            }
+            let (head, stored) = frame.split_at(FRAME_HEADER_LEN);
+            h.verify(head, stored).map_err(|k| bad(pos, k))?;
+            if !h.is_control() {
+                let raw = raw_body(&h, stored, &mut scratch).map_err(|k| bad(pos, k))?;
+                idx.add_raw(&h, pos, raw).map_err(|k| bad(pos, k))?;
+            }
+            pos += h.frame_len();
+        }
+        Ok(idx)
+    }
+}
+
+/// The directory of a sealed segment's `.tix` file, with the file open to read runs from.
+pub(crate) struct TixDir {
+    file: Arc<dyn WalFile>,
+    tenants: HashMap<Box<str>, (u32, u32)>,
+    runs_at: u64,
+}
+
+impl TixDir {
+    /// The directory of the `.tix` at `path` and the bytes read for it, if the file exists, is
+    /// intact and describes the segment summed up by `meta`; `None` otherwise.
+    pub fn load(
+        fs: &dyn FileSystem,
+        path: &Path,
+        meta: &SegmentMeta,
+    ) -> io::Result<Option<(TixDir, u64)>> {
+        let file = match fs.open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut head = [0u8; HEADER_LEN];
+        if read_full_at(&*file, &mut head, 0)? != HEADER_LEN
+            || u32_at(&head, 0) != TENANT_INDEX_MAGIC
+            || head[4] != TENANT_INDEX_VERSION
+            || [u64_at(&head, 8), u64_at(&head, 16), u64_at(&head, 24)]
+                != [meta.first_index, meta.next_index, meta.data_len]
+        {
+            return Ok(None);
+        }
+        let (count, runs, dir_len) = (u32_at(&head, 32), u32_at(&head, 36), u32_at(&head, 40));
+        let file_len = file.len()?;
+        let runs_at = (HEADER_LEN as u64) + u64::from(dir_len);
+        if runs_at + u64::from(runs) * RUN_LEN as u64 != file_len {
+            return Ok(None);
+        }
+        let mut dir = vec![0u8; dir_len as usize];
+        if read_full_at(&*file, &mut dir, HEADER_LEN as u64)? != dir.len() {
+            return Ok(None);
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[..44]);
+        crc.update(&dir);
+        if crc.finalize() != u32_at(&head, 44) {
+            return Ok(None);
+        }
+        let mut tenants = HashMap::with_capacity(count as usize);
+        let mut at = 0;
+        for _ in 0..count {
+            let Some(&len) = dir.get(at) else {
+                return Ok(None);
+            };
+            let end = at + 1 + len as usize + 8;
+            if end > dir.len() {
+                return Ok(None);
+            }
+            let Ok(name) = std::str::from_utf8(&dir[at + 1..at + 1 + len as usize]) else {
+                return Ok(None);
+            };
+            let (first, n) = (u32_at(&dir, end - 8), u32_at(&dir, end - 4));
+            if u64::from(first) + u64::from(n) > u64::from(runs) {
+                return Ok(None);
+            }
+            tenants.insert(name.into(), (first, n));
+            at = end;
+        }
+        let read = (HEADER_LEN + dir.len()) as u64;
+        Ok(Some((
+            TixDir {
+                file,
+                tenants,
+                runs_at,
+            },
+            read,
+        )))
+    }
+
+    /// Appends to `out` up to `max` runs of `tenant` holding records at or after `from`, read
+    /// from the file (a binary search, then one read). Returns the bytes read.
+    fn runs_from(
+        &self,
+        tenant: &str,
+        from: SequenceNumber,
+        max: usize,
+        out: &mut Vec<Run>,
+    ) -> Result<u64> {
+        let Some(&(first, n)) = self.tenants.get(tenant) else {
+            return Ok(0);
+        };
+        let bad = |k| WalError::corrupted(0, self.runs_at, k);
+        let at = |i: u32| self.runs_at + u64::from(first + i) * RUN_LEN as u64;
+        let mut one = [0u8; RUN_LEN];
+        let (mut lo, mut hi, mut read) = (0u32, n, 0u64);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            read_full_at(&*self.file, &mut one, at(mid))?;
+            read += RUN_LEN as u64;
+            if Run::decode(&one).map_err(bad)?.next_seq() <= from {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let take = (n - lo).min(max as u32) as usize;
+        if take > 0 {
+            let mut buf = vec![0u8; take * RUN_LEN];
+            if read_full_at(&*self.file, &mut buf, at(lo))? != buf.len() {
+                return Err(bad(Corruption::Truncated));
+            }
+            read += buf.len() as u64;
+            for b in buf.chunks_exact(RUN_LEN) {
+                out.push(Run::decode(b).map_err(bad)?);
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// Writes the `.tix` file of a sealed segment unless a valid one is there; a segment that does
+/// not read back cleanly gets none (its repair writes one).
+pub(crate) fn ensure_file(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    file: &dyn WalFile,
+    meta: &SegmentMeta,
+    max_body: u32,
+) -> Result<()> {
+    let path = dir.join(tenant_index_file_name(meta.id()));
+    if TixDir::load(fs, &path, meta)?.is_some() {
+        return Ok(());
+    }
+    match TenantIndex::build(file, meta.id(), meta.data_len, max_body) {
+        Ok(idx) => Ok(crate::fs::write_file_atomic(fs, &path, &idx.encode(meta))?),
+        Err(WalError::CorruptedEntry { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One segment as a tenant read sees it.
+struct Seg {
+    id: SegmentId,
+    path: std::path::PathBuf,
+    file: Option<Arc<dyn WalFile>>,
+    meta: SegmentMeta,
+}
+
+/// Hands `handler` the acknowledged records of `tenant` in `from..upto`, reading them through
+/// the per-tenant index (a sealed segment without one is scanned). Returns where the next
+/// call continues: one past the record `handler` stopped at, or how far every record was
+/// considered (`upto` at most); a call looks at a bounded number of segments.
+pub(crate) fn replay_tenant(
+    sh: &Arc<Shared>,
+    from: SequenceNumber,
+    upto: SequenceNumber,
+    tenant: &str,
+    handler: &mut dyn FnMut(EntryRef<'_>) -> ControlFlow<()>,
+) -> Result<SequenceNumber> {
+    let (segs, generation, end_index, acked_seq) = {
+        let st = sh.state.read();
+        if from < st.start.seq {
+            return Err(WalError::BeforeLogStart {
+                requested: from,
+                log_start: st.start.seq,
+            });
+        }
+        // The sequence number first: it never runs ahead of the index read after it.
+        let acked_seq = sh.acked_seq.load(Ordering::Acquire).min(st.next_seq);
+        let end_index = sh.acked_index.load(Ordering::Acquire).min(st.next_index);
+        let segs: Vec<Seg> = st
+            .segments
+            .values()
+            .filter(|s| s.meta.next_seq > from && s.meta.first_seq < upto && !s.meta.is_empty())
+            .take(SEGMENTS_PER_CALL)
+            .map(|s| Seg {
+                id: s.meta.id(),
+                path: s.path.clone(),
+                file: s.file.clone(),
+                meta: s.meta,
+            })
+            .collect();
+        (segs, st.generation, end_index, acked_seq)
+    };
+    let mut r = TenantRead {
+        sh,
+        tenant,
+        from,
+        upto,
+        end_index,
+        generation,
+        runs: Vec::new(),
+        buf: Vec::new(),
+        scratch: Vec::new(),
+        read: 0,
+    };
+    let out = r.segments(&segs, handler);
+    sh.metrics.tenant_read_bytes.inc_by(r.read);
+    let stopped = out?;
+    if let Some(next) = stopped {
+        return Ok(next);
+    }
+    // Every acknowledged record of the segments looked at was considered: say how far that
+    // goes (not into frames that are not acknowledged: a truncation could replace them).
+    let mut covered = acked_seq;
+    if segs.len() == SEGMENTS_PER_CALL
+        && let Some(last) = segs.last()
+    {
+        covered = covered.min(last.meta.next_seq);
+    }
+    if sh.state.read().generation != generation {
+        covered = r.from;
+    }
+    Ok(covered.min(upto).max(r.from))
+}
+
+struct TenantRead<'a> {
+    sh: &'a Arc<Shared>,
+    tenant: &'a str,
+    /// The next sequence number to consider.
+    from: SequenceNumber,
+    upto: SequenceNumber,
+    end_index: u64,
+    generation: u64,
+    runs: Vec<Run>,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    /// Bytes read (runs and records, or whole frames when scanning).
+    read: u64,
+}
+
+impl TenantRead<'_> {
+    /// Reads `segs` in order; `Some(next)` when the handler stopped or the bound was reached.
+    fn segments(
+        &mut self,
+        segs: &[Seg],
+        handler: &mut dyn FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<Option<SequenceNumber>> {
+        for seg in segs {
+            loop {
+                self.runs.clear();
+                if !self.fill_runs(seg)? {
+                    if let Some(next) = self.scan_segment(seg, handler)? {
+                        return Ok(Some(next));
+                    }
+                    break;
+                }
+                let got = self.runs.len();
+                if let Some(next) = self.read_runs(seg, handler)? {
+                    return Ok(Some(next));
+                }
+                if got < RUNS_PER_READ {
+                    break;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next runs of this segment into `self.runs`; false when it has no usable index.
+    fn fill_runs(&mut self, seg: &Seg) -> Result<bool> {
+        {
+            let active = self.sh.active_tenants.lock();
+            if active.segment() == seg.id {
+                if !active.usable() {
+                    return Ok(false);
+                }
+                active.runs_from(self.tenant, self.from, RUNS_PER_READ, &mut self.runs);
+                return Ok(true);
+            }
+        }
+        let Some(dir) = self.sh.tenant_dir(seg.id, &seg.meta)? else {
+            return Ok(false);
+        };
+        match dir.runs_from(self.tenant, self.from, RUNS_PER_READ, &mut self.runs) {
+            Ok(n) => {
+                self.read += n;
+                Ok(true)
+            }
+            Err(WalError::CorruptedEntry { kind, .. }) => {
+                tracing::warn!(segment = seg.id, error = %kind, "a WAL tenant index is damaged; scanning the segment instead");
+                self.sh.forget_tenant_dir(seg.id);
+                self.runs.clear();
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hands over the records of `self.runs`.
+    fn read_runs(
+        &mut self,
+        seg: &Seg,
+        handler: &mut dyn FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<Option<SequenceNumber>> {
+        let file = self.sh.segment_file(seg.id, &seg.path, seg.file.as_ref())?;
+        let runs = std::mem::take(&mut self.runs);
+        let mut i = 0;
+        let out = loop {
+            let Some(first) = runs.get(i) else {
+                break None;
+            };
+            if first.first_seq >= self.upto || seg.id + u64::from(first.index) >= self.end_index {
+                break Some(first.first_seq.max(self.from).min(self.upto));
+            }
+            // One read: this run and the next ones of uncompressed frames close enough.
+            let mut j = i + 1;
+            if !first.compressed() {
+                let start = pos(first);
+                while let Some(r) = runs.get(j) {
+                    let end = pos(&runs[j - 1]) + u64::from(runs[j - 1].len);
+                    if r.compressed()
+                        || r.first_seq >= self.upto
+                        || seg.id + u64::from(r.index) >= self.end_index
+                        || pos(r) < end
+                        || pos(r) - end > MERGE_GAP
+                        || pos(r) + u64::from(r.len) - start > MAX_SPAN
+                    {
+                        break;
+                    }
+                    j += 1;
+                }
+            }
+            if let Some(next) = self.read_span(seg.id, &*file, &runs[i..j], handler)? {
+                break Some(next);
+            }
+            i = j;
+        };
+        self.runs = runs;
+        Ok(out)
+    }
+
+    /// Reads runs `span` (one compressed frame's run, or nearby runs read at once) and hands
+    /// their records over.
+    fn read_span(
+        &mut self,
+        segment: SegmentId,
+        file: &dyn WalFile,
+        span: &[Run],
+        handler: &mut dyn FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<Option<SequenceNumber>> {
+        let first = &span[0];
+        let (sh, generation) = (self.sh, self.generation);
+        let bad = move |k| corrupt(sh, generation, segment, u64::from(first.frame), k);
+        let (bytes, base): (&[u8], u64) = if first.compressed() {
+            let mut head = [0u8; FRAME_HEADER_LEN];
+            read_full_at(file, &mut head, u64::from(first.frame))?;
+            let h = FrameHeader::decode(&head, self.sh.max_body()).map_err(bad)?;
+            self.buf.resize(h.body_len as usize, 0);
+            let at = u64::from(first.frame) + FRAME_HEADER_LEN as u64;
+            if read_full_at(file, &mut self.buf, at)? != self.buf.len() {
+                return Err(bad(Corruption::Truncated));
+            }
+            self.read += h.frame_len();
+            h.verify(&head, &self.buf).map_err(bad)?;
+            let raw = raw_body(&h, &self.buf, &mut self.scratch).map_err(bad)?;
+            (raw, 0)
+        } else {
+            let start = pos(first);
+            let last = &span[span.len() - 1];
+            let len = (pos(last) + u64::from(last.len) - start) as usize;
+            self.buf.resize(len, 0);
+            if read_full_at(file, &mut self.buf, start)? != len {
+                return Err(bad(Corruption::Truncated));
+            }
+            self.read += len as u64;
+            (&self.buf[..], start)
+        };
+        for run in span {
+            let at = if run.compressed() {
+                run.at as usize
+            } else {
+                (pos(run) - base) as usize
+            };
+            let Some(body) = bytes.get(at..at + run.len as usize) else {
+                return Err(corrupt(
+                    sh,
+                    generation,
+                    segment,
+                    u64::from(run.frame),
+                    Corruption::Truncated,
+                ));
+            };
+            let mut records = Records::new(body, run.first_seq, run.count());
+            for r in records.by_ref() {
+                let e = r.map_err(|k| corrupt(sh, generation, segment, u64::from(run.frame), k))?;
+                if e.tenant_id != self.tenant || !e.checksum_ok() {
+                    let why = Corruption::BadRecord(
+                        "a record does not match its tenant index entry or its checksum",
+                    );
+                    return Err(corrupt(sh, generation, segment, u64::from(run.frame), why));
+                }
+                if e.sequence_number < self.from {
+                    continue;
+                }
+                if e.sequence_number >= self.upto {
+                    return Ok(Some(self.upto));
+                }
+                self.from = e.sequence_number + 1;
+                if handler(e).is_break() {
+                    return Ok(Some(self.from));
+                }
+            }
+            if !records.finished_cleanly() {
+                let why = Corruption::BadRecord("a tenant index run does not end with its records");
+                return Err(corrupt(sh, generation, segment, u64::from(run.frame), why));
+            }
+            self.from = self.from.max(run.next_seq());
+        }
+        Ok(None)
+    }
+
+    /// Scans a segment without a tenant index, frame by frame.
+    fn scan_segment(
+        &mut self,
+        seg: &Seg,
+        handler: &mut dyn FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<Option<SequenceNumber>> {
+        self.sh.metrics.tenant_scans.inc();
+        let start = self.from.max(seg.meta.first_seq);
+        let mut cursor = Cursor::at_seq(self.sh.clone(), start, Bound::Acked)?;
+        while let Some(f) = cursor.next_frame()? {
+            if f.segment != seg.id {
+                break;
+            }
+            let h = f.header;
+            self.read += h.frame_len();
+            if h.is_control() || h.next_seq() <= self.from {
+                continue;
+            }
+            for r in h.records(f.body).map_err(|k| f.corrupted(k))? {
+                let e = r.map_err(|kind| f.corrupted(kind))?;
+                if e.sequence_number < self.from || e.tenant_id != self.tenant {
+                    continue;
+                }
+                if e.sequence_number >= self.upto {
+                    return Ok(Some(self.upto));
+                }
+                self.from = e.sequence_number + 1;
+                if handler(e).is_break() {
+                    return Ok(Some(self.from));
+                }
+            }
+            self.from = self.from.max(h.next_seq().min(self.upto));
+        }
+        Ok(None)
+    }
+}
+
+/// Corruption, unless a suffix truncation since the read began explains the bytes read.
+fn corrupt(
+    sh: &Shared,
+    generation: u64,
+    segment: SegmentId,
+    offset: u64,
+    kind: Corruption,
+) -> WalError {
+    if sh.state.read().generation != generation {
+        return WalError::TruncatedWhileReading { index: segment };
+    }
+    WalError::corrupted(segment, offset, kind)
+}
+
+/// Where a run of an uncompressed frame starts in its segment.
+fn pos(r: &Run) -> u64 {
+    u64::from(r.frame) + FRAME_HEADER_LEN as u64 + u64::from(r.at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::MemFs;
+    use crate::wal::segment::SegmentHeader;
+
+    fn header(index: u64, first_seq: u64, count: u32) -> FrameHeader {
+        FrameHeader {
+            flags: 0,
+            body_len: 0,
+            raw_len: 0,
+            record_count: count,
+            synced_upto: 0,
+            index,
+            term: 0,
+            first_seq,
+            timestamp: 0,
+            crc: 0,
+        }
+    }
+
+    fn add(idx: &mut TenantIndex, h: &FrameHeader, offset: u64, tenants: &[&'static str]) {
+        let recs = tenants.iter().map(|t| Ok::<_, ()>((*t, 20)));
+        idx.add_frame(h, offset, 4, recs).unwrap();
+    }
+
+    #[test]
+    fn runs_join_neighbours_of_one_tenant_and_truncate_by_frame() {
+        let mut idx = TenantIndex::new(10);
+        add(&mut idx, &header(10, 1, 4), 40, &["a", "a", "b", "a"]);
+        add(&mut idx, &header(11, 5, 2), 200, &["b", "b"]);
+        let mut a = Vec::new();
+        idx.runs_from("a", 1, 10, &mut a);
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            (a[0].first_seq, a[0].count(), a[0].at, a[0].len),
+            (1, 2, 4, 40)
+        );
+        assert_eq!((a[1].first_seq, a[1].count(), a[1].at), (4, 1, 64));
+        let mut b = Vec::new();
+        idx.runs_from("b", 4, 10, &mut b);
+        assert_eq!(b.len(), 1, "runs ending before the position are skipped");
+        assert_eq!((b[0].first_seq, b[0].index, b[0].frame), (5, 1, 200));
+        idx.truncate_from(11);
+        b.clear();
+        idx.runs_from("b", 1, 10, &mut b);
+        assert_eq!(b.len(), 1);
+        assert_eq!(idx.runs, 3);
+    }
+
+    #[test]
+    fn tix_files_round_trip_and_refuse_damage_or_another_segment() {
+        let fs = MemFs::new();
+        fs.create_dir_all(Path::new("/w")).unwrap();
+        let mut idx = TenantIndex::new(1);
+        add(&mut idx, &header(1, 1, 3), 40, &["x", "y", "x"]);
+        add(&mut idx, &header(2, 4, 1), 200, &["y"]);
+        let mut meta = SegmentMeta::empty(&SegmentHeader {
+            first_index: 1,
+            first_seq: 1,
+            created_us: 0,
+        });
+        (meta.next_index, meta.next_seq, meta.data_len) = (3, 5, 300);
+        let path = Path::new("/w/x.tix");
+        crate::fs::write_file_atomic(&fs, path, &idx.encode(&meta)).unwrap();
+        let (dir, _) = TixDir::load(&fs, path, &meta).unwrap().unwrap();
+        for (t, from, want) in [
+            ("x", 1, 2),
+            ("x", 2, 1),
+            ("x", 4, 0),
+            ("y", 1, 2),
+            ("z", 1, 0),
+        ] {
+            let (mut mem, mut disk) = (Vec::new(), Vec::new());
+            idx.runs_from(t, from, 10, &mut mem);
+            dir.runs_from(t, from, 10, &mut disk).unwrap();
+            assert_eq!((mem.len(), &mem), (want, &disk), "tenant {t} from {from}");
+        }
+        // Another segment's summary, or a flipped byte in the directory: not this index.
+        let other = SegmentMeta {
+            data_len: 301,
+            ..meta
+        };
+        assert!(TixDir::load(&fs, path, &other).unwrap().is_none());
+        let mut bytes = fs.contents(path).unwrap();
+        bytes[HEADER_LEN + 1] ^= 1;
+        fs.set_contents(path, bytes.clone()).unwrap();
+        assert!(TixDir::load(&fs, path, &meta).unwrap().is_none());
+        // A flipped byte in a run: the directory loads, the run does not.
+        bytes[HEADER_LEN + 1] ^= 1;
+        let last = bytes.len() - 10;
+        bytes[last] ^= 1;
+        fs.set_contents(path, bytes).unwrap();
+        let (dir, _) = TixDir::load(&fs, path, &meta).unwrap().unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            dir.runs_from("y", 1, 10, &mut out),
+            Err(WalError::CorruptedEntry { .. })
+        ));
+    }
+}
