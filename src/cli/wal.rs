@@ -17,7 +17,7 @@ use super::{CliError, bench};
 use crate::fs::StdFs;
 use crate::wal::debug::{SegmentHealth, verify};
 use crate::wal::{
-    Compression, FrameSpec, Manager, Operation, Record, SyncPolicy, WalConfig, WalError,
+    Compression, EntryRef, FrameSpec, Manager, Operation, Record, SyncPolicy, WalConfig, WalError,
 };
 
 #[derive(Args, Debug)]
@@ -383,10 +383,7 @@ fn replay(
     let mut printed = 0u64;
     let mut bad_checksum = None;
     if limit != Some(0) && result.is_ok() {
-        wal.replay(from, |e| {
-            if tenant.is_some_and(|t| t != e.tenant_id) {
-                return ControlFlow::Continue(());
-            }
+        let handler = |e: EntryRef<'_>| {
             if !e.checksum_ok() {
                 bad_checksum = Some(e.sequence_number);
                 return ControlFlow::Break(());
@@ -398,7 +395,12 @@ fn replay(
             } else {
                 ControlFlow::Continue(())
             }
-        })?;
+        };
+        // One tenant is read through the tenant index, without the others' records.
+        match tenant {
+            Some(t) => wal.replay_tenant(from, t, handler)?,
+            None => wal.replay(from, handler)?,
+        };
     }
     ok_or_pipe(result.and_then(|()| out.flush()))?;
     if let Some(seq) = bad_checksum {

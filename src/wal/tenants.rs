@@ -734,15 +734,8 @@ impl TenantRead<'_> {
                     );
                     return Err(corrupt(sh, generation, segment, u64::from(run.frame), why));
                 }
-                if e.sequence_number < self.from {
-                    continue;
-                }
-                if e.sequence_number >= self.upto {
-                    return Ok(Some(self.upto));
-                }
-                self.from = e.sequence_number + 1;
-                if handler(e).is_break() {
-                    return Ok(Some(self.from));
+                if let Some(next) = offer(&mut self.from, self.upto, e, handler) {
+                    return Ok(Some(next));
                 }
             }
             if !records.finished_cleanly() {
@@ -774,21 +767,35 @@ impl TenantRead<'_> {
             }
             for r in h.records(f.body).map_err(|k| f.corrupted(k))? {
                 let e = r.map_err(|kind| f.corrupted(kind))?;
-                if e.sequence_number < self.from || e.tenant_id != self.tenant {
+                if e.tenant_id != self.tenant {
                     continue;
                 }
-                if e.sequence_number >= self.upto {
-                    return Ok(Some(self.upto));
-                }
-                self.from = e.sequence_number + 1;
-                if handler(e).is_break() {
-                    return Ok(Some(self.from));
+                if let Some(next) = offer(&mut self.from, self.upto, e, handler) {
+                    return Ok(Some(next));
                 }
             }
             self.from = self.from.max(h.next_seq().min(self.upto));
         }
         Ok(None)
     }
+}
+
+/// Hands `e` to `handler` if it lies in `from..upto`, moving `from` past it; `Some(next)` when
+/// the read stops here (at `upto`, or because the handler said so).
+fn offer(
+    from: &mut SequenceNumber,
+    upto: SequenceNumber,
+    e: EntryRef<'_>,
+    handler: &mut dyn FnMut(EntryRef<'_>) -> ControlFlow<()>,
+) -> Option<SequenceNumber> {
+    if e.sequence_number < *from {
+        return None;
+    }
+    if e.sequence_number >= upto {
+        return Some(upto);
+    }
+    *from = e.sequence_number + 1;
+    handler(e).is_break().then_some(*from)
 }
 
 /// Corruption, unless a suffix truncation since the read began explains the bytes read.
