@@ -27,7 +27,7 @@ use super::read::{Bound, Cursor, EntryIter};
 use super::record::Records;
 use super::recovery;
 use super::state::{SegState, Shared, SyncedPos};
-use super::tenants;
+use super::tenant_read;
 use super::types::*;
 use super::writer::{AppendReq, Command, Completion, PrefixPoint, SuffixPoint, Writer};
 use crate::fs::{FileSystem, StdFs};
@@ -379,7 +379,7 @@ impl Manager {
         if from >= upto {
             return Ok(from);
         }
-        self.shared.noted(tenants::replay_tenant(
+        self.shared.noted(tenant_read::replay_tenant(
             &self.shared,
             from,
             upto,

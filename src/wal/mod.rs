@@ -50,6 +50,7 @@ mod repair;
 mod scan;
 pub(crate) mod segment;
 mod state;
+mod tenant_read;
 mod tenants;
 pub mod types;
 mod verify;
