@@ -20,6 +20,7 @@ use prometheus::Registry;
 use super::config::WalConfig;
 use super::error::{RecordError, Result, WalError};
 use super::frame::FRAME_HEADER_LEN;
+use super::indexer::{Indexer, Job};
 use super::metrics::WalMetrics;
 use super::pipeline::Pipeline;
 use super::preparer::Preparer;
@@ -96,9 +97,24 @@ impl Manager {
             recovered.damaged,
         ));
         let (preparer, prep_thread) = Preparer::start(shared.clone())?;
-        let writer = Writer::new(shared.clone(), recovered.active, preparer)?;
+        let (indexer, index_thread) = Indexer::start(shared.clone())?;
+        // Sealed segments without a valid tenant index (an older replog's, or one a crash lost)
+        // get one in the background; meanwhile tenant replays scan them.
+        let sealed = {
+            let st = shared.state.read();
+            let damaged = shared.damaged.lock();
+            st.segments
+                .values()
+                .filter(|s| s.sealed && !damaged.contains_key(&s.meta.id()))
+                .map(|s| s.meta)
+                .collect()
+        };
+        if indexer.submit(Job::Check(sealed)).is_err() {
+            tracing::warn!("the WAL indexer did not take the check of sealed segments");
+        }
+        let writer = Writer::new(shared.clone(), recovered.active, preparer, indexer)?;
         let (pipeline, writer_thread) = Pipeline::start(writer)?;
-        let threads = vec![writer_thread, prep_thread];
+        let threads = vec![writer_thread, prep_thread, index_thread];
         Ok(Manager {
             shared,
             pipeline: Some(pipeline),

@@ -38,6 +38,7 @@ pub mod config;
 pub mod debug;
 pub mod error;
 pub(crate) mod frame;
+mod indexer;
 mod manager;
 pub(crate) mod meta;
 pub mod metrics;

@@ -326,14 +326,6 @@ fn load_sealed(fs: &dyn FileSystem, cfg: &WalConfig, id: SegmentId) -> Result<Se
             scan.meta
         }
     };
-    // Segments sealed by an older replog (or whose index write failed) get a tenant index.
-    tenants::ensure_file(
-        fs,
-        &cfg.directory,
-        &*file,
-        &meta,
-        scan_options(cfg).max_body,
-    )?;
     Ok(Sealed::Intact(SegState {
         meta,
         path,

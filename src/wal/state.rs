@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     pub index_cache: Mutex<LruCache<SegmentId, Arc<Vec<IndexEntry>>>>,
     /// The active segment's tenant index (the writer adds to it as it encodes frames).
     pub active_tenants: Mutex<TenantIndex>,
+    /// Indexes of segments sealed whose `.tix` the indexer has not written yet.
+    pub sealing: Mutex<BTreeMap<SegmentId, Arc<TenantIndex>>>,
     /// Directories of sealed segments' `.tix` files (LRU, `index_cache_segments`).
     pub tenant_dirs: Mutex<LruCache<SegmentId, Arc<TixDir>>>,
     /// Open handles of sealed segments (LRU, `max_open_segments`).
@@ -155,6 +157,7 @@ impl Shared {
             metrics,
             index_cache: Mutex::new(LruCache::new(cache_len)),
             active_tenants: Mutex::new(TenantIndex::new(NO_SEGMENT)),
+            sealing: Mutex::new(BTreeMap::new()),
             tenant_dirs: Mutex::new(LruCache::new(cache_len)),
             open_files: Mutex::new(LruCache::new(open_len)),
             checkpoints: RwLock::new(checkpoints),
@@ -259,6 +262,20 @@ impl Shared {
         let dir = Arc::new(dir);
         self.tenant_dirs.lock().put(id, dir.clone());
         Ok(Some(dir))
+    }
+
+    /// Deletes segment `id`'s tenant index (file and pending write) under the `sealing` lock,
+    /// so the indexer cannot put it back.
+    pub fn remove_tenant_index(&self, id: SegmentId) -> io::Result<()> {
+        let mut sealing = self.sealing.lock();
+        sealing.remove(&id);
+        match self
+            .fs
+            .remove(&self.dir().join(tenants::tenant_index_file_name(id)))
+        {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub fn forget_tenant_dir(&self, id: SegmentId) {

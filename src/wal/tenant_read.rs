@@ -158,6 +158,11 @@ impl TenantRead<'_> {
                 return Ok(true);
             }
         }
+        let sealing = self.sh.sealing.lock().get(&seg.id).cloned();
+        if let Some(index) = sealing {
+            index.runs_from(self.tenant, self.from, RUNS_PER_READ, &mut self.runs);
+            return Ok(true);
+        }
         let Some(dir) = self.sh.tenant_dir(seg.id, &seg.meta)? else {
             return Ok(false);
         };
@@ -194,7 +199,12 @@ impl TenantRead<'_> {
             }
             // One read: this run and the next ones of uncompressed frames close enough.
             let mut j = i + 1;
-            if !first.compressed() {
+            if first.compressed() {
+                // The tenant's other runs in the same frame: one decompression for all.
+                while runs.get(j).is_some_and(|r| r.frame == first.frame) {
+                    j += 1;
+                }
+            } else {
                 let start = pos(first);
                 while let Some(r) = runs.get(j) {
                     let end = pos(&runs[j - 1]) + u64::from(runs[j - 1].len);
@@ -219,8 +229,8 @@ impl TenantRead<'_> {
         Ok(out)
     }
 
-    /// Reads runs `span` (one compressed frame's run, or nearby runs read at once) and hands
-    /// their records over.
+    /// Reads runs `span` (the runs of one compressed frame, or nearby runs of uncompressed
+    /// frames, read at once) and hands their records over.
     fn read_span(
         &mut self,
         segment: SegmentId,

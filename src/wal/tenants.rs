@@ -7,10 +7,11 @@
 //! segment. When a segment is sealed, its index is written beside it as `{first_index:020}.tix`:
 //! ```text
 //!  0 magic: u32 TENANT_INDEX_MAGIC | 4 version: u8 | 5 reserved: [u8; 3]
-//!  8 first_index: u64 | 16 next_index: u64 | 24 data_len: u64
-//! 32 tenants: u32 | 36 runs: u32 | 40 directory_len: u32
-//! 44 crc: u32 (CRC-32 of bytes 0..44 and of the directory)
-//! 48 directory: per tenant, sorted by name { name_len: u8 | name | first_run: u32 | runs: u32 }
+//!  8 the segment's summary: first_index, next_index, first_seq, next_seq, last_term,
+//!    max_timestamp, data_len: u64 each (an index is used only for a segment summed up alike)
+//! 64 tenants: u32 | 68 runs: u32 | 72 directory_len: u32
+//! 76 crc: u32 (CRC-32 of bytes 0..76 and of the directory)
+//! 80 directory: per tenant, sorted by name { name_len: u8 | name | first_run: u32 | runs: u32 }
 //!    runs: per tenant in directory order, each tenant's in sequence order, RUN_LEN bytes each:
 //!    { first_seq: u64 | frame: u32 | index: u32 | at: u32 | len: u32 | count: u32 | crc: u32 }
 //! ```
@@ -21,8 +22,10 @@
 //! the sequence number), and every record read through a run is checked by its entry checksum
 //! and its tenant (the frame's CRC covers the whole frame, which such a read does not load).
 //!
-//! A sealed segment without a valid `.tix` (written by an older replog, or damaged) gets one
-//! when the log is opened or the segment is repaired; until then a tenant replay scans it.
+//! The `.tix` files are written by the indexer thread (`indexer`), off the writer: at a seal,
+//! and for any sealed segment found without a valid one when the log is opened (written by an
+//! older replog, or lost in a crash) or once it is repaired. Until its file is written a sealed
+//! segment's index is served from memory, or, when there is none, a tenant replay scans it.
 //! Reading through the index is `tenant_read`'s.
 
 use std::collections::HashMap;
@@ -41,13 +44,18 @@ pub const TENANT_INDEX_MAGIC: u32 = 0x5854_4C57; // "WLTX"
 pub const TENANT_INDEX_VERSION: u8 = 1;
 /// The segment id of no segment (the active tenant index between a seal and the next segment).
 pub(crate) const NO_SEGMENT: SegmentId = SegmentId::MAX;
-const HEADER_LEN: usize = 48;
+const HEADER_LEN: usize = 80;
 /// Bytes of one run in a `.tix` file.
 pub const RUN_LEN: usize = 32;
 const COMPRESSED: u32 = 1 << 31;
 
 pub fn tenant_index_file_name(first_index: u64) -> String {
     format!("{first_index:020}.tix")
+}
+
+/// Where the indexer writes a `.tix` before renaming it (opening deletes `.tmp` files).
+pub fn tenant_index_tmp_name(first_index: u64) -> String {
+    format!("{first_index:020}.tix.tmp")
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -283,7 +291,7 @@ impl TenantIndex {
         let mut out = Vec::with_capacity(HEADER_LEN + directory.len() + self.runs * RUN_LEN);
         out.extend_from_slice(&TENANT_INDEX_MAGIC.to_le_bytes());
         out.extend_from_slice(&[TENANT_INDEX_VERSION, 0, 0, 0]);
-        for v in [meta.first_index, meta.next_index, meta.data_len] {
+        for v in meta_fields(meta) {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for v in [names.len() as u32, first_run, directory.len() as u32] {
@@ -357,12 +365,13 @@ impl TixDir {
         if read_full_at(&*file, &mut head, 0)? != HEADER_LEN
             || u32_at(&head, 0) != TENANT_INDEX_MAGIC
             || head[4] != TENANT_INDEX_VERSION
-            || [u64_at(&head, 8), u64_at(&head, 16), u64_at(&head, 24)]
-                != [meta.first_index, meta.next_index, meta.data_len]
+            || (0..7)
+                .map(|i| u64_at(&head, 8 + 8 * i))
+                .ne(meta_fields(meta))
         {
             return Ok(None);
         }
-        let (count, runs, dir_len) = (u32_at(&head, 32), u32_at(&head, 36), u32_at(&head, 40));
+        let (count, runs, dir_len) = (u32_at(&head, 64), u32_at(&head, 68), u32_at(&head, 72));
         let file_len = file.len()?;
         let runs_at = (HEADER_LEN as u64) + u64::from(dir_len);
         if runs_at + u64::from(runs) * RUN_LEN as u64 != file_len {
@@ -373,9 +382,9 @@ impl TixDir {
             return Ok(None);
         }
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&head[..44]);
+        crc.update(&head[..76]);
         crc.update(&dir);
-        if crc.finalize() != u32_at(&head, 44) {
+        if crc.finalize() != u32_at(&head, 76) {
             return Ok(None);
         }
         let mut tenants = HashMap::with_capacity(count as usize);
@@ -450,24 +459,17 @@ impl TixDir {
     }
 }
 
-/// Writes the `.tix` file of a sealed segment unless a valid one is there; a segment that does
-/// not read back cleanly gets none (its repair writes one).
-pub(crate) fn ensure_file(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    file: &dyn WalFile,
-    meta: &SegmentMeta,
-    max_body: u32,
-) -> Result<()> {
-    let path = dir.join(tenant_index_file_name(meta.id()));
-    if TixDir::load(fs, &path, meta)?.is_some() {
-        return Ok(());
-    }
-    match TenantIndex::build(file, meta.id(), meta.data_len, max_body) {
-        Ok(idx) => Ok(crate::fs::write_file_atomic(fs, &path, &idx.encode(meta))?),
-        Err(WalError::CorruptedEntry { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+/// The fields of a segment's summary a `.tix` file repeats.
+fn meta_fields(m: &SegmentMeta) -> [u64; 7] {
+    [
+        m.first_index,
+        m.next_index,
+        m.first_seq,
+        m.next_seq,
+        m.last_term,
+        m.max_timestamp,
+        m.data_len,
+    ]
 }
 
 #[cfg(test)]

@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 use super::config::{Compression, SyncPolicy};
 use super::error::{RecordError, Result, SequenceRule, WalError};
 use super::frame::{Encoder, FrameHeader, FrameMeta, max_encoded_len, records_at};
+use super::indexer::{self, Indexer, Job};
 use super::meta;
 use super::preparer::{Prepared, Preparer, install_file};
 use super::record;
 use super::segment::{self, IndexEntry, SEGMENT_HEADER_LEN, SegmentHeader, maybe_index};
 use super::state::{Active, SegState, Shared, now_us};
-use super::tenants::{self, NO_SEGMENT, TenantIndex};
+use super::tenants::{NO_SEGMENT, TenantIndex};
 use super::types::*;
 use crate::fs::{WalFile, is_enospc, write_all_at, write_file_atomic};
 
@@ -147,6 +148,7 @@ pub(crate) struct Writer {
     /// `periodic`: when the oldest write not yet fsync'd was made.
     unsynced_since: Option<Instant>,
     preparer: Preparer,
+    indexer: Indexer,
     active_id: SegmentId,
     active_file: Arc<dyn WalFile>,
     /// Bytes of the active segment written (header and frames).
@@ -165,7 +167,12 @@ pub(crate) struct Writer {
 impl Writer {
     /// The writer of a WAL just recovered: it continues `active`, with segment files from
     /// `preparer`. The manager puts it behind its `Pipeline`.
-    pub fn new(sh: Arc<Shared>, active: Active, preparer: Preparer) -> Result<Writer> {
+    pub fn new(
+        sh: Arc<Shared>,
+        active: Active,
+        preparer: Preparer,
+        indexer: Indexer,
+    ) -> Result<Writer> {
         let compression = match sh.cfg.compression {
             Compression::Zstd => Some((
                 sh.cfg.compression_level,
@@ -189,6 +196,7 @@ impl Writer {
             unsynced_since: None,
             last_retention: Instant::now(),
             preparer,
+            indexer,
             active_id: active.id,
             active_file: active.file,
             active_len: active.len,
@@ -252,7 +260,12 @@ impl Writer {
             Command::TruncateSuffix { from, reply } => drop(reply.send(self.truncate_suffix(from))),
             Command::Retention { now_us, reply } => drop(reply.send(self.retention(now_us))),
             Command::InstallRepair { staged, reply } => {
-                drop(reply.send(swap::install_repair(&self.sh, staged)))
+                let r = swap::install_repair(&self.sh, staged).map(|meta| {
+                    if self.indexer.submit(Job::Check(vec![meta])).is_err() {
+                        tracing::warn!(segment = meta.id(), "the WAL indexer is busy; tenant replays will scan the repaired segment until the next open");
+                    }
+                });
+                drop(reply.send(r))
             }
             Command::Close(reply) => {
                 let _ = reply.send(self.close());
@@ -612,20 +625,20 @@ impl Writer {
             &segment::encode_index_file(&meta, &index),
         )
         .map_err(|e| self.meta_write_failed(e))?;
-        // The tenant index goes to its file before readers stop finding it in memory. Without
-        // the file a tenant replay scans the segment, so a failure here is not fatal.
-        let tix = {
-            let active = self.sh.active_tenants.lock();
-            active.usable().then(|| active.encode(&meta))
+        // The tenant index moves from the active slot to the sealing one at once (readers look
+        // in both), and stays there until the indexer has written its file.
+        let tenants = {
+            let mut sealing = self.sh.sealing.lock();
+            let index = std::mem::replace(
+                &mut *self.sh.active_tenants.lock(),
+                TenantIndex::new(NO_SEGMENT),
+            );
+            let index = index.usable().then(|| Arc::new(index));
+            if let Some(index) = &index {
+                sealing.insert(self.active_id, index.clone());
+            }
+            index
         };
-        let tix_path = self
-            .sh
-            .dir()
-            .join(tenants::tenant_index_file_name(self.active_id));
-        if let Some(Err(e)) = tix.map(|tix| write_file_atomic(&*self.sh.fs, &tix_path, &tix)) {
-            tracing::warn!(error = %e, path = %tix_path.display(), "could not write a WAL tenant index; tenant replays will scan this segment");
-        }
-        *self.sh.active_tenants.lock() = TenantIndex::new(NO_SEGMENT);
         let mut st = self.sh.state.write();
         let seg = st
             .segments
@@ -642,6 +655,12 @@ impl Writer {
             .put(self.active_id, Arc::new(index));
         if let Some(file) = file {
             self.sh.open_files.lock().put(self.active_id, file);
+        }
+        if let Some(index) = tenants
+            && let Err(Job::Sealed(meta, index)) = self.indexer.submit(Job::Sealed(meta, index))
+        {
+            // The indexer is behind (or gone): write it here rather than hold it in memory.
+            indexer::write_sealed(&self.sh, &meta, &index);
         }
         Ok(())
     }
@@ -729,6 +748,7 @@ impl Writer {
     fn close(&mut self) -> Result<()> {
         let r = self.sync_all();
         self.preparer.discard();
+        self.indexer.close();
         r
     }
 }

@@ -8,7 +8,6 @@ use crate::fs::write_file_atomic;
 use crate::wal::error::{Result, WalError};
 use crate::wal::segment::{self, IndexEntry, SegmentMeta};
 use crate::wal::state::{SegState, Shared};
-use crate::wal::tenants;
 use crate::wal::types::SegmentId;
 
 /// A repaired segment file, written and checked, waiting for the writer to install it.
@@ -21,8 +20,9 @@ pub(crate) struct StagedRepair {
 }
 
 /// Runs on the writer: renames the staged file over the damaged one (or next to it, when the
-/// log start cut the segment's head) and swaps the segment table entry.
-pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
+/// log start cut the segment's head) and swaps the segment table entry. Returns the repaired
+/// segment's summary (its tenant index is the indexer's to write).
+pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<SegmentMeta> {
     let id = staged.replaces;
     let new_id = staged.meta.first_index;
     let refuse = |reason: &str| WalError::RepairRefused {
@@ -50,13 +50,7 @@ pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
             sh.fs.remove(&old_path)?;
         }
         for tix in [id, new_id] {
-            match sh
-                .fs
-                .remove(&dir.join(tenants::tenant_index_file_name(tix)))
-            {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            sh.remove_tenant_index(tix)?;
         }
         sh.fs.sync_dir(&dir)?;
         write_file_atomic(
@@ -73,7 +67,7 @@ pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
             new_id,
             SegState {
                 meta: staged.meta,
-                path: path.clone(),
+                path,
                 file: None,
                 sealed: true,
                 index: Vec::new(),
@@ -81,15 +75,6 @@ pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
         );
     }
     sh.forget_segments([id, new_id]);
-    // Its tenant index; without one, tenant replays scan the segment.
-    let tix = sh
-        .fs
-        .open(&path)
-        .map_err(WalError::from)
-        .and_then(|f| tenants::ensure_file(&*sh.fs, &dir, &*f, &staged.meta, sh.max_body()));
-    if let Err(e) = tix {
-        tracing::warn!(segment = new_id, error = %e, "could not write the tenant index of a repaired WAL segment");
-    }
     {
         let mut damaged = sh.damaged.lock();
         damaged.remove(&id);
@@ -103,5 +88,5 @@ pub(super) fn install_repair(sh: &Shared, staged: StagedRepair) -> Result<()> {
         next_index = staged.meta.next_index,
         "repaired a damaged WAL segment from a replica's frames"
     );
-    Ok(())
+    Ok(staged.meta)
 }

@@ -146,9 +146,11 @@ impl Writer {
     fn remove_segment_files(&self, doomed: &[(SegmentId, PathBuf)]) {
         let fs = &*self.sh.fs;
         for (id, path) in doomed {
+            if let Err(e) = self.sh.remove_tenant_index(*id) {
+                tracing::warn!(error = %e, segment = id, "could not delete a truncated WAL segment's tenant index");
+            }
             let idx = self.sh.dir().join(segment::index_file_name(*id));
-            let tix = self.sh.dir().join(tenants::tenant_index_file_name(*id));
-            for p in [path, &idx, &tix] {
+            for p in [path, &idx] {
                 if let Err(e) = fs.remove(p)
                     && e.kind() != io::ErrorKind::NotFound
                 {
@@ -232,18 +234,14 @@ impl Writer {
         // Newest first, each removal durable, so a crash leaves a contiguous log.
         for (id, path) in later.iter().rev() {
             let r = remove_if_exists(&*fs, &dir.join(segment::index_file_name(*id)))
-                .and_then(|()| {
-                    remove_if_exists(&*fs, &dir.join(tenants::tenant_index_file_name(*id)))
-                })
+                .and_then(|()| self.sh.remove_tenant_index(*id))
                 .and_then(|()| fs.remove(path))
                 .and_then(|()| fs.sync_dir(&dir));
             r.map_err(|e| self.sh.set_fatal(e))?;
         }
         if sealed {
             remove_if_exists(&*fs, &dir.join(segment::index_file_name(segment)))
-                .and_then(|()| {
-                    remove_if_exists(&*fs, &dir.join(tenants::tenant_index_file_name(segment)))
-                })
+                .and_then(|()| self.sh.remove_tenant_index(segment))
                 .and_then(|()| fs.sync_dir(&dir))
                 .map_err(|e| self.sh.set_fatal(e))?;
         }
