@@ -172,8 +172,13 @@ impl TenantRead<'_> {
                 Ok(true)
             }
             Err(WalError::CorruptedEntry { kind, .. }) => {
-                tracing::warn!(segment = seg.id, error = %kind, "a WAL tenant index is damaged; scanning the segment instead");
+                // Deleted, so later reads scan without reading it again; the next open
+                // rebuilds it.
+                tracing::warn!(segment = seg.id, error = %kind, "a WAL tenant index is damaged; deleting it and scanning the segment instead");
                 self.sh.forget_tenant_dir(seg.id);
+                if let Err(e) = self.sh.remove_tenant_index(seg.id) {
+                    tracing::warn!(segment = seg.id, error = %e, "could not delete a damaged WAL tenant index");
+                }
                 self.runs.clear();
                 Ok(false)
             }
