@@ -30,6 +30,7 @@ fn verify_reports_a_clean_run_and_refuses_bad_arguments() {
         "reordered",
         "sequence_gaps",
         "divergent",
+        "tenant_read_mismatches",
     ] {
         assert_eq!(r[k], 0, "{k}");
     }

@@ -368,6 +368,7 @@ fn nemesis(seed: u64, faults: usize) {
         "unexpected",
         "misplaced",
         "divergent",
+        "tenant_read_mismatches",
         "unreadable_members",
         "writers_failed",
     ]

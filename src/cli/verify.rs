@@ -122,6 +122,9 @@ pub struct Report {
     pub misplaced: u64,
     /// Sequence numbers at which two members hold different entries.
     pub divergent: u64,
+    /// Entries in which a member's replay of the run's tenant (through its tenant index)
+    /// differs from that tenant's entries in its unfiltered replay, up to the last of those.
+    pub tenant_read_mismatches: u64,
     /// Members that could not be read.
     pub unreadable_members: u64,
     pub writers_failed: u64,
@@ -142,6 +145,7 @@ impl Report {
             + self.unexpected
             + self.misplaced
             + self.divergent
+            + self.tenant_read_mismatches
             + self.unreadable_members
             + self.writers_failed
     }
@@ -215,7 +219,16 @@ pub async fn verify(a: &VerifyArgs) -> Result<(), CliError> {
             min_sequence: max_acked,
             limit: 0,
         };
+        let tenant_req = ReplayRequest {
+            tenant: Some(a.tenant.clone()),
+            ..req.clone()
+        };
         let r = client.read_node(&m.address, req, MAX_READ_ENTRIES).await;
+        // The same member again, filtered by the run's tenant (its tenant index's path).
+        let t = client
+            .read_node(&m.address, tenant_req, MAX_READ_ENTRIES)
+            .await;
+        let r = r.and_then(|all| t.map(|tenant| (all, tenant)));
         reads.push((m.id, m.address.clone(), r.map_err(|e| e.to_string())));
     }
     let report = check(a, run, from, duration, &logs, reads);
@@ -353,7 +366,13 @@ async fn progress(
     }
 }
 
-type Read = (u64, String, Result<Vec<pb::Entry>, String>);
+/// A member's id, address, and its entries from the run's start: all of them, and the run's
+/// tenant's alone.
+type Read = (
+    u64,
+    String,
+    Result<(Vec<pb::Entry>, Vec<pb::Entry>), String>,
+);
 
 /// Checks what every member holds against the writers' acknowledgements.
 fn check(
@@ -387,7 +406,7 @@ fn check(
     stalls(logs, a.stall_threshold, &mut r);
     let mut reference: Option<(u64, Vec<pb::Entry>)> = None;
     for (id, address, read) in reads {
-        let entries = match read {
+        let (entries, tenant_entries) = match read {
             Ok(e) => e,
             Err(error) => {
                 r.unreadable_members += 1;
@@ -400,6 +419,7 @@ fn check(
                 continue;
             }
         };
+        r.tenant_read_mismatches += tenant_mismatches(&entries, &a.tenant, &tenant_entries);
         let m = check_member(id, address, run, from, logs, &entries);
         r.lost += m.lost;
         r.duplicated += m.duplicated;
@@ -415,6 +435,17 @@ fn check(
     }
     r.ok = r.failures() == 0;
     r
+}
+
+/// Entries in which `filtered` (a replay of `tenant`) differs from `tenant`'s entries in `all`
+/// (a replay of every tenant, read first), up to the last entry of `all`.
+fn tenant_mismatches(all: &[pb::Entry], tenant: &str, filtered: &[pb::Entry]) -> u64 {
+    let upto = all.last().map_or(0, |e| e.sequence);
+    let want: Vec<&pb::Entry> = all.iter().filter(|e| e.tenant == tenant).collect();
+    let got: Vec<&pb::Entry> = filtered.iter().filter(|e| e.sequence <= upto).collect();
+    let differ = want.iter().zip(&got).filter(|(w, g)| w != g).count();
+    let foreign = filtered.iter().filter(|e| e.tenant != tenant).count();
+    (differ + want.len().abs_diff(got.len()) + foreign) as u64
 }
 
 /// The gaps between consecutive acknowledgements (of any writer) above `threshold`.
@@ -526,7 +557,7 @@ fn print_report(r: &Report, format: Format) -> Result<(), CliError> {
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 16] = [
         ("run", r.run_id.clone()),
         ("duration", format!("{:.1}s", r.duration_ms as f64 / 1000.0)),
         ("producers", r.producers.to_string()),
@@ -542,6 +573,10 @@ fn print_report(r: &Report, format: Format) -> Result<(), CliError> {
         ("unexpected", r.unexpected.to_string()),
         ("misplaced", r.misplaced.to_string()),
         ("divergent", r.divergent.to_string()),
+        (
+            "tenant read mismatches",
+            r.tenant_read_mismatches.to_string(),
+        ),
         ("unreadable members", r.unreadable_members.to_string()),
         ("writers failed", r.writers_failed.to_string()),
         ("longest stall", format!("{} ms", r.longest_stall_ms)),
