@@ -441,11 +441,18 @@ fn check(
 /// (a replay of every tenant, read first), up to the last entry of `all`.
 fn tenant_mismatches(all: &[pb::Entry], tenant: &str, filtered: &[pb::Entry]) -> u64 {
     let upto = all.last().map_or(0, |e| e.sequence);
-    let want: Vec<&pb::Entry> = all.iter().filter(|e| e.tenant == tenant).collect();
-    let got: Vec<&pb::Entry> = filtered.iter().filter(|e| e.sequence <= upto).collect();
-    let differ = want.iter().zip(&got).filter(|(w, g)| w != g).count();
-    let foreign = filtered.iter().filter(|e| e.tenant != tenant).count();
-    (differ + want.len().abs_diff(got.len()) + foreign) as u64
+    let by_seq = |it: &mut dyn Iterator<Item = &pb::Entry>| -> BTreeMap<u64, pb::Entry> {
+        it.map(|e| (e.sequence, e.clone())).collect()
+    };
+    let want = by_seq(&mut all.iter().filter(|e| e.tenant == tenant));
+    let got = by_seq(&mut filtered.iter().filter(|e| e.sequence <= upto));
+    let missing_or_changed = want.iter().filter(|(s, e)| got.get(s) != Some(e)).count();
+    let extra = got.keys().filter(|s| !want.contains_key(s)).count();
+    let foreign_later = filtered
+        .iter()
+        .filter(|e| e.sequence > upto && e.tenant != tenant)
+        .count();
+    (missing_or_changed + extra + foreign_later) as u64
 }
 
 /// The gaps between consecutive acknowledgements (of any writer) above `threshold`.
@@ -631,6 +638,32 @@ mod tests {
             data,
             ..pb::Entry::default()
         }
+    }
+
+    #[test]
+    fn a_tenant_replay_must_match_the_tenants_entries_of_the_whole_replay() {
+        let e = |sequence: u64, tenant: &str| pb::Entry {
+            tenant: tenant.into(),
+            ..entry(sequence, vec![sequence as u8])
+        };
+        let all = vec![e(1, "a"), e(2, "b"), e(3, "a"), e(4, "b")];
+        let good = vec![e(1, "a"), e(3, "a"), e(5, "a")]; // 5 came after the first read
+        assert_eq!(tenant_mismatches(&all, "a", &good), 0);
+        assert_eq!(tenant_mismatches(&all, "a", &good[1..]), 1, "one missing");
+        let changed = vec![
+            e(1, "a"),
+            pb::Entry {
+                data: vec![9],
+                ..e(3, "a")
+            },
+        ];
+        assert_eq!(tenant_mismatches(&all, "a", &changed), 1, "one changed");
+        let foreign = vec![e(1, "a"), e(2, "b"), e(3, "a")];
+        assert_eq!(
+            tenant_mismatches(&all, "a", &foreign),
+            1,
+            "another tenant's entry"
+        );
     }
 
     #[test]
