@@ -158,6 +158,28 @@ fn reopening_keeps_the_index_and_rebuilds_a_missing_one() {
 }
 
 #[test]
+fn a_segment_whose_index_outgrows_its_bound_is_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        // A few hundred runs: the segments of `fill` need thousands.
+        tenant_index_max_bytes: ByteSize::kib(8),
+        ..config(dir.path())
+    };
+    let wal = Manager::open(cfg).unwrap();
+    fill(&wal);
+    for i in [0, 7, 99] {
+        let t = tenant(i);
+        assert_eq!(replay(&wal, 1, &t), filtered(&wal, 1, &t));
+    }
+    assert!(wal.metrics().tenant_scans.get() > 0);
+    wal.close().unwrap();
+    assert!(
+        tix_files(dir.path()).is_empty(),
+        "no index is written for them"
+    );
+}
+
+#[test]
 fn a_damaged_index_falls_back_to_a_scan() {
     let dir = tempfile::tempdir().unwrap();
     let wal = Manager::open(config(dir.path())).unwrap();

@@ -98,6 +98,11 @@ pub struct WalConfig {
     pub max_open_segments: usize,
     /// Named checkpoints kept at most. Default 1024.
     pub max_checkpoints: usize,
+    /// Memory the active segment's tenant index may take (32 bytes per run of one tenant's
+    /// records in a frame). A segment whose index would grow past it gets none: tenant replays
+    /// scan it. Default 32MiB (64MiB segments of 100-byte records interleaved one by one over
+    /// many tenants need about 17MiB).
+    pub tenant_index_max_bytes: ByteSize,
 }
 
 impl Default for WalConfig {
@@ -120,6 +125,7 @@ impl Default for WalConfig {
             preallocate: Preallocate::Zero,
             max_open_segments: 64,
             max_checkpoints: 1024,
+            tenant_index_max_bytes: ByteSize::mib(32),
         }
     }
 }

@@ -106,11 +106,12 @@ fn check(sh: &Shared, meta: &SegmentMeta) {
                 return Ok(None);
             }
             let file = sh.fs.open(&sh.dir().join(segment::segment_file_name(id)))?;
-            TenantIndex::build(&*file, id, meta.data_len, sh.max_body()).map(Some)
+            let max = sh.cfg.tenant_index_max_bytes.as_u64();
+            TenantIndex::build(&*file, id, meta.data_len, sh.max_body(), max).map(Some)
         });
     match built {
-        Ok(Some(index)) => publish(sh, meta, &index.encode(meta), None),
-        Ok(None) => {}
+        Ok(Some(index)) if index.usable() => publish(sh, meta, &index.encode(meta), None),
+        Ok(_) => {}
         // A damaged segment gets its index once it is repaired.
         Err(WalError::CorruptedEntry { .. }) => {}
         Err(e) => {

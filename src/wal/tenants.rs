@@ -130,6 +130,8 @@ pub(crate) struct TenantIndex {
     segment: SegmentId,
     tenants: HashMap<Box<str>, Vec<Run>>,
     runs: usize,
+    /// Runs it may hold (`tenant_index_max_bytes`); past them it becomes unusable.
+    max_runs: usize,
     /// False when the index could not be built: readers scan the segment instead, and sealing
     /// it writes no `.tix`.
     usable: bool,
@@ -141,7 +143,16 @@ impl TenantIndex {
             segment,
             tenants: HashMap::new(),
             runs: 0,
+            max_runs: usize::MAX,
             usable: true,
+        }
+    }
+
+    /// An empty index that may take `max_bytes` of memory.
+    pub fn bounded(segment: SegmentId, max_bytes: u64) -> Self {
+        TenantIndex {
+            max_runs: usize::try_from(max_bytes / RUN_LEN as u64).unwrap_or(usize::MAX),
+            ..TenantIndex::new(segment)
         }
     }
 
@@ -155,13 +166,32 @@ impl TenantIndex {
         }
     }
 
+    /// Gives the index up: its memory is freed, and readers scan the segment instead.
+    fn give_up(&mut self) {
+        tracing::warn!(
+            segment = self.segment,
+            runs = self.runs,
+            "a segment's tenant index reached wal.tenant_index_max_bytes; tenant replays will scan this segment"
+        );
+        self.tenants = HashMap::new();
+        self.runs = 0;
+        self.usable = false;
+    }
+
     pub fn usable(&self) -> bool {
         self.usable
     }
 
-    /// The index of the active segment `segment`, whose frames lie below `end` of `file`.
-    pub fn build_active(file: &dyn WalFile, segment: SegmentId, end: u64, max_body: u32) -> Self {
-        Self::build(file, segment, end, max_body)
+    /// The index of the active segment `segment`, whose frames lie below `end` of `file`, in
+    /// at most `max_bytes`.
+    pub fn build_active(
+        file: &dyn WalFile,
+        segment: SegmentId,
+        end: u64,
+        max_body: u32,
+        max_bytes: u64,
+    ) -> Self {
+        Self::build(file, segment, end, max_body, max_bytes)
             .unwrap_or_else(|e| TenantIndex::unusable(segment, &e))
     }
 
@@ -239,6 +269,13 @@ impl TenantIndex {
     }
 
     fn push(&mut self, tenant: &str, run: Run) {
+        if !self.usable {
+            return;
+        }
+        if self.runs >= self.max_runs {
+            self.give_up();
+            return;
+        }
         self.runs += 1;
         match self.tenants.get_mut(tenant) {
             Some(v) => v.push(run),
@@ -316,8 +353,9 @@ impl TenantIndex {
         segment: SegmentId,
         end: u64,
         max_body: u32,
+        max_bytes: u64,
     ) -> Result<TenantIndex> {
-        let mut idx = TenantIndex::new(segment);
+        let mut idx = TenantIndex::bounded(segment, max_bytes);
         let mut reader = ChunkReader::new(1 << 20);
         let mut scratch = Vec::new();
         let mut pos = SEGMENT_HEADER_LEN as u64;
@@ -334,6 +372,9 @@ impl TenantIndex {
             if !h.is_control() {
                 let raw = raw_body(&h, stored, &mut scratch).map_err(|k| bad(pos, k))?;
                 idx.add_raw(&h, pos, raw).map_err(|k| bad(pos, k))?;
+                if !idx.usable {
+                    break;
+                }
             }
             pos += h.frame_len();
         }
@@ -520,6 +561,18 @@ mod tests {
         idx.runs_from("b", 1, 10, &mut b);
         assert_eq!(b.len(), 1);
         assert_eq!(idx.runs, 3);
+    }
+
+    #[test]
+    fn an_index_past_its_memory_bound_is_given_up() {
+        let mut idx = TenantIndex::bounded(10, 2 * RUN_LEN as u64);
+        add(&mut idx, &header(10, 1, 2), 40, &["a", "b"]);
+        assert!(idx.usable());
+        add(&mut idx, &header(11, 3, 1), 200, &["c"]);
+        assert!(!idx.usable(), "a third run is over the bound");
+        assert_eq!(idx.runs, 0, "its memory is freed");
+        add(&mut idx, &header(12, 4, 1), 300, &["a"]);
+        assert!(!idx.usable() && idx.tenants.is_empty());
     }
 
     #[test]

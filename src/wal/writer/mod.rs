@@ -184,8 +184,13 @@ impl Writer {
             let st = sh.state.read();
             (st.next_index, st.next_seq, st.last_term)
         };
-        *sh.active_tenants.lock() =
-            TenantIndex::build_active(&*active.file, active.id, active.len, sh.max_body());
+        *sh.active_tenants.lock() = TenantIndex::build_active(
+            &*active.file,
+            active.id,
+            active.len,
+            sh.max_body(),
+            sh.cfg.tenant_index_max_bytes.as_u64(),
+        );
         let mut writer = Writer {
             encoder: Encoder::new(compression)?,
             buf: Vec::with_capacity(1 << 20),
@@ -676,7 +681,10 @@ impl Writer {
             Ok(path) => path,
             Err(e) => return Err(self.sh.set_fatal(e)),
         };
-        *self.sh.active_tenants.lock() = TenantIndex::new(header.first_index);
+        *self.sh.active_tenants.lock() = TenantIndex::bounded(
+            header.first_index,
+            self.sh.cfg.tenant_index_max_bytes.as_u64(),
+        );
         let count = {
             let mut st = self.sh.state.write();
             st.segments.insert(

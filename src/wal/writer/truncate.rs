@@ -258,7 +258,13 @@ impl Writer {
         debug_assert_eq!(scan.meta.next_index, index);
         // The segment the log now ends in is the active one: its tenant index moves to memory.
         let tenants = if sealed {
-            TenantIndex::build_active(&*file, segment, offset, self.sh.max_body())
+            TenantIndex::build_active(
+                &*file,
+                segment,
+                offset,
+                self.sh.max_body(),
+                self.sh.cfg.tenant_index_max_bytes.as_u64(),
+            )
         } else {
             let mut active = std::mem::replace(
                 &mut *self.sh.active_tenants.lock(),
