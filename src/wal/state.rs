@@ -110,7 +110,8 @@ pub(crate) struct Shared {
     /// Frames with a lower index are acknowledged as the sync policy promises; replay stops here.
     pub acked_index: AtomicU64,
     /// The sequence number after the records of the frames below some `acked_index` (never
-    /// ahead of it: raised after it, lowered before it; read it first).
+    /// ahead of it: raised after it, and read before it; lowered together with it under the
+    /// `state` lock, which readers load both under).
     pub acked_seq: AtomicU64,
     pub synced: Mutex<SyncedPos>,
     pub fatal: OnceLock<Arc<io::Error>>,
@@ -195,7 +196,8 @@ impl Shared {
         self.acked_seq.fetch_max(seq, Ordering::AcqRel);
     }
 
-    /// After a suffix truncation: only frames below `index` (records below `seq`) remain.
+    /// After a suffix truncation: only frames below `index` (records below `seq`) remain. Call
+    /// it holding the `state` write lock.
     pub fn rewind_acked(&self, (index, seq): (u64, SequenceNumber)) {
         self.acked_seq.store(seq, Ordering::Release);
         self.acked_index.store(index, Ordering::Release);

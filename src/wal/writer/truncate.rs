@@ -291,6 +291,9 @@ impl Writer {
             st.last_term = scan.meta.last_term;
             st.generation += 1;
             self.published = (st.next_index, st.next_seq, st.last_term);
+            // Under the table's lock, which readers load both marks under: none sees one
+            // rewound and not the other.
+            self.sh.rewind_acked((self.published.0, self.published.1));
         }
         *self.sh.active_tenants.lock() = tenants;
         self.sh
@@ -300,7 +303,6 @@ impl Writer {
         self.active_file = file;
         self.active_len = offset;
         self.file_len = offset;
-        self.sh.rewind_acked((self.published.0, self.published.1));
         *self.sh.synced.lock() = SyncedPos { segment, offset };
         self.sh
             .metrics
