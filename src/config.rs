@@ -3,7 +3,8 @@
 //! YAML). Every key has a default, so a node runs with no file at all.
 //!
 //! ```yaml
-//! node:    { id: 1, listen: 127.0.0.1:7400, advertise: ..., metrics_listen: 127.0.0.1:9400, data_dir: ./replog-data }
+//! node:    { id: 1, listen: 127.0.0.1:7400, advertise: ..., peer_listen: 127.0.0.1:7500,
+//!            peer_advertise: ..., metrics_listen: 127.0.0.1:9400, data_dir: ./replog-data }
 //! cluster: { name: replog, init: true, initial_members: "1=a:7400,2=b:7400", join: [a:7400] }
 //! wal:     { segment_size: 64MiB, sync_policy: immediate, retention_hours: 168, compression: zstd }
 //! raft:    { heartbeat_interval: 100ms, election_timeout_min: 500ms, election_timeout_max: 1s }
@@ -25,9 +26,10 @@ use figment::providers::{Env, Format, Serialized};
 use serde::{Deserialize, Serialize};
 
 use crate::core::{Limits, RepairConfig};
-use crate::node::NodeConfig;
+use crate::node::{NodeConfig, NodeTls};
 use crate::raft::RaftTiming;
 use crate::raft::network::NetConfig;
+use crate::tls::TlsFiles;
 use crate::wal::WalConfig;
 
 /// YAML for figment, parsed by serde_yaml_ng (serde_yaml is unmaintained).
@@ -56,6 +58,8 @@ fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
 pub struct Config {
     pub node: NodeSection,
     pub cluster: ClusterSection,
+    /// TLS on both listeners (off when `cert` is not set).
+    pub tls: TlsSection,
     /// The WAL's keys (see [`WalConfig`]). In a node the WAL lives in `<data_dir>/wal`.
     pub wal: WalConfig,
     pub raft: RaftSection,
@@ -69,10 +73,15 @@ pub struct Config {
 pub struct NodeSection {
     /// Unique in the cluster, >= 1. Default 1.
     pub id: u64,
-    /// gRPC address to bind. Default `127.0.0.1:7400`.
+    /// Client gRPC address to bind (public services). Default `127.0.0.1:7400`.
     pub listen: String,
-    /// Address other nodes and clients use. Default: `listen`.
+    /// Address clients use. Default: `listen`.
     pub advertise: Option<String>,
+    /// Peer gRPC address to bind (Raft traffic only). Default: `listen`'s host, port + 100.
+    pub peer_listen: Option<String>,
+    /// Address other members use (what membership and `initial_members` name). Default:
+    /// `advertise`'s host with the peer port, or `peer_listen`.
+    pub peer_advertise: Option<String>,
     /// Prometheus `/metrics` over HTTP. Default `127.0.0.1:9400`; `""` turns it off.
     pub metrics_listen: String,
     /// Holds `wal/`, `sled/` and the Raft metadata. Default `./replog-data`.
@@ -85,6 +94,8 @@ impl Default for NodeSection {
             id: 1,
             listen: "127.0.0.1:7400".to_owned(),
             advertise: None,
+            peer_listen: None,
+            peer_advertise: None,
             metrics_listen: "127.0.0.1:9400".to_owned(),
             data_dir: PathBuf::from("./replog-data"),
         }
@@ -117,6 +128,31 @@ impl Default for ClusterSection {
             join: Vec::new(),
         }
     }
+}
+
+/// TLS of the node's listeners and of its connections to other nodes. With `cert` set, both
+/// listeners speak only TLS and the peer listener requires a certificate from `ca` naming a
+/// member (mTLS). The files are re-read when they change, or on SIGHUP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// This node's certificate chain (PEM, leaf first), for both listeners and as its client
+    /// certificate when it calls other nodes. Needs `key` and `ca`.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers' certificates must chain to it (and clients' with
+    /// `client_cert_auth`); other nodes' certificates are checked against it.
+    pub ca: Option<PathBuf>,
+    /// The peer listener's own certificate, key and CA. Default: `cert`, `key`, `ca`.
+    pub peer_cert: Option<PathBuf>,
+    pub peer_key: Option<PathBuf>,
+    pub peer_ca: Option<PathBuf>,
+    /// Require a client certificate chaining to `ca` on the client listener. Default false.
+    pub client_cert_auth: bool,
+    /// Allow listening without TLS on an address other than loopback. Default false: `serve`
+    /// refuses to, since anyone who reaches the port could write, read and change membership.
+    pub insecure: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,6 +202,8 @@ pub struct FlagOverrides {
     pub node: Option<BTreeMap<&'static str, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<BTreeMap<&'static str, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BTreeMap<&'static str, serde_json::Value>>,
 }
 
 impl Config {
@@ -199,9 +237,21 @@ impl Config {
         if self.node.id == 0 {
             return Err(bad("node.id", "must be at least 1"));
         }
-        parse_addr("node.listen", &self.node.listen)?;
+        let listen = parse_addr("node.listen", &self.node.listen)?;
         if let Some(a) = &self.node.advertise {
             check_host_port("node.advertise", a)?;
+        }
+        if let Some(a) = &self.node.peer_listen {
+            let peer = parse_addr("node.peer_listen", a)?;
+            if peer == listen && peer.port() != 0 {
+                return Err(bad(
+                    "node.peer_listen",
+                    format!("{a} is node.listen too: peers and clients need separate ports"),
+                ));
+            }
+        }
+        if let Some(a) = &self.node.peer_advertise {
+            check_host_port("node.peer_advertise", a)?;
         }
         if !self.node.metrics_listen.is_empty() {
             parse_addr("node.metrics_listen", &self.node.metrics_listen)?;
@@ -271,6 +321,10 @@ impl Config {
         let listen = parse_addr("node.listen", &self.node.listen)?;
         let mut cfg = NodeConfig::new(self.node.id, listen, &self.node.data_dir);
         cfg.advertise = self.node.advertise.clone();
+        if let Some(a) = &self.node.peer_listen {
+            cfg.peer_listen = parse_addr("node.peer_listen", a)?;
+        }
+        cfg.peer_advertise = self.node.peer_advertise.clone();
         cfg.metrics_listen = if self.node.metrics_listen.is_empty() {
             None
         } else {
@@ -309,7 +363,69 @@ impl Config {
             .unwrap_or(cfg.initial_members.is_none() && self.cluster.join.is_empty());
         cfg.init = init && cfg.initial_members.is_none();
         cfg.join = self.cluster.join.clone();
+        cfg.tls = self.node_tls()?;
+        if cfg.tls.is_none() && !self.tls.insecure {
+            for (key, addr) in [
+                ("node.listen", cfg.listen),
+                ("node.peer_listen", cfg.peer_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "{addr} is not a loopback address and TLS is off: anyone who reaches it could write, read and change the cluster. Set tls.cert, tls.key and tls.ca (--tls-cert, --tls-key, --tls-ca), or accept the risk with --insecure (tls.insecure: true)"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(cfg)
+    }
+
+    /// The TLS files of both listeners, when `tls.cert` (or `key` or `ca`) is set: then all
+    /// three are needed.
+    fn node_tls(&self) -> Result<Option<NodeTls>, ConfigError> {
+        let t = &self.tls;
+        let set = [
+            &t.cert,
+            &t.key,
+            &t.ca,
+            &t.peer_cert,
+            &t.peer_key,
+            &t.peer_ca,
+        ];
+        if set.iter().all(|f| f.is_none()) {
+            if t.client_cert_auth {
+                return Err(bad(
+                    "tls.client_cert_auth",
+                    "needs tls.cert, tls.key and tls.ca",
+                ));
+            }
+            return Ok(None);
+        }
+        let need = |key: &str, v: &Option<PathBuf>| {
+            v.clone().ok_or_else(|| {
+                bad(
+                    key,
+                    "must be set with the other TLS files (cert, key and ca)",
+                )
+            })
+        };
+        let client = TlsFiles {
+            cert: need("tls.cert", &t.cert)?,
+            key: need("tls.key", &t.key)?,
+            ca: need("tls.ca", &t.ca)?,
+        };
+        let peer = TlsFiles {
+            cert: t.peer_cert.clone().unwrap_or_else(|| client.cert.clone()),
+            key: t.peer_key.clone().unwrap_or_else(|| client.key.clone()),
+            ca: t.peer_ca.clone().unwrap_or_else(|| client.ca.clone()),
+        };
+        Ok(Some(NodeTls {
+            client,
+            peer,
+            client_cert_auth: t.client_cert_auth,
+        }))
     }
 }
 

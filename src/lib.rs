@@ -34,6 +34,7 @@ pub mod fs;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod tls;
 pub mod wal;
 pub mod wire;
 

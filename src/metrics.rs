@@ -33,6 +33,12 @@ pub struct NodeMetrics {
     pub keyed_writes_in_flight: IntGauge,
     pub duplicate_keys_applied: IntCounter,
     pub repairing: IntGauge,
+    /// TLS: reloads of each listener's files, by result (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
+    /// TLS: when each listener's certificate expires (Unix seconds).
+    pub tls_cert_expiry: IntGaugeVec,
+    /// TLS: handshakes refused or timed out, by listener.
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -92,7 +98,34 @@ impl NodeMetrics {
             &["peer"],
         )?;
         r.register(Box::new(replication_lag.clone()))?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "replog_tls_reloads_total",
+                "TLS files re-read after a change or SIGHUP, by listener and result (ok, error: the old files stay in use).",
+            ),
+            &["listener", "result"],
+        )?;
+        r.register(Box::new(tls_reloads.clone()))?;
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "replog_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate each listener serves expires (Unix time).",
+            ),
+            &["listener"],
+        )?;
+        r.register(Box::new(tls_cert_expiry.clone()))?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "replog_tls_handshake_failures_total",
+                "TLS handshakes refused (plaintext, unknown CA, no or expired certificate) or timed out, by listener.",
+            ),
+            &["listener"],
+        )?;
+        r.register(Box::new(tls_handshake_failures.clone()))?;
         Ok(NodeMetrics {
+            tls_reloads,
+            tls_cert_expiry,
+            tls_handshake_failures,
             term: gauge(&r, "replog_raft_term", "Current Raft term of this node.")?,
             is_leader: gauge(&r, "replog_raft_is_leader", "1 if this node is the leader.")?,
             has_leader: gauge(

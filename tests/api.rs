@@ -329,3 +329,63 @@ async fn a_followed_replay_resumes_on_another_node_when_its_node_stops() {
     );
     c.shutdown().await;
 }
+
+/// Raft traffic has its own listener: on the client port the Raft service does not exist, on
+/// the peer port the public services do not; membership names peer addresses and the cluster
+/// status shows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_and_clients_have_separate_listeners() {
+    use replog::proto::log_service_client::LogServiceClient;
+    use replog::proto::raft::{RaftMessage, raft_service_client::RaftServiceClient};
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    for id in 1..=3 {
+        let (client_port, peer_port) = (c.addrs[&id], c.peer_addrs[&id]);
+        assert_ne!(client_port, peer_port);
+        let vote = |addr: std::net::SocketAddr| async move {
+            let mut raft = RaftServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            raft.vote(RaftMessage {
+                from: 99,
+                body: Vec::new(),
+            })
+            .await
+            .unwrap_err()
+        };
+        let on_client = vote(client_port).await;
+        assert_eq!(on_client.code(), Code::Unimplemented, "{on_client:?}");
+        // On the peer port the call reaches Raft (refused only for its empty body).
+        let on_peer = vote(peer_port).await;
+        assert_eq!(on_peer.code(), Code::InvalidArgument, "{on_peer:?}");
+        let mut log = LogServiceClient::connect(format!("http://{peer_port}"))
+            .await
+            .unwrap();
+        let r = log
+            .write(replog::proto::WriteRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::Unimplemented, "{r:?}");
+    }
+    let membership = c.nodes[&leader].core().membership();
+    for id in 1..=3 {
+        assert_eq!(membership.members[&id], c.peer_addrs[&id].to_string());
+    }
+    // Every node learns every member's client address, and its status shows both.
+    let cl = client(&[c.addrs[&leader].to_string()]);
+    let mut status = None;
+    for _ in 0..200 {
+        let s = cl.cluster_status().await.unwrap();
+        if s.members.iter().all(|m| m.role != "unreachable") {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = status.expect("every member reachable through its client address");
+    for m in &status.members {
+        assert_eq!(m.address, c.addrs[&m.id].to_string());
+        assert_eq!(m.peer_address, c.peer_addrs[&m.id].to_string());
+    }
+    c.shutdown().await;
+}

@@ -32,12 +32,17 @@ const RULES: &[(&str, Rule)] = &[
     ("checksum", Rule::Only(&[])),
     ("proto", Rule::Only(&[])),
     ("wire", Rule::Only(&["proto"])),
+    // TLS material, reloading and the accept loop: rustls and tonic only.
+    ("tls", Rule::Only(&[])),
     // The WAL imports nothing above it.
     ("wal", Rule::Only(&["fs", "checksum"])),
     // The client knows nothing of the server: the protos and the wire contract only.
     ("client", Rule::Only(&["proto", "wire", "checksum"])),
     ("metrics", Rule::Only(&[])),
-    ("raft", Rule::Only(&["wal", "fs", "checksum", "proto"])),
+    (
+        "raft",
+        Rule::Only(&["wal", "fs", "checksum", "proto", "tls"]),
+    ),
     // The core of use cases sits below every adapter and knows no gRPC service.
     (
         "core",

@@ -15,14 +15,20 @@ const SYNC: Duration = Duration::from_secs(60);
 const CONFIG: &str =
     "wal:\n  segment_size: 64KiB\nrepair:\n  scrub_interval: 1s\n  scrub_rate: 64MiB\n";
 
-/// Restarts node `id` on its old address (the others know it there).
-fn restart(id: u64, dir: &Path, listen: &str) -> ServeProc {
+/// Restarts node `id` on its old addresses (the others know it there).
+fn restart(id: u64, dir: &Path, listen: &str, peer: &str) -> ServeProc {
     let cfg = dir.join("replog.yaml");
     ServeProc::start(
         id,
         dir,
         listen,
-        &["--config", cfg.to_str().unwrap(), "--no-init"],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--no-init",
+            "--peer-listen",
+            peer,
+        ],
     )
 }
 
@@ -96,8 +102,12 @@ fn damaged_segments_of_the_leader_and_of_a_follower_are_repaired_from_replicas()
     flip_byte(&seg);
     std::fs::remove_file(seg.with_extension("idx")).unwrap();
     // On its old address: the others know it there.
-    let (id, addr) = (nodes[f].id, nodes[f].addr.clone());
-    nodes[f] = restart(id, dir, &addr);
+    let (id, addr, peer) = (
+        nodes[f].id,
+        nodes[f].addr.clone(),
+        nodes[f].peer_addr.clone(),
+    );
+    nodes[f] = restart(id, dir, &addr, &peer);
     write_lines(&nodes[other].addr, "b", 200);
     wait_until("the damaged follower repaired", SYNC, || {
         repaired(&nodes[f], 1.0)

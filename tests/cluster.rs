@@ -240,7 +240,7 @@ async fn a_node_added_later_gets_everything_and_a_removed_one_stops_receiving() 
         c.write(None, vec![record("t", format!("{i}"))]).await;
     }
     let leader = c.leader().await;
-    let addr = c.start_new(4).await.core().advertise().to_owned();
+    let addr = c.start_new(4).await.core().peer_advertise().to_owned();
     c.nodes[&leader]
         .core()
         .add_node(4, &addr, false)

@@ -50,6 +50,18 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
     let leader = leader_of(&nodes);
     let follower = (leader + 1) % 3;
 
+    // Membership names each node's peer address; the status shows both of its addresses.
+    wait_until("every member's client address known", SYNC, || {
+        let s = status(&nodes[follower].addr);
+        nodes.iter().all(|n| {
+            s["members"].as_array().unwrap().iter().any(|m| {
+                m["id"] == n.id
+                    && m["address"] == n.addr.as_str()
+                    && m["peer_address"] == n.peer_addr.as_str()
+            })
+        })
+    });
+
     // 1,000 entries through a follower (forwarded to the leader).
     let input: String = (0..1000).map(|i| format!("entry-{i}\n")).collect();
     let out = ok_in(
@@ -233,7 +245,7 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
         "--id",
         "4",
         "--addr",
-        &n4.addr,
+        &n4.peer_addr,
         "--endpoints",
         &nodes[follower].addr,
     ]);
@@ -361,6 +373,7 @@ fn sigkill_the_leader_during_writes_loses_and_duplicates_nothing() {
     }
     let leader = leader_of(&nodes);
     let killed_addr = nodes[leader].addr.clone();
+    let killed_peer = nodes[leader].peer_addr.clone();
     nodes[leader].kill();
     // Health reports the dead member (exit 1) while the others carry on.
     let live = nodes
@@ -384,9 +397,14 @@ fn sigkill_the_leader_during_writes_loses_and_duplicates_nothing() {
     assert!(status_w.success(), "writer failed: {err}");
     assert_eq!(acked.len(), total, "every line acknowledged");
 
-    // The killed node comes back on its address and catches up.
+    // The killed node comes back on its addresses and catches up.
     let id = nodes[leader].id;
-    nodes[leader] = ServeProc::start(id, dir.path(), &killed_addr, &[]);
+    nodes[leader] = ServeProc::start(
+        id,
+        dir.path(),
+        &killed_addr,
+        &["--peer-listen", &killed_peer],
+    );
     wait_until("all 3 in sync after the restart", SYNC, || {
         all_in_sync(&status(&nodes[0].addr), &[1, 2, 3])
     });
@@ -526,6 +544,57 @@ fn bad_input_gets_the_documented_code_and_changes_nothing() {
         2,
     );
     assert!(e.contains("node.listen"), "{e}");
+    // Peers and clients need their own ports; membership names peer addresses.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let e = fails(
+        &["serve", "--listen", &port, "--peer-listen", &port],
+        b"",
+        2,
+    );
+    assert!(
+        e.contains("node.peer_listen") && e.contains("separate"),
+        "{e}"
+    );
+    // A port in use: the message names it, exit code 2.
+    let in_use = dir.path().join("in-use");
+    let e = fails(
+        &[
+            "serve",
+            "--listen",
+            &port,
+            "--metrics-listen",
+            "",
+            "--data-dir",
+            in_use.to_str().unwrap(),
+        ],
+        b"",
+        2,
+    );
+    assert!(e.contains(&port) && e.contains("in use"), "{e}");
+    drop(taken);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().to_string();
+    drop(free);
+    let data = dir.path().join("client-members");
+    let e = fails(
+        &[
+            "serve",
+            "--listen",
+            &port,
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--initial-members",
+            &format!("1={port}"),
+        ],
+        b"",
+        2,
+    );
+    assert!(e.contains("they name peer addresses"), "{e}");
     let out = Command::new(BIN)
         .args(["serve", "--metrics-listen", "", "--data-dir"])
         .arg(dir.path().join("env"))
@@ -674,14 +743,15 @@ fn lint(text: &str) {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
-/// A base port with `n` free gRPC ports from it and `n` metrics ports from base + 2000 (what
-/// `replog dev --base-port` needs; dev's ports are fixed by design, so they are probed).
+/// A base port with `n` free gRPC ports from it, `n` peer ports from base + 100 and `n` metrics
+/// ports from base + 2000 (what `replog dev --base-port` needs; dev's ports are fixed by
+/// design, so they are probed).
 fn free_base_port(n: u16) -> u16 {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let seed = std::process::id() as u16;
     for attempt in 0..200u16 {
         let base = 20_000 + seed.wrapping_mul(31).wrapping_add(attempt.wrapping_mul(97)) % 20_000;
-        if (0..n).all(|i| free(base + i) && free(base + 2000 + i)) {
+        if (0..n).all(|i| free(base + i) && free(base + 100 + i) && free(base + 2000 + i)) {
             return base;
         }
     }

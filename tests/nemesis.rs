@@ -1,6 +1,9 @@
 //! The nemesis: faults against three real `replog serve` processes while `replog verify`
 //! writes keyed entries through them, then verify's check of every member.
 //!
+//! The nodes run with TLS on both listeners (mTLS between them, a throwaway CA), the CLI and
+//! verify with the CA and a client certificate.
+//!
 //! Each node runs in its own network namespace (see `common::netns`), so partitions are real:
 //! packets between nodes are dropped by nftables, while the test (and verify) still reach
 //! every node. Faults: kill -9 and restart, SIGSTOP/SIGCONT, the leader cut off from both
@@ -70,6 +73,8 @@ struct Cluster {
     nodes: Vec<ServeProc>,
     members: String,
     endpoints: String,
+    /// TLS on both listeners (mTLS between the nodes), from a throwaway CA.
+    pki: replog::tls::ThrowawayFiles,
 }
 
 impl Cluster {
@@ -78,17 +83,23 @@ impl Cluster {
             panic!("the nemesis needs network namespaces and nftables (run as root): {e}")
         });
         let addrs: Vec<String> = hosts.ips.iter().map(|ip| format!("{ip}:{PORT}")).collect();
-        let members: Vec<String> = addrs
+        // Membership names peer addresses: the default peer port is the client port + 100.
+        let members: Vec<String> = hosts
+            .ips
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, ip)| format!("{}={ip}:{}", i + 1, PORT + 100))
             .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<Vec<String>> = hosts.ips.iter().map(|ip| vec![ip.to_string()]).collect();
+        let pki = replog::tls::throwaway_ca(&dir.path().join("tls"), &names).unwrap();
         let mut c = Cluster {
             hosts,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             nodes: Vec::new(),
             members: members.join(","),
             endpoints: addrs.join(","),
+            pki,
         };
         for i in 0..n {
             let node = c.start_node(i);
@@ -101,19 +112,55 @@ impl Cluster {
     fn start_node(&self, i: usize) -> ServeProc {
         let listen = format!("{}:{PORT}", self.hosts.ips[i]);
         let metrics = format!("{}:0", self.hosts.ips[i]);
+        let tls = &self.pki.nodes[i];
+        let (cert, key, ca) = (
+            tls.cert.display().to_string(),
+            tls.key.display().to_string(),
+            tls.ca.display().to_string(),
+        );
         ServeProc::start_in(
             self.hosts.command(i, BIN),
             i as u64 + 1,
             self.dir.path(),
             &listen,
             &metrics,
-            &["--initial-members", &self.members],
+            &[
+                "--initial-members",
+                &self.members,
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-ca",
+                &ca,
+            ],
         )
+    }
+
+    /// What every CLI call adds: the CA and the client certificate.
+    fn client_flags(&self) -> Vec<String> {
+        let (cert, key) = &self.pki.client;
+        vec![
+            "--ca".to_owned(),
+            self.pki.ca.display().to_string(),
+            "--cert".to_owned(),
+            cert.display().to_string(),
+            "--key".to_owned(),
+            key.display().to_string(),
+        ]
+    }
+
+    /// `replog <args> <client flags>`.
+    fn cli(&self, args: &[&str], timeout: Duration) -> std::process::Output {
+        let flags = self.client_flags();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(flags.iter().map(String::as_str));
+        cli(&all, b"", timeout)
     }
 
     /// The cluster's status as the first node that answers sees it.
     fn status(&self) -> Option<serde_json::Value> {
-        let out = cli(
+        let out = self.cli(
             &[
                 "cluster",
                 "status",
@@ -124,7 +171,6 @@ impl Cluster {
                 "--endpoints",
                 &self.endpoints,
             ],
-            b"",
             Duration::from_secs(30),
         );
         out.status
@@ -206,7 +252,7 @@ impl Cluster {
             }
             Fault::TransferLeader => {
                 let to = (self.other_than(rng, leader) + 1).to_string();
-                let out = cli(
+                let out = self.cli(
                     &[
                         "cluster",
                         "transfer-leader",
@@ -215,7 +261,6 @@ impl Cluster {
                         "--endpoints",
                         &self.endpoints,
                     ],
-                    b"",
                     Duration::from_secs(60),
                 );
                 // A transfer may race an election; the cluster must be whole all the same.
@@ -239,7 +284,7 @@ impl Cluster {
 }
 
 /// `replog verify` writing until SIGINT, in the test's namespace.
-fn start_verify(endpoints: &str, dir: &std::path::Path) -> Child {
+fn start_verify(endpoints: &str, client_flags: &[String], dir: &std::path::Path) -> Child {
     let err = std::fs::File::create(dir.join("verify.stderr")).unwrap();
     Command::new(BIN)
         .args([
@@ -253,6 +298,7 @@ fn start_verify(endpoints: &str, dir: &std::path::Path) -> Child {
         ])
         .args(["--stall-threshold", "250ms", "--retry-timeout", "120s"])
         .args(["--endpoints", endpoints])
+        .args(client_flags)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -327,7 +373,7 @@ fn nemesis(seed: u64, faults: usize) {
     eprintln!("nemesis seed {seed} ({faults} faults): replay with REPLOG_NEMESIS_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut c = Cluster::start(3);
-    let verify = start_verify(&c.endpoints, c.dir.path());
+    let verify = start_verify(&c.endpoints, &c.client_flags(), c.dir.path());
     let mut applied = Vec::new();
     let started = Instant::now();
     for n in 0..faults {

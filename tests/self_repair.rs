@@ -132,7 +132,7 @@ async fn a_cut_off_follower_stays_in_the_repair_state_until_it_can_fetch() {
         matches!(n.core().replica_state(), ReplicaState::Behind(why) if why.contains("repairing")),
         "a repairing node serves no reads"
     );
-    let vote = vote_answer(c.addrs[&f]).await;
+    let vote = vote_answer(c.peer_addrs[&f]).await;
     assert_eq!(vote.code(), tonic::Code::Unavailable, "{vote:?}");
     assert!(vote.message().contains("does not vote"), "{vote:?}");
     // The cluster goes on without it.
@@ -141,7 +141,7 @@ async fn a_cut_off_follower_stays_in_the_repair_state_until_it_can_fetch() {
     let last = fill(&c, "c", 50).await;
     all_repaired_and_identical(&c, f, last).await;
     // Repaired, it takes vote requests again (this one is refused only for its empty body).
-    let vote = vote_answer(c.addrs[&f]).await;
+    let vote = vote_answer(c.peer_addrs[&f]).await;
     assert_eq!(vote.code(), tonic::Code::InvalidArgument, "{vote:?}");
     c.shutdown().await;
 }

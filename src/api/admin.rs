@@ -38,16 +38,22 @@ impl AdminApi {
         to_member(self.core.node_status())
     }
 
-    async fn member_status(&self, id: u64, addr: String) -> Member {
+    async fn member_status(&self, id: u64, peer: String, client: Option<String>) -> Member {
         if id == self.core.id() {
             return self.own_status();
         }
         let unreachable = |error: String| Member {
             id,
-            address: addr.clone(),
+            address: client.clone().unwrap_or_default(),
+            peer_address: peer.clone(),
             role: "unreachable".to_owned(),
             error,
             ..Default::default()
+        };
+        let Some(addr) = client.clone() else {
+            return unreachable(format!(
+                "its client address is not known yet (asked at its peer address {peer})"
+            ));
         };
         let channel = match self.fwd.channel(&addr) {
             Ok(c) => c,
@@ -59,8 +65,9 @@ impl AdminApi {
         match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.node_status(req)).await {
             Ok(Ok(r)) => {
                 let mut m = r.into_inner();
-                // The membership's address is what the cluster uses.
+                // The addresses this cluster uses for it.
                 m.address = addr;
+                m.peer_address = peer;
                 m
             }
             Ok(Err(s)) => unreachable(s.message().to_owned()),
@@ -73,7 +80,7 @@ impl AdminApi {
         let asks = s
             .members
             .iter()
-            .map(|(id, addr)| self.member_status(*id, addr.clone()));
+            .map(|(id, peer)| self.member_status(*id, peer.clone(), s.clients.get(id).cloned()));
         let mut members = futures::future::join_all(asks).await;
         for m in &mut members {
             m.voter = s.voters.contains(&m.id);
@@ -134,6 +141,7 @@ fn to_member(n: NodeStatus) -> Member {
     Member {
         id: n.id,
         address: n.address,
+        peer_address: n.peer_address,
         role: n.role,
         voter: n.voter,
         term: n.term,

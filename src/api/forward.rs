@@ -5,6 +5,7 @@
 //! request never loops during an election. Channels to leaders are made once and reused.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -12,6 +13,7 @@ use tonic::{Code, Request, Status};
 
 use super::error::to_status;
 use crate::core::{Core, CoreError};
+use crate::tls::Reloadable;
 use crate::wire::FORWARDED_BY;
 
 type NodeId = u64;
@@ -22,8 +24,11 @@ const MAX_CHANNELS: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Forwarder {
-    channels: parking_lot::Mutex<HashMap<String, Channel>>,
+    /// Per address: the channel and the TLS generation it was made with (0: plaintext).
+    channels: parking_lot::Mutex<HashMap<String, (Channel, u64)>>,
     max_message_bytes: usize,
+    /// TLS towards other nodes' client listeners (presenting this node's certificate).
+    tls: Option<Arc<Reloadable>>,
 }
 
 /// Where a call that must run on the leader goes.
@@ -37,10 +42,11 @@ pub enum Route {
 }
 
 impl Forwarder {
-    pub fn new(max_message_bytes: usize) -> Forwarder {
+    pub fn new(max_message_bytes: usize, tls: Option<Arc<Reloadable>>) -> Forwarder {
         Forwarder {
             channels: parking_lot::Mutex::new(HashMap::new()),
             max_message_bytes,
+            tls,
         }
     }
 
@@ -50,13 +56,28 @@ impl Forwarder {
 
     /// The (reused) channel to a node.
     pub fn channel(&self, addr: &str) -> Result<Channel, CoreError> {
+        let (generation, tls) = match &self.tls {
+            Some(t) => {
+                let (g, c) = t.outgoing();
+                (g, Some(c))
+            }
+            None => (0, None),
+        };
         let mut map = self.channels.lock();
-        if let Some(c) = map.get(addr) {
+        if let Some((c, g)) = map.get(addr)
+            && *g == generation
+        {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
-            CoreError::Unavailable(format!("the leader's address {addr:?} is not usable: {e}"))
-        })?;
+        let unusable = |e: &dyn std::fmt::Display| {
+            CoreError::Unavailable(format!("the node address {addr:?} is not usable: {e}"))
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| unusable(&e))?;
+        if let Some(c) = tls {
+            endpoint = endpoint.tls_config(c).map_err(|e| unusable(&e))?;
+        }
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -64,7 +85,7 @@ impl Forwarder {
         if map.len() >= MAX_CHANNELS {
             map.clear();
         }
-        map.insert(addr.to_owned(), channel.clone());
+        map.insert(addr.to_owned(), (channel.clone(), generation));
         Ok(channel)
     }
 

@@ -1,6 +1,6 @@
 //! The public gRPC API of a node: `replog.v1.LogService` ([`log`]), `replog.v1.AdminService`
-//! ([`admin`]), `grpc.health.v1` and server reflection (v1 and v1alpha), all on the node's one
-//! gRPC port beside the internal Raft service.
+//! ([`admin`]), `grpc.health.v1` and server reflection (v1 and v1alpha), all on the node's
+//! client listener (the internal Raft service has a listener of its own).
 //!
 //! Any node accepts every call. Writes and membership changes on a follower are forwarded to
 //! the leader once ([`forward`]); reads are served locally when this replica is in sync. Errors
@@ -37,9 +37,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub fn routes(
     core: Arc<Core>,
     max_message_bytes: usize,
+    tls: Option<Arc<crate::tls::Reloadable>>,
     mut server: tonic::transport::Server,
 ) -> Router {
-    let fwd = Arc::new(forward::Forwarder::new(max_message_bytes));
+    let fwd = Arc::new(forward::Forwarder::new(max_message_bytes, tls));
     let log = LogServiceServer::new(log::LogApi::new(core.clone(), fwd.clone()))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);

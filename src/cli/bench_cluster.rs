@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::CliError;
 use super::output::Format;
 use crate::core::NewRecord;
-use crate::node::{Node, NodeConfig};
+use crate::node::{Listeners, Node, NodeConfig};
 use crate::proto;
 use crate::wal::{Operation, Preallocate, SyncPolicy, WalConfig};
 
@@ -114,20 +114,25 @@ async fn start_nodes(
     args: &BenchClusterArgs,
     root: &std::path::Path,
 ) -> Result<Vec<Node>, CliError> {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut listeners = Vec::new();
     for _ in 0..args.nodes {
-        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+        let l = Listeners::bind(any, any)
+            .await
+            .map_err(|e| CliError::failure(e.to_string()))?;
+        listeners.push(l);
     }
     let members: std::collections::BTreeMap<u64, String> = listeners
         .iter()
         .enumerate()
-        .map(|(i, l)| Ok((i as u64 + 1, l.local_addr()?.to_string())))
+        .map(|(i, l)| Ok((i as u64 + 1, l.peer.local_addr()?.to_string())))
         .collect::<Result<_, std::io::Error>>()?;
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
         let dir = root.join(format!("node-{id}"));
-        let mut cfg = NodeConfig::new(id, l.local_addr()?, &dir);
+        let mut cfg = NodeConfig::new(id, l.client.local_addr()?, &dir);
+        cfg.peer_listen = l.peer.local_addr()?;
         cfg.wal = WalConfig {
             sync_policy: args.sync_policy,
             segment_size: args.segment_size,

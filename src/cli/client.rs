@@ -3,6 +3,7 @@
 //! as a table or JSON. Failures exit 1 with the server's message.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -35,15 +36,42 @@ pub struct ClientArgs {
     /// How long a command keeps retrying through leader changes and outages.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub retry_timeout: Duration,
+    /// The cluster's CA certificate (PEM): connect with TLS and trust it.
+    #[arg(long, env = "REPLOG_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, when the cluster asks for one (with --key).
+    #[arg(long, env = "REPLOG_CERT", global = true, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "REPLOG_KEY", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl ClientArgs {
     pub(super) fn client(&self) -> Result<Client, CliError> {
         let opts = ClientOptions {
             retry_timeout: self.retry_timeout,
+            tls: self.tls()?,
             ..ClientOptions::default()
         };
         Client::new(&self.endpoints, opts).map_err(|e| CliError::usage(e.to_string()))
+    }
+
+    /// TLS from --ca (and --cert/--key), if given.
+    pub(super) fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, CliError> {
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() {
+                return Err(CliError::usage("--cert needs --ca (the cluster's CA)"));
+            }
+            return Ok(None);
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => None,
+        };
+        crate::tls::client_config(ca, identity)
+            .map(Some)
+            .map_err(|e| CliError::usage(e.to_string()))
     }
 
     pub(super) fn format(&self, default: Format) -> Format {
@@ -187,8 +215,9 @@ pub enum ClusterCommand {
     AddNode {
         #[arg(long)]
         id: u64,
-        /// The new node's gRPC address (host:port), as the other nodes reach it.
-        #[arg(long)]
+        /// The new node's peer address (host:port, its --peer-advertise), as the other
+        /// members reach it.
+        #[arg(long, visible_alias = "peer-addr")]
         addr: String,
         /// Keep it a learner (it receives the log, does not vote).
         #[arg(long)]
@@ -479,7 +508,10 @@ pub async fn segments(a: &SegmentsArgs) -> Result<(), CliError> {
 #[derive(Serialize)]
 struct MemberJson<'a> {
     id: u64,
+    /// Where clients reach it.
     address: &'a str,
+    /// Where other members reach it (what membership names).
+    peer_address: &'a str,
     role: &'a str,
     voter: bool,
     term: u64,
@@ -509,6 +541,7 @@ fn status_json(s: &pb::ClusterStatusResponse) -> StatusJson<'_> {
             .map(|m| MemberJson {
                 id: m.id,
                 address: &m.address,
+                peer_address: &m.peer_address,
                 role: &m.role,
                 voter: m.voter,
                 term: m.term,
@@ -528,9 +561,10 @@ fn print_status(format: Format, s: &pb::ClusterStatusResponse) -> Result<(), Cli
         return print_json(&status_json(s));
     }
     stdout_line(format_args!(
-        "{:>4}  {:<22} {:<11} {:<5} {:>5} {:>10} {:>10} {:>10} {:>8}  {:<7}",
+        "{:>4}  {:<22} {:<22} {:<11} {:<5} {:>5} {:>10} {:>10} {:>10} {:>8}  {:<7}",
         "ID",
         "ADDRESS",
+        "PEER_ADDRESS",
         "ROLE",
         "VOTER",
         "TERM",
@@ -542,9 +576,10 @@ fn print_status(format: Format, s: &pb::ClusterStatusResponse) -> Result<(), Cli
     ))?;
     for m in &s.members {
         stdout_line(format_args!(
-            "{:>4}  {:<22} {:<11} {:<5} {:>5} {:>10} {:>10} {:>10} {:>8}  {:<7}{}",
+            "{:>4}  {:<22} {:<22} {:<11} {:<5} {:>5} {:>10} {:>10} {:>10} {:>8}  {:<7}{}",
             m.id,
             m.address,
+            m.peer_address,
             m.role,
             m.voter,
             m.term,

@@ -192,6 +192,7 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     let endpoints = client.endpoints();
+    let tls = a.client.tls()?;
     for p in 0..a.producers {
         // Each producer starts on its own endpoint (rotated) and has its own connection.
         let mut mine = endpoints.clone();
@@ -199,10 +200,18 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
         let stats = stats.clone();
         let load = Load::new(a, p);
         tasks.push(if a.unary {
-            tokio::spawn(unary_producer(load, mine, a.in_flight, a.keys, stats))
+            tokio::spawn(unary_producer(
+                load,
+                mine,
+                tls.clone(),
+                a.in_flight,
+                a.keys,
+                stats,
+            ))
         } else {
             let opts = ClientOptions {
                 retry_timeout: a.client.retry_timeout,
+                tls: tls.clone(),
                 ..ClientOptions::default()
             };
             let c = Client::new(&mine, opts).map_err(|e| CliError::usage(e.to_string()))?;
@@ -381,6 +390,7 @@ async fn stream_producer(
 async fn unary_producer(
     load: Load,
     endpoints: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     in_flight: u32,
     keys: bool,
     stats: Arc<Stats>,
@@ -390,13 +400,19 @@ async fn unary_producer(
         .ok_or_else(|| CliError::usage("no endpoint"))?;
     let url = if first.starts_with("http") {
         first.clone()
+    } else if tls.is_some() {
+        format!("https://{first}")
     } else {
         format!("http://{first}")
     };
-    let channel: Channel = Endpoint::from_shared(url)
-        .map_err(|e| CliError::usage(format!("endpoint {first}: {e}")))?
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(|e| CliError::usage(format!("endpoint {first}: {e}")))?;
+    if let Some(t) = tls {
+        endpoint = endpoint
+            .tls_config(t)
+            .map_err(|e| CliError::usage(format!("endpoint {first}: {e}")))?;
+    }
+    let channel: Channel = endpoint.tcp_nodelay(true).connect_lazy();
     let mut callers = Vec::new();
     for c in 0..in_flight {
         let mut load = load.clone();

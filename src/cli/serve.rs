@@ -23,12 +23,21 @@ pub struct ServeArgs {
     /// Node id, unique in the cluster (>= 1). [default: 1]
     #[arg(long)]
     pub id: Option<u64>,
-    /// gRPC address to bind. [default: 127.0.0.1:7400]
+    /// Client gRPC address to bind (public services, health, reflection).
+    /// [default: 127.0.0.1:7400]
     #[arg(long)]
     pub listen: Option<String>,
-    /// Address other nodes and clients use. [default: the listen address]
+    /// Address clients use. [default: the listen address]
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Peer gRPC address to bind (Raft traffic between members only).
+    /// [default: the listen host, its port + 100]
+    #[arg(long)]
+    pub peer_listen: Option<String>,
+    /// Address other members use: what membership, --initial-members and `cluster add-node`
+    /// name. [default: the advertise host with the peer port, or the peer listen address]
+    #[arg(long)]
+    pub peer_advertise: Option<String>,
     /// Prometheus /metrics address ("" turns it off). [default: 127.0.0.1:9400]
     #[arg(long)]
     pub metrics_listen: Option<String>,
@@ -42,12 +51,37 @@ pub struct ServeArgs {
     /// Start uninitialized and wait to be added (`replog cluster add-node`).
     #[arg(long, conflicts_with = "init")]
     pub no_init: bool,
-    /// Static bootstrap, the same on every first member: 1=host:port,2=host:port,...
+    /// Static bootstrap, the same on every first member, naming peer addresses:
+    /// 1=host:peerport,2=host:peerport,...
     #[arg(long)]
     pub initial_members: Option<String>,
     /// Endpoints of an existing cluster to ask to add this node (comma list).
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
+    /// This node's TLS certificate (PEM); turns TLS on for both listeners (with --tls-key and
+    /// --tls-ca). The peer listener then requires mTLS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM) peers' (and, with --client-cert-auth, clients') certificates chain to.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// The peer listener's own certificate, key and CA. [default: --tls-cert, --tls-key, --tls-ca]
+    #[arg(long)]
+    pub peer_tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub peer_tls_key: Option<PathBuf>,
+    #[arg(long)]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Require a client certificate from the CA on the client listener too.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+    /// Allow plaintext on an address other than loopback (anyone who reaches it can write,
+    /// read and change the cluster).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl ServeArgs {
@@ -60,6 +94,8 @@ impl ServeArgs {
         for (k, v) in [
             ("listen", &self.listen),
             ("advertise", &self.advertise),
+            ("peer_listen", &self.peer_listen),
+            ("peer_advertise", &self.peer_advertise),
             ("metrics_listen", &self.metrics_listen),
         ] {
             if let Some(v) = v {
@@ -82,9 +118,29 @@ impl ServeArgs {
         if !self.join.is_empty() {
             cluster.insert("join", serde_json::json!(self.join));
         }
+        let mut tls = BTreeMap::new();
+        for (k, v) in [
+            ("cert", &self.tls_cert),
+            ("key", &self.tls_key),
+            ("ca", &self.tls_ca),
+            ("peer_cert", &self.peer_tls_cert),
+            ("peer_key", &self.peer_tls_key),
+            ("peer_ca", &self.peer_tls_ca),
+        ] {
+            if let Some(v) = v {
+                tls.insert(k, serde_json::json!(v));
+            }
+        }
+        if self.client_cert_auth {
+            tls.insert("client_cert_auth", serde_json::Value::Bool(true));
+        }
+        if self.insecure {
+            tls.insert("insecure", serde_json::Value::Bool(true));
+        }
         FlagOverrides {
             node: (!node.is_empty()).then_some(node),
             cluster: (!cluster.is_empty()).then_some(cluster),
+            tls: (!tls.is_empty()).then_some(tls),
         }
     }
 }
@@ -104,10 +160,12 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
             .map(|a| format!(", metrics on http://{a}/metrics"))
             .unwrap_or_default();
         let line = format!(
-            "replog node {} serving gRPC on {} (advertised as {}){metrics}; data in {}",
+            "replog node {} serving gRPC on {} (advertised as {}), peers on {} (advertised as {}){metrics}; data in {}",
             node.core().id(),
             node.addr(),
             node.core().advertise(),
+            node.peer_addr(),
+            node.core().peer_advertise(),
             cfg.node.data_dir.display()
         );
         // Scripts wait for this line; with JSON logs it is a log event like the others.
@@ -166,16 +224,21 @@ pub struct DevArgs {
     /// Parent of the nodes' data directories (node-1, node-2, ...) and logs.
     #[arg(long, default_value = "./replog-data/dev")]
     pub data_dir: PathBuf,
-    /// gRPC port of node 1; node N listens on base + N - 1, its metrics on base + 2000 + N - 1.
+    /// Client gRPC port of node 1; node N listens on base + N - 1, for peers on base + 100 +
+    /// N - 1, its metrics on base + 2000 + N - 1.
     #[arg(long, default_value_t = 7401)]
     pub base_port: u16,
+    /// Run the cluster with TLS on both listeners (mTLS between nodes), with a throwaway CA
+    /// and certificates made in <data-dir>/tls (CA, one per node, one for clients).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The `serve` flags of node `id` in a `replog dev` cluster (what `cluster/local-3/` holds).
 pub fn dev_node_flags(args: &DevArgs, id: u64) -> Vec<String> {
     let port = |base: u16, id: u64| u64::from(base) + id - 1;
     let members: Vec<String> = (1..=args.nodes)
-        .map(|i| format!("{i}=127.0.0.1:{}", port(args.base_port, i)))
+        .map(|i| format!("{i}=127.0.0.1:{}", port(args.base_port, i) + 100))
         .collect();
     vec![
         "serve".into(),
@@ -183,6 +246,8 @@ pub fn dev_node_flags(args: &DevArgs, id: u64) -> Vec<String> {
         id.to_string(),
         "--listen".into(),
         format!("127.0.0.1:{}", port(args.base_port, id)),
+        "--peer-listen".into(),
+        format!("127.0.0.1:{}", port(args.base_port, id) + 100),
         "--metrics-listen".into(),
         format!("127.0.0.1:{}", port(args.base_port, id) + 2000),
         "--data-dir".into(),
@@ -202,16 +267,37 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
         ));
     }
     std::fs::create_dir_all(&args.data_dir)?;
+    let tls = if args.tls {
+        let local = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let names = vec![local; args.nodes as usize];
+        let files = crate::tls::throwaway_ca(&args.data_dir.join("tls"), &names)
+            .map_err(|e| CliError::failure(format!("making the throwaway CA: {e}")))?;
+        Some(files)
+    } else {
+        None
+    };
     let exe = std::env::current_exe()?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for id in 1..=args.nodes {
+        let mut flags = dev_node_flags(args, id);
+        if let Some(t) = &tls {
+            let f = &t.nodes[(id - 1) as usize];
+            for (flag, path) in [
+                ("--tls-cert", &f.cert),
+                ("--tls-key", &f.key),
+                ("--tls-ca", &f.ca),
+            ] {
+                flags.push(flag.into());
+                flags.push(path.display().to_string());
+            }
+        }
         let log_path = args.data_dir.join(format!("node-{id}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
         let child = Command::new(&exe)
-            .args(dev_node_flags(args, id))
+            .args(flags)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -227,8 +313,21 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
     let endpoints: Vec<String> = (1..=args.nodes)
         .map(|i| format!("127.0.0.1:{}", u64::from(args.base_port) + i - 1))
         .collect();
+    let client_tls = match &tls {
+        Some(t) => Some(
+            crate::tls::client_config(&t.ca, Some((&t.client.0, &t.client.1)))
+                .map_err(|e| CliError::failure(e.to_string()))?,
+        ),
+        None => None,
+    };
     let rt = runtime()?;
-    let result = rt.block_on(supervise(args, &endpoints, &mut children));
+    let result = rt.block_on(supervise(
+        args,
+        &endpoints,
+        client_tls,
+        tls.as_ref(),
+        &mut children,
+    ));
     stop_all(&mut children);
     result
 }
@@ -236,9 +335,15 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
 async fn supervise(
     args: &DevArgs,
     endpoints: &[String],
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<&crate::tls::ThrowawayFiles>,
     children: &mut [(u64, Child)],
 ) -> Result<(), CliError> {
-    let client = crate::client::Client::new(endpoints, Default::default())
+    let opts = crate::client::ClientOptions {
+        tls: client_tls,
+        ..Default::default()
+    };
+    let client = crate::client::Client::new(endpoints, opts)
         .map_err(|e| CliError::failure(e.to_string()))?;
     let started = Instant::now();
     let signal = shutdown_signal();
@@ -275,6 +380,11 @@ async fn supervise(
             );
             println!("endpoints: {list}");
             println!("export REPLOG_ENDPOINTS={list}");
+            if let Some(t) = tls {
+                println!("export REPLOG_CA={}", t.ca.display());
+                println!("export REPLOG_CERT={}", t.client.0.display());
+                println!("export REPLOG_KEY={}", t.client.1.display());
+            }
             println!(
                 "logs and data in {}; Ctrl-C stops every node",
                 args.data_dir.display()

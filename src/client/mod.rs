@@ -56,6 +56,9 @@ pub struct ClientOptions {
     pub retry_timeout: Duration,
     /// Largest message sent or received. Default 64MiB (the server's default limit).
     pub max_message_bytes: usize,
+    /// TLS (the CA to trust, and a client certificate if the cluster asks for one): endpoints
+    /// without a scheme then use `https://`. Default: plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -65,6 +68,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             retry_timeout: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
+            tls: None,
         }
     }
 }
@@ -156,10 +160,12 @@ fn is_retryable(s: &Status) -> bool {
     )
 }
 
-fn normalize(e: &str) -> String {
+fn normalize(e: &str, tls: bool) -> String {
     let e = e.trim();
     if e.starts_with("http://") || e.starts_with("https://") {
         e.to_owned()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     }
@@ -173,7 +179,7 @@ impl Client {
             .iter()
             .flat_map(|e| e.split(','))
             .filter(|e| !e.trim().is_empty())
-            .map(normalize)
+            .map(|e| normalize(e, opts.tls.is_some()))
             .collect();
         list.dedup();
         if list.is_empty() {
@@ -206,8 +212,16 @@ impl Client {
         if let Some(c) = st.channels.get(endpoint) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| ClientError::Endpoint(endpoint.to_owned(), e.to_string()))?
+        let mut ep = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| ClientError::Endpoint(endpoint.to_owned(), e.to_string()))?;
+        if let Some(tls) = &self.opts.tls
+            && endpoint.starts_with("https://")
+        {
+            ep = ep
+                .tls_config(tls.clone())
+                .map_err(|e| ClientError::Endpoint(endpoint.to_owned(), e.to_string()))?;
+        }
+        let ch = ep
             .connect_timeout(self.opts.connect_timeout)
             .tcp_nodelay(true)
             .connect_lazy();
@@ -242,7 +256,7 @@ impl Client {
     fn redirect(&self, endpoint: &str, status: &Status) {
         let mut st = self.state.lock();
         if let Some((_, addr)) = leader_hint(status) {
-            let addr = normalize(&addr);
+            let addr = normalize(&addr, self.opts.tls.is_some());
             if addr != endpoint {
                 self.prefer(&mut st, addr);
                 return;
@@ -367,7 +381,7 @@ impl Client {
     fn note_written(&self, last_sequence: u64, leader_address: &str) {
         let mut st = self.state.lock();
         st.last_written = st.last_written.max(last_sequence);
-        let leader = normalize(leader_address);
+        let leader = normalize(leader_address, self.opts.tls.is_some());
         self.prefer(&mut st, leader);
     }
 
@@ -435,7 +449,7 @@ impl Client {
         st.last_written = st.last_written.max(r.last_sequence);
         // A follower forwarded it: talk to the leader directly from now on (one hop less).
         if !r.leader_address.is_empty() {
-            let leader = normalize(&r.leader_address);
+            let leader = normalize(&r.leader_address, self.opts.tls.is_some());
             self.prefer(&mut st, leader);
         }
         Ok(r)
@@ -475,7 +489,7 @@ impl Client {
     ) -> Result<Vec<pb::Entry>, ClientError> {
         let ch = {
             let mut st = self.state.lock();
-            self.channel_to(&mut st, &normalize(endpoint))?
+            self.channel_to(&mut st, &normalize(endpoint, self.opts.tls.is_some()))?
         };
         req.follow = false;
         let deadline = Instant::now() + self.opts.retry_timeout;
@@ -597,7 +611,7 @@ impl Client {
     pub async fn node_status(&self, endpoint: &str) -> Result<Member, ClientError> {
         let ch = {
             let mut st = self.state.lock();
-            self.channel_to(&mut st, &normalize(endpoint))?
+            self.channel_to(&mut st, &normalize(endpoint, self.opts.tls.is_some()))?
         };
         let mut rq = Request::new(NodeStatusRequest {});
         rq.set_timeout(self.opts.request_timeout);

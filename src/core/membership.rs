@@ -14,7 +14,10 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeStatus {
     pub id: NodeId,
+    /// Where clients reach it.
     pub address: String,
+    /// Where other members reach it (what membership names).
+    pub peer_address: String,
     /// "leader", "follower", "candidate", "learner", "shutdown" or "repairing".
     pub role: String,
     pub voter: bool,
@@ -36,8 +39,10 @@ pub struct NodeStatus {
 pub struct Membership {
     pub term: u64,
     pub leader: Option<NodeId>,
-    /// Every member (voters and learners) and its address.
+    /// Every member (voters and learners) and its peer address.
     pub members: BTreeMap<NodeId, String>,
+    /// The members' client addresses this node knows.
+    pub clients: BTreeMap<NodeId, String>,
     pub voters: Vec<NodeId>,
 }
 
@@ -61,6 +66,7 @@ impl Core {
         NodeStatus {
             id: self.id,
             address: self.advertise.clone(),
+            peer_address: self.peer_advertise.clone(),
             role: if self.is_repairing() {
                 "repairing".to_owned()
             } else {
@@ -85,11 +91,12 @@ impl Core {
             term: s.term,
             leader: s.leader,
             members: s.members,
+            clients: s.client_addresses,
             voters: s.voters,
         }
     }
 
-    /// Adds node `id` at `address`: as a learner only, or as a learner that becomes a voter
+    /// Adds node `id` at peer address `address`: as a learner only, or as a learner that becomes a voter
     /// once caught up. Adding a member again at the same address changes nothing.
     pub async fn add_node(
         &self,

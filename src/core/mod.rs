@@ -68,7 +68,10 @@ pub struct Written {
 /// What the node's services share: Raft, the storage readers, limits and metrics.
 pub struct Core {
     id: NodeId,
+    /// Where clients reach this node.
     advertise: String,
+    /// Where other members reach this node (what membership names).
+    peer_advertise: String,
     raft: RaftNode,
     wal: Arc<WalHandle>,
     sm: Arc<SmShared>,
@@ -97,6 +100,7 @@ pub struct Core {
 pub struct Parts {
     pub id: NodeId,
     pub advertise: String,
+    pub peer_advertise: String,
     pub raft: RaftNode,
     pub wal: Arc<WalHandle>,
     pub sm: Arc<SmShared>,
@@ -135,6 +139,7 @@ impl Core {
             writes,
             id: p.id,
             advertise: p.advertise,
+            peer_advertise: p.peer_advertise,
             raft: p.raft,
             wal: p.wal,
             sm: p.sm,
@@ -155,8 +160,19 @@ impl Core {
         self.id
     }
 
+    /// Where clients reach this node.
     pub fn advertise(&self) -> &str {
         &self.advertise
+    }
+
+    /// Where other members reach this node (what membership names).
+    pub fn peer_advertise(&self) -> &str {
+        &self.peer_advertise
+    }
+
+    /// Peer connections outside openraft.
+    pub fn network(&self) -> &Network {
+        &self.net
     }
 
     pub fn limits(&self) -> &Limits {

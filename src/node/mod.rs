@@ -18,10 +18,12 @@ use tokio::task::JoinHandle;
 
 use crate::core::{Core, Limits, Parts, RepairConfig, contact, repair};
 use crate::metrics::NodeMetrics;
+use crate::raft::directory::{Addresses, Directory};
 use crate::raft::handle::StartRaft;
 use crate::raft::network::{NetConfig, NetSwitch, Network};
 use crate::raft::state_machine::DEFAULT_MAX_PRODUCERS;
 use crate::raft::{NodeId, RaftNode, RaftOpError, RaftTiming, Storage};
+use crate::tls::{ClientAuth, Reloadable, TlsFiles};
 use crate::wal::{WalConfig, WalError};
 
 pub mod tasks;
@@ -33,10 +35,16 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Where the gRPC server binds (port 0 picks a free port).
+    /// Where the client gRPC server binds (port 0 picks a free port): the public services,
+    /// health and reflection.
     pub listen: SocketAddr,
-    /// The address other nodes and clients use; defaults to the bound address.
+    /// The address clients use; defaults to the bound address.
     pub advertise: Option<String>,
+    /// Where the peer gRPC server binds: Raft traffic only (default: `listen`'s port + 100).
+    pub peer_listen: SocketAddr,
+    /// The address other members use (what membership names); defaults to `advertise`'s host
+    /// with the bound peer port, or the bound peer address.
+    pub peer_advertise: Option<String>,
     /// Holds `wal/`, `sled/`, `RAFT_META`, `SM_SNAPSHOT`.
     pub data_dir: PathBuf,
     /// WAL settings; its `directory` is replaced by `<data_dir>/wal`. Its `retention_hours` is
@@ -45,7 +53,7 @@ pub struct NodeConfig {
     pub wal: WalConfig,
     pub raft: RaftTiming,
     pub net: NetConfig,
-    /// Initial voters (`id -> address`, including this node) when bootstrapping a new cluster;
+    /// Initial voters (`id -> peer address`, including this node) when bootstrapping a new cluster;
     /// ignored once the node is initialized.
     pub initial_members: Option<BTreeMap<NodeId, String>>,
     /// Bound of the idempotency table (default 100,000 producers).
@@ -71,6 +79,21 @@ pub struct NodeConfig {
     pub file_system: Option<NodeFs>,
     /// Scrubbing and self-repair of damaged WAL segments.
     pub repair: RepairConfig,
+    /// TLS on both listeners and for connections to other nodes (`None`: plaintext).
+    pub tls: Option<NodeTls>,
+}
+
+/// The TLS files of a node's listeners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTls {
+    /// The client listener's; also what the node presents when it forwards a call to another
+    /// node's client listener.
+    pub client: TlsFiles,
+    /// The peer listener's (mTLS: a peer must present a certificate from this CA naming a
+    /// member); also what the node presents to other members.
+    pub peer: TlsFiles,
+    /// Require a certificate from the CA on the client listener too.
+    pub client_cert_auth: bool,
 }
 
 /// A file system for [`NodeConfig::file_system`].
@@ -90,6 +113,8 @@ impl NodeConfig {
             id,
             listen,
             advertise: None,
+            peer_listen: default_peer_listen(listen),
+            peer_advertise: None,
             wal: WalConfig::new(data_dir.join("wal")),
             data_dir,
             raft: RaftTiming::default(),
@@ -106,7 +131,62 @@ impl NodeConfig {
             init: false,
             file_system: None,
             repair: RepairConfig::default(),
+            tls: None,
         }
+    }
+}
+
+/// The default peer address: `listen`'s host, its port + 100 (port 0 stays 0; a port too high
+/// for that gives port 0, a free one).
+pub fn default_peer_listen(listen: SocketAddr) -> SocketAddr {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.checked_add(100).unwrap_or(0),
+    };
+    SocketAddr::new(listen.ip(), port)
+}
+
+/// A node's TLS material, loaded and checked (each listener's re-read when its files change).
+#[derive(Clone)]
+pub struct LoadedTls {
+    pub client: Arc<Reloadable>,
+    pub peer: Arc<Reloadable>,
+}
+
+impl LoadedTls {
+    fn load(t: &NodeTls) -> Result<LoadedTls, crate::tls::TlsError> {
+        let auth = if t.client_cert_auth {
+            ClientAuth::Required
+        } else {
+            ClientAuth::Off
+        };
+        Ok(LoadedTls {
+            client: Reloadable::load(t.client.clone(), auth)?,
+            peer: Reloadable::load(t.peer.clone(), ClientAuth::Required)?,
+        })
+    }
+}
+
+/// A node's two bound listeners.
+pub struct Listeners {
+    /// Public services, health, reflection.
+    pub client: tokio::net::TcpListener,
+    /// Raft traffic between members.
+    pub peer: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both; an address in use is a configuration error naming it.
+    pub async fn bind(client: SocketAddr, peer: SocketAddr) -> Result<Listeners, NodeError> {
+        let bind = |what: &'static str, a: SocketAddr| async move {
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| NodeError::Config(format!("cannot listen for {what} on {a}: {e}")))
+        };
+        Ok(Listeners {
+            client: bind("clients", client).await?,
+            peer: bind("peers", peer).await?,
+        })
     }
 }
 
@@ -131,6 +211,7 @@ pub enum NodeError {
 pub struct Node {
     core: Arc<Core>,
     addr: SocketAddr,
+    peer_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     db: sled::Db,
     stop: watch::Sender<bool>,
@@ -140,15 +221,16 @@ pub struct Node {
 impl Node {
     /// Opens the storage, starts Raft and the gRPC server. Returns once the server listens.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-        Self::start_on(cfg, listener).await
+        let listeners = Listeners::bind(cfg.listen, cfg.peer_listen).await?;
+        Self::start_on(cfg, listeners).await
     }
 
-    /// Like [`Node::start`], on a listener the caller bound (to know every address first).
-    pub async fn start_on(
-        cfg: NodeConfig,
-        listener: tokio::net::TcpListener,
-    ) -> Result<Node, NodeError> {
+    /// Like [`Node::start`], on listeners the caller bound (to know every address first).
+    pub async fn start_on(cfg: NodeConfig, listeners: Listeners) -> Result<Node, NodeError> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(LoadedTls::load(t).map_err(|e| NodeError::Config(e.to_string()))?),
+            None => None,
+        };
         let metrics = NodeMetrics::new().map_err(|e| NodeError::Config(e.to_string()))?;
         let metrics_listener = match cfg.metrics_listen {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
@@ -160,19 +242,21 @@ impl Node {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
-        let addr = listener.local_addr()?;
+        let addr = listeners.client.local_addr()?;
+        let peer_addr = listeners.peer.local_addr()?;
         let Opened {
             core,
             db,
             stop,
             senders,
-        } = open_core(&cfg, addr, metrics).await?;
+        } = open_core(&cfg, addr, peer_addr, tls.as_ref(), metrics).await?;
         repair::enter_if_damaged(&core);
-        let mut tasks = tasks::spawn(&cfg, &core, listener, metrics_listener);
+        let mut tasks = tasks::spawn(&cfg, &core, listeners, tls, metrics_listener);
         tasks.push(tokio::spawn(contact::watch(core.clone(), senders)));
         let node = Node {
             core,
             addr,
+            peer_addr,
             metrics_addr,
             db,
             stop,
@@ -182,7 +266,7 @@ impl Node {
             let _ = node.shutdown().await;
             return Err(e);
         }
-        tracing::info!(id = cfg.id, %addr, ?metrics_addr, "node started");
+        tracing::info!(id = cfg.id, %addr, %peer_addr, ?metrics_addr, "node started");
         Ok(node)
     }
 
@@ -191,23 +275,35 @@ impl Node {
     async fn bootstrap(&self, cfg: &NodeConfig) -> Result<(), NodeError> {
         let raft = self.core.raft();
         if let Some(members) = &cfg.initial_members {
-            if !members.contains_key(&cfg.id) {
+            let Some(mine) = members.get(&cfg.id) else {
                 return Err(NodeError::Config(format!(
                     "initial members {members:?} do not include this node ({})",
+                    cfg.id
+                )));
+            };
+            let peer = self.core.peer_advertise();
+            if mine != peer && mine == self.core.advertise() {
+                return Err(NodeError::Config(format!(
+                    "initial members name node {} at {mine}, its client address: they name peer addresses (this node's is {peer}, set by --peer-advertise)",
                     cfg.id
                 )));
             }
             raft.bootstrap(members).await?;
         } else if cfg.init {
-            let me = BTreeMap::from([(cfg.id, self.core.advertise().to_owned())]);
+            let me = BTreeMap::from([(cfg.id, self.core.peer_advertise().to_owned())]);
             raft.bootstrap(&me).await?;
         }
         Ok(())
     }
 
-    /// The address the gRPC server is bound to.
+    /// The address the client gRPC server is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the peer gRPC server (Raft traffic) is bound to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     /// The address `/metrics` is served on, if it is.
@@ -272,6 +368,8 @@ struct Opened {
 async fn open_core(
     cfg: &NodeConfig,
     addr: SocketAddr,
+    peer_addr: SocketAddr,
+    tls: Option<&LoadedTls>,
     metrics: NodeMetrics,
 ) -> Result<Opened, NodeError> {
     // Bad Raft timing is the operator's to fix (a usage error), found before opening anything.
@@ -279,7 +377,8 @@ async fn open_core(
         .map_err(NodeError::Config)?;
     let storage = open_storage(cfg, &metrics).await?;
     let switch = Arc::new(NetSwitch::default());
-    let network = Network::new(cfg.id, cfg.net.clone(), switch.clone());
+    let network =
+        Network::new(cfg.id, cfg.net.clone(), switch.clone()).with_tls(tls.map(|t| t.peer.clone()));
     let Storage {
         log_store,
         state_machine,
@@ -299,12 +398,22 @@ async fn open_core(
         tasks::max_fetch_bytes(&cfg.wal),
         metrics.clone(),
     );
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let peer_advertise = peer_advertise(cfg, peer_addr);
+    let directory = Arc::new(Directory::new(
+        cfg.id,
+        Addresses {
+            peer: peer_advertise.clone(),
+            client: advertise.clone(),
+        },
+    ));
     let start = StartRaft {
         id: cfg.id,
         cluster_name: &cfg.cluster_name,
         timing: &cfg.raft,
         max_payload_entries: cfg.max_payload_entries,
         network: network.clone(),
+        directory,
     };
     let raft = RaftNode::start(start, log_store, state_machine);
     tokio::pin!(raft);
@@ -317,7 +426,8 @@ async fn open_core(
     let (lost, senders) = contact::flags();
     let core = Arc::new(Core::new(Parts {
         id: cfg.id,
-        advertise: cfg.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        advertise,
+        peer_advertise,
         raft,
         wal,
         sm,
@@ -337,6 +447,18 @@ async fn open_core(
         stop,
         senders,
     })
+}
+
+/// Where other members reach this node: `peer_advertise`, else `advertise`'s host with the
+/// bound peer port, else the bound peer address.
+fn peer_advertise(cfg: &NodeConfig, peer_addr: SocketAddr) -> String {
+    if let Some(a) = &cfg.peer_advertise {
+        return a.clone();
+    }
+    match cfg.advertise.as_deref().and_then(|a| a.rsplit_once(':')) {
+        Some((host, _)) => format!("{host}:{}", peer_addr.port()),
+        None => peer_addr.to_string(),
+    }
 }
 
 /// Opens (recovering) the node's storage on a blocking thread, after claiming its data

@@ -1,5 +1,5 @@
-//! The node's background tasks, each ending when the node stops: the gRPC server (public API
-//! and the internal Raft service), the truncator (purges after a replicated truncation),
+//! The node's background tasks, each ending when the node stops: the client gRPC server (public
+//! API), the peer gRPC server (the internal Raft service), the directory of client addresses, the truncator (purges after a replicated truncation),
 //! retention (on the leader), the self-repair loop and the scrubber, the metrics (refresh and
 //! HTTP) and joining a cluster.
 
@@ -11,8 +11,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::NodeConfig;
+use super::{LoadedTls, NodeConfig};
 use crate::core::{Core, ReplicaState, repair};
+use crate::metrics::NodeMetrics;
 use crate::raft::service::RaftServer;
 use crate::raft::state_machine::SmShared;
 use crate::raft::{RaftNode, Request, WalHandle};
@@ -23,12 +24,23 @@ use crate::wal::WalConfig;
 pub(super) fn spawn(
     cfg: &NodeConfig,
     core: &Arc<Core>,
-    listener: tokio::net::TcpListener,
+    listeners: super::Listeners,
+    tls: Option<LoadedTls>,
     metrics_listener: Option<tokio::net::TcpListener>,
 ) -> Vec<JoinHandle<()>> {
     let stop = core.stop_signal();
     let mut tasks = vec![
-        tokio::spawn(serve(cfg, listener, core)),
+        tokio::spawn(serve_clients(cfg, listeners.client, tls.clone(), core)),
+        tokio::spawn(serve_peers(cfg, listeners.peer, tls.clone(), core)),
+        tokio::spawn(crate::raft::directory::maintain(
+            core.raft().directory().clone(),
+            {
+                let raft = core.raft().clone();
+                move || raft.status().members
+            },
+            core.network().clone(),
+            stop.clone(),
+        )),
         tokio::spawn(truncator(
             core.raft().clone(),
             core.state().clone(),
@@ -71,9 +83,53 @@ pub(super) fn spawn(
         )));
     }
     if !cfg.join.is_empty() && cfg.initial_members.is_none() {
-        tasks.push(tokio::spawn(join(core.clone(), cfg.join.clone())));
+        let tls = tls.as_ref().map(|t| t.client.outgoing().1);
+        tasks.push(tokio::spawn(join(core.clone(), cfg.join.clone(), tls)));
+    }
+    if let Some(t) = tls {
+        tasks.push(tokio::spawn(reload_tls(
+            t,
+            core.metrics().clone(),
+            stop.clone(),
+        )));
     }
     tasks
+}
+
+/// Re-reads the TLS files when they change (checked every few seconds) or on SIGHUP, until the
+/// node stops. A bad file is reported and the material in use stays.
+async fn reload_tls(tls: LoadedTls, metrics: NodeMetrics, mut stop: watch::Receiver<bool>) {
+    for (name, r) in [("client", &tls.client), ("peer", &tls.peer)] {
+        metrics
+            .tls_cert_expiry
+            .with_label_values(&[name])
+            .set(r.not_after());
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(crate::tls::RELOAD_CHECK);
+    loop {
+        let forced = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        for (name, r) in [("client", &tls.client), ("peer", &tls.peer)] {
+            match r.reload(forced) {
+                Ok(true) => {
+                    tracing::info!(listener = name, cert = %r.files().cert.display(), "TLS certificates reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(listener = name, error = %e, "TLS certificates not reloaded; the previous ones stay in use")
+                }
+            }
+        }
+    }
 }
 
 /// The most a repair fetches for one segment: a segment can exceed `segment_size` by one frame,
@@ -82,10 +138,51 @@ pub(super) fn max_fetch_bytes(wal: &WalConfig) -> usize {
     let frame = wal.max_frame_bytes.as_u64();
     usize::try_from(wal.segment_size.as_u64() + 2 * frame).unwrap_or(usize::MAX)
 }
-/// The node's gRPC server: the internal Raft service and the public API, until the node stops.
-fn serve(
+
+/// The client gRPC server: the public services, health and reflection, until the node stops.
+fn serve_clients(
     cfg: &NodeConfig,
     listener: tokio::net::TcpListener,
+    tls: Option<LoadedTls>,
+    core: &Arc<Core>,
+) -> impl Future<Output = ()> + use<> {
+    let max = cfg.net.max_message_bytes;
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(cfg.limits.max_concurrent_streams);
+    let router = crate::api::routes(
+        core.clone(),
+        max,
+        tls.as_ref().map(|t| t.client.clone()),
+        server,
+    );
+    let stopped = core.stopped();
+    let failures = core
+        .metrics()
+        .tls_handshake_failures
+        .with_label_values(&["client"]);
+    async move {
+        let r = match tls {
+            Some(t) => {
+                let incoming = crate::tls::incoming(listener, t.client, "client", failures);
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming(listener), stopped)
+                    .await
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "the client gRPC server stopped");
+        }
+    }
+}
+
+/// The peer gRPC server: the internal Raft service only, until the node stops.
+fn serve_peers(
+    cfg: &NodeConfig,
+    listener: tokio::net::TcpListener,
+    tls: Option<LoadedTls>,
     core: &Arc<Core>,
 ) -> impl Future<Output = ()> + use<> {
     let max = cfg.net.max_message_bytes;
@@ -99,18 +196,35 @@ fn serve(
         core.leader_contact().clone(),
     )
     .refusing_votes_while(core.repairing_flag())
-    .into_service(max);
-    // Nagle off on accepted connections too: with delayed ACKs it stalls replies by 40 ms.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(cfg.limits.max_concurrent_streams);
-    let router = crate::api::routes(core.clone(), max, server).add_service(raft_svc);
-    let serve = router.serve_with_incoming_shutdown(incoming, core.stopped());
+    .describing(core.advertise().to_owned())
+    .into_service(max, tls.is_some());
+    let router = tonic::transport::Server::builder().add_service(raft_svc);
+    let stopped = core.stopped();
+    let failures = core
+        .metrics()
+        .tls_handshake_failures
+        .with_label_values(&["peer"]);
     async move {
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "the gRPC server stopped");
+        let r = match tls {
+            Some(t) => {
+                let incoming = crate::tls::incoming(listener, t.peer, "peer", failures);
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming(listener), stopped)
+                    .await
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "the peer gRPC server stopped");
         }
     }
+}
+
+/// Accepted connections, Nagle off: with delayed ACKs it stalls replies by 40 ms.
+fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Moves Raft's purge point (and so the WAL's data start) after each replicated truncation:
@@ -223,11 +337,19 @@ async fn watch_metrics(core: Arc<Core>) {
 
 /// An uninitialized node started with `cluster.join`: asks the cluster to add it (as a learner,
 /// then a voter once caught up), retrying until it is a member or the node stops.
-async fn join(core: Arc<Core>, endpoints: Vec<String>) {
+async fn join(
+    core: Arc<Core>,
+    endpoints: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) {
     let stopped = core.stopped();
     tokio::pin!(stopped);
     // One client (and its channels) for every attempt.
-    let client = match crate::client::Client::new(&endpoints, Default::default()) {
+    let opts = crate::client::ClientOptions {
+        tls,
+        ..Default::default()
+    };
+    let client = match crate::client::Client::new(&endpoints, opts) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, ?endpoints, "cannot join: bad cluster.join endpoints");
@@ -239,7 +361,7 @@ async fn join(core: Arc<Core>, endpoints: Vec<String>) {
             tracing::info!(id = core.id(), "this node is a member of the cluster");
             return;
         }
-        let attempt = client.add_node(core.id(), core.advertise(), false);
+        let attempt = client.add_node(core.id(), core.peer_advertise(), false);
         tokio::select! {
             _ = &mut stopped => return,
             r = attempt => match r {

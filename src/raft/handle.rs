@@ -9,6 +9,7 @@ use openraft::BasicNode;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, Fatal, RaftError};
 
+use super::directory::Directory;
 use super::log_store::LogStore;
 use super::network::Network;
 use super::state_machine::StateMachine;
@@ -65,6 +66,26 @@ impl From<RaftError<TypeConfig, ClientWriteError<TypeConfig>>> for RaftOpError {
     }
 }
 
+/// A leader hint naming a peer address, turned into one naming the client address (`None`
+/// while the directory does not know it).
+fn client_hint(dir: &Directory, hint: Option<(NodeId, String)>) -> Option<(NodeId, String)> {
+    let (id, peer) = hint?;
+    dir.client_of(id, &peer).map(|client| (id, client))
+}
+
+/// `e` with its leader hint (openraft names the peer address) naming the client address.
+fn client_hints(dir: &Directory, e: RaftOpError) -> RaftOpError {
+    match e {
+        RaftOpError::NotLeader { leader } => RaftOpError::NotLeader {
+            leader: client_hint(dir, leader),
+        },
+        RaftOpError::OutcomeUnknown { leader } => RaftOpError::OutcomeUnknown {
+            leader: client_hint(dir, leader),
+        },
+        other => other,
+    }
+}
+
 fn stopped(f: Fatal<TypeConfig>) -> RaftOpError {
     RaftOpError::Stopped(f.to_string())
 }
@@ -74,6 +95,8 @@ fn stopped(f: Fatal<TypeConfig>) -> RaftOpError {
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
+    /// Client addresses of the members (membership names peer addresses).
+    dir: Arc<Directory>,
 }
 
 /// A point-in-time view of Raft's state on this node.
@@ -86,7 +109,10 @@ pub struct RaftStatus {
     pub committed: Option<LogId>,
     pub applied: Option<LogId>,
     pub voters: Vec<NodeId>,
+    /// Each member's peer address (what membership names).
     pub members: BTreeMap<NodeId, String>,
+    /// Each member's client address, where this node knows it.
+    pub client_addresses: BTreeMap<NodeId, String>,
     /// "leader", "follower", "candidate", "learner" or "shutdown".
     pub role: &'static str,
     /// The commit index the leader last told this node of (may be ahead of `committed`).
@@ -116,11 +142,12 @@ pub struct StartRaft<'a> {
     pub timing: &'a RaftTiming,
     pub max_payload_entries: u64,
     pub network: Network,
+    pub directory: Arc<Directory>,
 }
 
 impl RaftNode {
-    pub fn new(id: NodeId, raft: Raft) -> RaftNode {
-        RaftNode { id, raft }
+    pub fn new(id: NodeId, raft: Raft, dir: Arc<Directory>) -> RaftNode {
+        RaftNode { id, raft, dir }
     }
 
     /// Starts Raft on a node's opened storage (openraft reads the log to restore its state).
@@ -134,7 +161,7 @@ impl RaftNode {
         let raft = Raft::new(s.id, Arc::new(cfg), s.network, log_store, state_machine)
             .await
             .map_err(|e| RaftOpError::Stopped(e.to_string()))?;
-        Ok(RaftNode::new(s.id, raft))
+        Ok(RaftNode::new(s.id, raft, s.directory))
     }
 
     /// The openraft handle (for the Raft gRPC service).
@@ -165,6 +192,10 @@ impl RaftNode {
                 .nodes()
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect(),
+            client_addresses: membership
+                .nodes()
+                .filter_map(|(id, n)| Some((*id, self.dir.client_of(*id, &n.addr)?)))
+                .collect(),
             role,
             cluster_committed: m.cluster_committed.map(|l| l.index),
             quorum_acked_ago: m
@@ -192,13 +223,27 @@ impl RaftNode {
         m.running_state.as_ref().err().map(|e| e.to_string())
     }
 
-    /// The leader as this node knows it, with its address.
+    /// The leader as this node knows it, with its client address (`None` until that address
+    /// is known, see [`Directory`]).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let rx = self.raft.metrics();
-        let m = rx.borrow_watched();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id)?;
-        Some((id, node.addr.clone()))
+        let peer = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            let id = m.current_leader?;
+            let node = m.membership_config.membership().get_node(&id)?;
+            (id, node.addr.clone())
+        };
+        client_hint(&self.dir, Some(peer))
+    }
+
+    /// The directory of the members' client addresses.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.dir
+    }
+
+    /// `e` with its leader hint naming the leader's client address rather than its peer address.
+    fn hinted(&self, e: impl Into<RaftOpError>) -> RaftOpError {
+        client_hints(&self.dir, e.into())
     }
 
     /// Read on every API request: only the leader field, not a whole [`RaftStatus`].
@@ -228,7 +273,11 @@ impl RaftNode {
 
     /// Replicates a request and returns what applying it answered.
     pub async fn propose(&self, req: Request) -> Result<Response, RaftOpError> {
-        let resp = self.raft.client_write(req).await?;
+        let resp = self
+            .raft
+            .client_write(req)
+            .await
+            .map_err(|e| self.hinted(e))?;
         match resp.data {
             Response::Rejected { reason } => Err(RaftOpError::Rejected(reason)),
             other => Ok(other),
@@ -253,11 +302,13 @@ impl RaftNode {
             None => write.await,
         }
         .map_err(stopped)?;
+        let dir = self.dir.clone();
         Ok(async move {
             let result = rx.await.map_err(|_| {
                 RaftOpError::Stopped("Raft dropped a proposal without an answer".to_owned())
             })?;
-            let resp = result.map_err(|e| RaftOpError::from(RaftError::APIError(e)))?;
+            let resp = result
+                .map_err(|e| client_hints(&dir, RaftOpError::from(RaftError::APIError(e))))?;
             match resp.data {
                 Response::Rejected { reason } => Err(RaftOpError::Rejected(reason)),
                 other => Ok(other),
@@ -310,10 +361,14 @@ impl RaftNode {
     pub async fn add_node(&self, id: NodeId, addr: &str) -> Result<(), RaftOpError> {
         self.raft
             .add_learner(id, BasicNode::new(addr), true)
-            .await?;
+            .await
+            .map_err(|e| self.hinted(e))?;
         let mut voters: BTreeSet<NodeId> = self.status().voters.into_iter().collect();
         voters.insert(id);
-        self.raft.change_membership(voters, false).await?;
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.hinted(e))?;
         Ok(())
     }
 
@@ -321,7 +376,8 @@ impl RaftNode {
     pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), RaftOpError> {
         self.raft
             .add_learner(id, BasicNode::new(addr), true)
-            .await?;
+            .await
+            .map_err(|e| self.hinted(e))?;
         Ok(())
     }
 
@@ -394,7 +450,10 @@ impl RaftNode {
         }
         if !status.voters.contains(&id) {
             let remove = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-            self.raft.change_membership(remove, false).await?;
+            self.raft
+                .change_membership(remove, false)
+                .await
+                .map_err(|e| self.hinted(e))?;
             return Ok(());
         }
         let mut voters: BTreeSet<NodeId> = status.voters.into_iter().collect();
@@ -404,7 +463,10 @@ impl RaftNode {
                 "cannot remove the last voter".to_owned(),
             ));
         }
-        self.raft.change_membership(voters, false).await?;
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.hinted(e))?;
         Ok(())
     }
 

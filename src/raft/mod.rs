@@ -12,6 +12,7 @@
 //! - The WAL deletes records only below both the replicated truncation watermark and Raft's
 //!   purge point, and Raft purges only up to a snapshot made durable in `SM_SNAPSHOT`.
 
+pub mod directory;
 pub mod durable;
 pub mod handle;
 pub mod image;

@@ -31,9 +31,10 @@ use super::log_store::WRITE_PATH;
 use super::snapshot::{CHUNK_BYTES, SnapshotData};
 use super::types::{NodeId, TypeConfig, Vote, from_wire, to_wire};
 use crate::proto::raft::{
-    FetchFramesRequest, FileChunk, RaftMessage, SnapshotChunk, SnapshotHeader,
+    DescribeRequest, FetchFramesRequest, FileChunk, RaftMessage, SnapshotChunk, SnapshotHeader,
     raft_service_client::RaftServiceClient, snapshot_chunk::Kind,
 };
+use crate::tls::Reloadable;
 
 /// Limits of the Raft transport.
 #[derive(Clone, Debug)]
@@ -81,6 +82,8 @@ type Client = RaftServiceClient<Channel>;
 struct Peer {
     data: Client,
     control: Client,
+    /// The TLS generation its channels were made with (0: plaintext).
+    generation: u64,
 }
 
 /// Creates (and caches) one pair of channels per peer address.
@@ -90,6 +93,8 @@ pub struct Network {
     cfg: NetConfig,
     switch: Arc<NetSwitch>,
     peers: Arc<Mutex<HashMap<(NodeId, String), Peer>>>,
+    /// TLS towards other members (their peer listeners require this node's certificate).
+    tls: Option<Arc<Reloadable>>,
 }
 
 impl Network {
@@ -99,14 +104,22 @@ impl Network {
             cfg,
             switch,
             peers: Arc::default(),
+            tls: None,
         }
+    }
+
+    /// Connections to members over TLS with this material (re-made after each reload).
+    pub fn with_tls(mut self, tls: Option<Arc<Reloadable>>) -> Network {
+        self.tls = tls;
+        self
     }
 
     fn client(&self, target: NodeId, addr: &str) -> PeerClient {
         let key = (target, addr.to_owned());
+        let generation = self.tls.as_ref().map_or(0, |t| t.outgoing().0);
         let peer = {
             let mut peers = self.peers.lock();
-            match peers.get(&key) {
+            match peers.get(&key).filter(|p| p.generation == generation) {
                 Some(p) => Ok(p.clone()),
                 None => match self.connect(addr) {
                     Ok(p) => {
@@ -127,8 +140,22 @@ impl Network {
     }
 
     fn connect(&self, addr: &str) -> Result<Peer, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+        let (generation, tls) = match &self.tls {
+            Some(t) => {
+                let (g, c) = t.outgoing();
+                (g, Some(c))
+            }
+            None => (0, None),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
+        if let Some(c) = tls {
+            endpoint = endpoint
+                .tls_config(c)
+                .map_err(|e| format!("TLS towards {addr}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.cfg.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -141,6 +168,7 @@ impl Network {
         Ok(Peer {
             data: make(),
             control: make(),
+            generation,
         })
     }
 }
@@ -193,6 +221,31 @@ impl Network {
         tokio::time::timeout(timeout, fetch)
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+}
+
+impl Network {
+    /// Asks the node at peer address `addr` who it is and where its clients reach it.
+    pub async fn describe(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(NodeId, String), String> {
+        let peer = self.client(target, addr);
+        let mut client = peer.channel(true).map_err(|e| e.to_string())?;
+        let req = DescribeRequest { from: self.id };
+        let call = async move {
+            client
+                .describe(req)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))
+        };
+        let r = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))??;
+        Ok((r.id, r.client_address))
     }
 }
 

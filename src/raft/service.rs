@@ -10,16 +10,21 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use openraft::async_runtime::WatchReceiver;
+use tonic::service::interceptor::InterceptedService;
+
 use super::handle::Raft;
 use super::log_store::WRITE_PATH;
 use super::network::NetSwitch;
 use super::snapshot::{CHUNK_BYTES, Manifest, Staging};
 use super::types::{NodeId, Vote, from_wire, to_wire};
 use super::wal_handle::WalHandle;
+use crate::proto::raft::raft_service_server::RaftServiceServer;
 use crate::proto::raft::{
-    FetchFramesRequest, FramesChunk, RaftMessage, SnapshotChunk, raft_service_server::RaftService,
-    snapshot_chunk::Kind,
+    DescribeRequest, DescribeResponse, FetchFramesRequest, FramesChunk, RaftMessage, SnapshotChunk,
+    raft_service_server::RaftService, snapshot_chunk::Kind,
 };
+use crate::tls;
 
 /// When this node last received an append (or heartbeat) from a leader: a replica that has not
 /// heard from one for long may be behind and must not serve replay.
@@ -65,6 +70,8 @@ pub struct RaftServer {
     stop: watch::Receiver<bool>,
     /// Set while this node repairs damaged WAL segments: it refuses to vote.
     repairing: Arc<std::sync::atomic::AtomicBool>,
+    /// What `Describe` answers: this node's client address.
+    client_address: String,
 }
 
 impl RaftServer {
@@ -88,7 +95,14 @@ impl RaftServer {
             snapshot_slot,
             stop,
             repairing: Arc::default(),
+            client_address: String::new(),
         }
+    }
+
+    /// `Describe` answers this client address.
+    pub fn describing(mut self, client_address: String) -> Self {
+        self.client_address = client_address;
+        self
     }
 
     /// Votes are refused while `flag` is set (the node repairs its log).
@@ -248,6 +262,17 @@ impl RaftService for RaftServer {
         Ok(Response::new(Box::pin(chunks.take_until(self.stopped()))))
     }
 
+    async fn describe(
+        &self,
+        req: Request<DescribeRequest>,
+    ) -> Result<Response<DescribeResponse>, Status> {
+        self.admit(req.get_ref().from)?;
+        Ok(Response::new(DescribeResponse {
+            id: self.id,
+            client_address: self.client_address.clone(),
+        }))
+    }
+
     async fn transfer_leader(
         &self,
         req: Request<RaftMessage>,
@@ -321,13 +346,60 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl RaftServer {
     /// This server as the tonic service `replog.raft.v1.RaftService`, with messages of up to
-    /// `max_message_bytes` both ways.
+    /// `max_message_bytes` both ways. With `mtls`, every call must come over TLS with a
+    /// certificate (already checked against the cluster CA by the handshake) naming a member.
     pub fn into_service(
         self,
         max_message_bytes: usize,
-    ) -> crate::proto::raft::raft_service_server::RaftServiceServer<RaftServer> {
-        crate::proto::raft::raft_service_server::RaftServiceServer::new(self)
+        mtls: bool,
+    ) -> InterceptedService<RaftServiceServer<RaftServer>, MemberCheck> {
+        let check = MemberCheck {
+            raft: self.raft.clone(),
+            on: mtls,
+        };
+        let svc = RaftServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        InterceptedService::new(svc, check)
+    }
+}
+
+/// Admits a peer's call when its certificate names a member of this node's membership (by
+/// the host of its peer address: a DNS name or an IP address). A node with no membership yet
+/// (one waiting to be added) admits any certificate of the cluster CA: the leader adding it
+/// is not known to it yet.
+#[derive(Clone)]
+pub struct MemberCheck {
+    raft: Raft,
+    on: bool,
+}
+
+impl tonic::service::Interceptor for MemberCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if !self.on {
+            return Ok(req);
+        }
+        let Some(certs) = req.peer_certs() else {
+            return Err(Status::unauthenticated(
+                "the peer listener requires a client certificate from the cluster CA",
+            ));
+        };
+        let names = certs.first().map(|c| tls::names(c)).unwrap_or_default();
+        let members: Vec<String> = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(_, n)| n.addr.clone())
+                .collect()
+        };
+        if members.is_empty() || members.iter().any(|a| tls::names_host(&names, a)) {
+            return Ok(req);
+        }
+        Err(Status::permission_denied(format!(
+            "the peer's certificate names {names:?}, none of them a member of this cluster ({})",
+            members.join(", ")
+        )))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use replog::core::{NewRecord, Written};
 use replog::fs::MemFs;
-use replog::node::{Node, NodeConfig, NodeError, NodeFs};
+use replog::node::{Listeners, Node, NodeConfig, NodeError, NodeFs};
 use replog::raft::{NodeId, RaftTiming};
 use replog::wal::{Entry, Operation, ProducerKey, SyncPolicy, WalConfig};
 use tempfile::TempDir;
@@ -27,6 +27,8 @@ pub fn timing() -> RaftTiming {
 pub struct TestCluster {
     pub dirs: BTreeMap<NodeId, TempDir>,
     pub addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Each node's peer address (Raft traffic; what membership names).
+    pub peer_addrs: BTreeMap<NodeId, SocketAddr>,
     pub nodes: BTreeMap<NodeId, Node>,
     pub segment_size: ByteSize,
     /// Applied to every node's config (e.g. retention).
@@ -69,6 +71,12 @@ pub fn init_tracing() {
     }
 }
 
+/// A node's client and peer listeners on free loopback ports.
+pub async fn loopback_listeners() -> Listeners {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Listeners::bind(any, any).await.unwrap()
+}
+
 impl TestCluster {
     /// Starts `n` nodes (ids 1..=n) bootstrapped as voters.
     pub async fn start(n: u64) -> TestCluster {
@@ -102,18 +110,24 @@ impl TestCluster {
         init_tracing();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            listeners.insert(id, l);
+            listeners.insert(id, loopback_listeners().await);
         }
         let addrs: BTreeMap<NodeId, SocketAddr> = listeners
             .iter()
-            .map(|(id, l)| (*id, l.local_addr().unwrap()))
+            .map(|(id, l)| (*id, l.client.local_addr().unwrap()))
             .collect();
-        let members: BTreeMap<NodeId, String> =
-            addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        let peer_addrs: BTreeMap<NodeId, SocketAddr> = listeners
+            .iter()
+            .map(|(id, l)| (*id, l.peer.local_addr().unwrap()))
+            .collect();
+        let members: BTreeMap<NodeId, String> = peer_addrs
+            .iter()
+            .map(|(id, a)| (*id, a.to_string()))
+            .collect();
         let mut c = TestCluster {
             dirs: BTreeMap::new(),
             addrs,
+            peer_addrs,
             nodes: BTreeMap::new(),
             segment_size,
             tweak,
@@ -140,6 +154,11 @@ impl TestCluster {
             .copied()
             .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         let mut cfg = NodeConfig::new(id, addr, dir);
+        cfg.peer_listen = self
+            .peer_addrs
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         cfg.raft = timing();
         cfg.wal = WalConfig {
             segment_size: self.segment_size,
@@ -156,8 +175,9 @@ impl TestCluster {
 
     /// Starts a new, empty node (not a member yet).
     pub async fn start_new(&mut self, id: NodeId) -> &Node {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.addrs.insert(id, l.local_addr().unwrap());
+        let l = loopback_listeners().await;
+        self.addrs.insert(id, l.client.local_addr().unwrap());
+        self.peer_addrs.insert(id, l.peer.local_addr().unwrap());
         let dir = TempDir::new().unwrap();
         let cfg = self.config(id, dir.path());
         self.dirs.insert(id, dir);
@@ -178,7 +198,7 @@ impl TestCluster {
             match Node::start(cfg.clone()).await {
                 Ok(n) => break n,
                 // The old socket may linger for a moment.
-                Err(e @ (NodeError::Io(_) | NodeError::Storage(_)))
+                Err(e @ (NodeError::Io(_) | NodeError::Storage(_) | NodeError::Config(_)))
                     if tokio::time::Instant::now() < deadline =>
                 {
                     eprintln!("restart of node {id}: {e}; retrying");

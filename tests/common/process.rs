@@ -14,8 +14,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_replog");
 pub struct ServeProc {
     pub id: u64,
     pub child: Child,
-    /// gRPC address (host:port).
+    /// Client gRPC address (host:port).
     pub addr: String,
+    /// Advertised peer address (host:port): what membership names.
+    pub peer_addr: String,
     /// `/metrics` address (host:port).
     pub metrics: String,
     pub data_dir: PathBuf,
@@ -74,11 +76,13 @@ impl ServeProc {
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("node {id} did not start: {}", read(&log)));
         let addr = between(&line, "serving gRPC on ", " ");
+        let peer_addr = between(&line, "), peers on ", " ");
         let metrics = between(&line, "metrics on http://", "/metrics");
         ServeProc {
             id,
             child,
             addr,
+            peer_addr,
             metrics,
             data_dir,
             log,
@@ -244,7 +248,7 @@ pub fn start_cluster_with(dir: &Path, n: u64, extra: &[&str]) -> Vec<ServeProc> 
             "--id",
             &id.to_string(),
             "--addr",
-            &p.addr,
+            &p.peer_addr,
             "--endpoints",
             &nodes[0].addr,
         ]);

@@ -257,16 +257,25 @@ fn clean_command(bin: &Path, prefix: &str) -> Command {
 }
 
 fn start_replog(bin: &Path, dir: TempDir) -> Result<Cluster> {
-    let ports = free_ports(NODES)?;
-    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let members = endpoints
+    let ports = free_ports(2 * NODES)?;
+    let (client_ports, peer_ports) = ports.split_at(NODES);
+    let endpoints: Vec<String> = client_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let peers: Vec<String> = peer_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    // Membership names peer addresses.
+    let members = peers
         .iter()
         .enumerate()
         .map(|(i, e)| format!("{}={e}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
     let mut nodes = Vec::with_capacity(NODES);
-    for (i, addr) in endpoints.iter().enumerate() {
+    for (i, (addr, peer)) in endpoints.iter().zip(&peers).enumerate() {
         let id = i + 1;
         let data = dir.path().join(format!("node-{id}"));
         let mut cmd = clean_command(bin, "REPLOG_");
@@ -274,6 +283,7 @@ fn start_replog(bin: &Path, dir: TempDir) -> Result<Cluster> {
             .arg("serve")
             .args(["--id", &id.to_string()])
             .args(["--listen", addr])
+            .args(["--peer-listen", peer])
             .args(["--metrics-listen", ""])
             .arg("--data-dir")
             .arg(&data)
