@@ -817,3 +817,88 @@ fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
         (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
     });
 }
+
+#[test]
+fn replog_dev_tls_runs_a_tls_cluster_the_printed_exports_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port(3);
+    let mut dev = Command::new(BIN)
+        .args([
+            "dev",
+            "--tls",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = dev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut exports = BTreeMap::new();
+    while exports.len() < 4 {
+        let line = rx
+            .recv_timeout(SYNC)
+            .expect("replog dev --tls prints its exports");
+        if let Some((k, v)) = line
+            .strip_prefix("export ")
+            .and_then(|kv| kv.split_once('='))
+        {
+            exports.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let flags = [
+        "--endpoints",
+        exports["REPLOG_ENDPOINTS"].as_str(),
+        "--ca",
+        exports["REPLOG_CA"].as_str(),
+        "--cert",
+        exports["REPLOG_CERT"].as_str(),
+        "--key",
+        exports["REPLOG_KEY"].as_str(),
+    ];
+    let with = |args: &[&'static str]| -> Vec<&str> {
+        args.iter().copied().chain(flags.iter().copied()).collect()
+    };
+    wait_until("a healthy TLS cluster", SYNC, || {
+        cli(&with(&["cluster", "health"]), b"", SYNC)
+            .status
+            .success()
+    });
+    assert_eq!(
+        ok(&with(&["write", "--tenant", "d", "--data", "x"])).trim(),
+        "1"
+    );
+    // Plaintext is refused.
+    let plain = cli(
+        &[
+            "write",
+            "--tenant",
+            "d",
+            "--data",
+            "y",
+            "--retry-timeout",
+            "1s",
+            "--endpoints",
+            exports["REPLOG_ENDPOINTS"].as_str(),
+        ],
+        b"",
+        SYNC,
+    );
+    assert_eq!(plain.status.code(), Some(1));
+    assert_eq!(ok(&with(&["replay"])).lines().count(), 1);
+    // SAFETY: kill(2) on our child's pid.
+    unsafe {
+        libc::kill(dev.id() as libc::pid_t, libc::SIGINT);
+    }
+    let st = dev.wait().unwrap();
+    assert!(st.success(), "replog dev exited {st}");
+}

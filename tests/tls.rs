@@ -312,6 +312,16 @@ async fn a_tls_cluster_serves_only_tls_and_members_certificates() {
     let s = vote_on(peer, Some(trust(&ca.pem(), Some(&member)))).await;
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
 
+    let refused: u64 = c
+        .nodes
+        .values()
+        .map(|n| {
+            let f = &n.core().metrics().tls_handshake_failures;
+            f.with_label_values(&["client"]).get() + f.with_label_values(&["peer"]).get()
+        })
+        .sum();
+    assert!(refused > 0, "refused handshakes are counted");
+
     // Nothing refused was written.
     let all = good
         .read_node(
@@ -438,6 +448,12 @@ async fn rotated_certificates_and_ca_are_picked_up_without_a_restart() {
     })
     .await;
     // The cluster went on: writes commit, over connections made with the new material.
+    for n in c.nodes.values() {
+        let m = n.core().metrics();
+        assert!(m.tls_reloads.with_label_values(&["client", "ok"]).get() >= 1);
+        assert!(m.tls_reloads.with_label_values(&["peer", "ok"]).get() >= 1);
+        assert!(m.tls_cert_expiry.with_label_values(&["peer"]).get() > 1_700_000_000);
+    }
     let both = tls_client(&endpoints, Some(trust(&new.pem(), None)), DEADLINE);
     let w = both
         .write_batch((2..12).map(entry).collect())

@@ -86,23 +86,26 @@ pub(super) fn spawn(
         let tls = tls.as_ref().map(|t| t.client.outgoing().1);
         tasks.push(tokio::spawn(join(core.clone(), cfg.join.clone(), tls)));
     }
-    if let Some(t) = tls {
-        tasks.push(tokio::spawn(reload_tls(
-            t,
-            core.metrics().clone(),
-            stop.clone(),
-        )));
-    }
+    tasks.push(tokio::spawn(reload_tls(
+        tls,
+        core.metrics().clone(),
+        stop.clone(),
+    )));
     tasks
 }
 
 /// Re-reads the TLS files when they change (checked every few seconds) or on SIGHUP, until the
-/// node stops. A bad file is reported and the material in use stays.
-async fn reload_tls(tls: LoadedTls, metrics: NodeMetrics, mut stop: watch::Receiver<bool>) {
-    for (name, r) in [("client", &tls.client), ("peer", &tls.peer)] {
+/// node stops. A bad file is reported and the material in use stays. Without TLS, SIGHUP is
+/// only logged (it never stops the node, as its default action would).
+async fn reload_tls(tls: Option<LoadedTls>, metrics: NodeMetrics, mut stop: watch::Receiver<bool>) {
+    let listeners: Vec<(&str, &Arc<crate::tls::Reloadable>)> = match &tls {
+        Some(t) => vec![("client", &t.client), ("peer", &t.peer)],
+        None => Vec::new(),
+    };
+    for (name, r) in &listeners {
         metrics
             .tls_cert_expiry
-            .with_label_values(&[name])
+            .with_label_values(&[*name])
             .set(r.not_after());
     }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -118,14 +121,26 @@ async fn reload_tls(tls: LoadedTls, metrics: NodeMetrics, mut stop: watch::Recei
                 }
             } => true,
         };
-        for (name, r) in [("client", &tls.client), ("peer", &tls.peer)] {
+        if forced && listeners.is_empty() {
+            tracing::info!("SIGHUP: TLS is off, nothing to reload");
+        }
+        for (name, r) in &listeners {
             match r.reload(forced) {
                 Ok(true) => {
-                    tracing::info!(listener = name, cert = %r.files().cert.display(), "TLS certificates reloaded")
+                    metrics.tls_reloads.with_label_values(&[*name, "ok"]).inc();
+                    metrics
+                        .tls_cert_expiry
+                        .with_label_values(&[*name])
+                        .set(r.not_after());
+                    tracing::info!(listener = name, cert = %r.files().cert.display(), "TLS certificates reloaded");
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::error!(listener = name, error = %e, "TLS certificates not reloaded; the previous ones stay in use")
+                    metrics
+                        .tls_reloads
+                        .with_label_values(&[*name, "error"])
+                        .inc();
+                    tracing::error!(listener = name, error = %e, "TLS certificates not reloaded; the previous ones stay in use");
                 }
             }
         }
