@@ -758,20 +758,17 @@ fn free_base_port(n: u16) -> u16 {
     panic!("no free port range");
 }
 
-#[test]
-fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(3);
+/// `replog dev` with 3 nodes from `base` in `dir` (and `extra` flags); its stdout lines.
+fn start_dev(
+    base: u16,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, mpsc::Receiver<String>) {
     let mut dev = Command::new(BIN)
-        .args([
-            "dev",
-            "--nodes",
-            "3",
-            "--base-port",
-            &base.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.path())
+        .args(["dev", "--nodes", "3", "--base-port", &base.to_string()])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -784,6 +781,14 @@ fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
             let _ = tx.send(line);
         }
     });
+    (dev, rx)
+}
+
+#[test]
+fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port(3);
+    let (mut dev, rx) = start_dev(base, dir.path(), &[]);
     let endpoints = loop {
         let line = rx
             .recv_timeout(SYNC)
@@ -822,27 +827,7 @@ fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
 fn replog_dev_tls_runs_a_tls_cluster_the_printed_exports_reach() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3);
-    let mut dev = Command::new(BIN)
-        .args([
-            "dev",
-            "--tls",
-            "--base-port",
-            &base.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = dev.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut dev, rx) = start_dev(base, dir.path(), &["--tls"]);
     let mut exports = BTreeMap::new();
     while exports.len() < 4 {
         let line = rx

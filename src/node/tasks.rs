@@ -170,27 +170,7 @@ fn serve_clients(
         tls.as_ref().map(|t| t.client.clone()),
         server,
     );
-    let stopped = core.stopped();
-    let failures = core
-        .metrics()
-        .tls_handshake_failures
-        .with_label_values(&["client"]);
-    async move {
-        let r = match tls {
-            Some(t) => {
-                let incoming = crate::tls::incoming(listener, t.client, "client", failures);
-                router.serve_with_incoming_shutdown(incoming, stopped).await
-            }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(incoming(listener), stopped)
-                    .await
-            }
-        };
-        if let Err(e) = r {
-            tracing::error!(error = %e, "the client gRPC server stopped");
-        }
-    }
+    serve(router, listener, tls.map(|t| t.client), "client", core)
 }
 
 /// The peer gRPC server: the internal Raft service only, until the node stops.
@@ -214,15 +194,27 @@ fn serve_peers(
     .describing(core.advertise().to_owned())
     .into_service(max, tls.is_some());
     let router = tonic::transport::Server::builder().add_service(raft_svc);
+    serve(router, listener, tls.map(|t| t.peer), "peer", core)
+}
+
+/// Serves `router` on `listener` (over TLS with `tls`) until the node stops; `name` labels the
+/// listener in logs and metrics.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Reloadable>>,
+    name: &'static str,
+    core: &Arc<Core>,
+) -> impl Future<Output = ()> + use<> {
     let stopped = core.stopped();
     let failures = core
         .metrics()
         .tls_handshake_failures
-        .with_label_values(&["peer"]);
+        .with_label_values(&[name]);
     async move {
         let r = match tls {
             Some(t) => {
-                let incoming = crate::tls::incoming(listener, t.peer, "peer", failures);
+                let incoming = crate::tls::incoming(listener, t, name, failures);
                 router.serve_with_incoming_shutdown(incoming, stopped).await
             }
             None => {
@@ -232,7 +224,7 @@ fn serve_peers(
             }
         };
         if let Err(e) = r {
-            tracing::error!(error = %e, "the peer gRPC server stopped");
+            tracing::error!(listener = name, error = %e, "a gRPC server stopped");
         }
     }
 }
