@@ -412,8 +412,13 @@ impl Reloadable {
         self.current.read().server.clone()
     }
 
-    /// The configuration of connections this node makes, with its generation (it changes on
-    /// every reload: channels made with an older one are made again).
+    /// The generation of the material in use: it changes on every reload, and channels made
+    /// with an older one are made again.
+    pub fn generation(&self) -> u64 {
+        self.current.read().generation
+    }
+
+    /// The configuration of connections this node makes, with its generation.
     pub fn outgoing(&self) -> (u64, ClientTlsConfig) {
         let c = self.current.read();
         (c.generation, c.outgoing.clone())

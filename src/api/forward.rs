@@ -56,6 +56,13 @@ impl Forwarder {
 
     /// The (reused) channel to a node.
     pub fn channel(&self, addr: &str) -> Result<Channel, CoreError> {
+        let current = self.tls.as_ref().map_or(0, |t| t.generation());
+        let mut map = self.channels.lock();
+        if let Some((c, g)) = map.get(addr)
+            && *g == current
+        {
+            return Ok(c.clone());
+        }
         let (generation, tls) = match &self.tls {
             Some(t) => {
                 let (g, c) = t.outgoing();
@@ -63,12 +70,6 @@ impl Forwarder {
             }
             None => (0, None),
         };
-        let mut map = self.channels.lock();
-        if let Some((c, g)) = map.get(addr)
-            && *g == generation
-        {
-            return Ok(c.clone());
-        }
         let unusable = |e: &dyn std::fmt::Display| {
             CoreError::Unavailable(format!("the node address {addr:?} is not usable: {e}"))
         };

@@ -227,8 +227,13 @@ impl Node {
 
     /// Like [`Node::start`], on listeners the caller bound (to know every address first).
     pub async fn start_on(cfg: NodeConfig, listeners: Listeners) -> Result<Node, NodeError> {
-        let tls = match &cfg.tls {
-            Some(t) => Some(LoadedTls::load(t).map_err(|e| NodeError::Config(e.to_string()))?),
+        let tls = match cfg.tls.clone() {
+            // File reads: off the runtime's threads.
+            Some(t) => Some(
+                tokio::task::spawn_blocking(move || LoadedTls::load(&t))
+                    .await?
+                    .map_err(|e| NodeError::Config(e.to_string()))?,
+            ),
             None => None,
         };
         let metrics = NodeMetrics::new().map_err(|e| NodeError::Config(e.to_string()))?;

@@ -125,7 +125,14 @@ async fn reload_tls(tls: Option<LoadedTls>, metrics: NodeMetrics, mut stop: watc
             tracing::info!("SIGHUP: TLS is off, nothing to reload");
         }
         for (name, r) in &listeners {
-            match r.reload(forced) {
+            // File reads: off the runtime's threads.
+            let reloading = (*r).clone();
+            let result = tokio::task::spawn_blocking(move || reloading.reload(forced)).await;
+            let Ok(result) = result else {
+                tracing::error!(listener = name, "the TLS reload task failed");
+                continue;
+            };
+            match result {
                 Ok(true) => {
                     metrics.tls_reloads.with_label_values(&[*name, "ok"]).inc();
                     metrics

@@ -116,7 +116,7 @@ impl Network {
 
     fn client(&self, target: NodeId, addr: &str) -> PeerClient {
         let key = (target, addr.to_owned());
-        let generation = self.tls.as_ref().map_or(0, |t| t.outgoing().0);
+        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
         let peer = {
             let mut peers = self.peers.lock();
             match peers.get(&key).filter(|p| p.generation == generation) {
