@@ -258,12 +258,16 @@ async fn a_tls_cluster_serves_only_tls_and_members_certificates() {
         .await;
         let _ = id;
     }
-    // Each node learned the others' client addresses over mTLS.
-    let status = good.cluster_status().await.unwrap();
-    assert!(
-        status.members.iter().all(|m| m.role != "unreachable"),
-        "{status:?}"
-    );
+    // Each node learns the others' client addresses over mTLS.
+    eventually("every member reachable in the cluster status", || {
+        let good = good.clone();
+        async move {
+            good.cluster_status()
+                .await
+                .is_ok_and(|s| s.members.iter().all(|m| m.role != "unreachable"))
+        }
+    })
+    .await;
 
     let short = Duration::from_secs(1);
     let endpoints = c.endpoints();

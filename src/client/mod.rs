@@ -160,6 +160,23 @@ fn is_retryable(s: &Status) -> bool {
     )
 }
 
+/// A status's message followed by the errors that caused it (a connection's: "tcp connect
+/// error: Connection refused", or a TLS handshake's "invalid peer certificate: UnknownIssuer"),
+/// each said once.
+pub(crate) fn with_causes(status: &Status) -> String {
+    let mut out = status.message().to_owned();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let m = e.to_string();
+        if !m.is_empty() && !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cause = e.source();
+    }
+    out
+}
+
 fn normalize(e: &str, tls: bool) -> String {
     let e = e.trim();
     if e.starts_with("http://") || e.starts_with("https://") {
@@ -289,7 +306,7 @@ impl Client {
                 // Say where it failed: a connection error alone does not name the node.
                 let message = format!(
                     "{} (last tried {endpoint}, retried for {:?})",
-                    status.message(),
+                    with_causes(&status),
                     self.opts.retry_timeout
                 );
                 return Err(ClientError::Rpc(Status::new(status.code(), message)));
@@ -298,7 +315,7 @@ impl Client {
                 tracing::warn!(
                     %endpoint,
                     code = ?status.code(),
-                    error = status.message(),
+                    error = with_causes(&status),
                     "retrying (for up to {:?}, on the leader or the next endpoint)",
                     self.opts.retry_timeout
                 );

@@ -218,6 +218,8 @@ struct Engine {
     in_flight: VecDeque<Batch>,
     flushes: Vec<oneshot::Sender<()>>,
     link: Option<Link>,
+    /// Why the last connection attempt failed (said when a request fails for want of one).
+    last_connect_error: Option<String>,
     backoff: Duration,
 }
 
@@ -235,6 +237,7 @@ impl Engine {
             in_flight: VecDeque::new(),
             flushes: Vec::new(),
             link: None,
+            last_connect_error: None,
             backoff: BACKOFF_MIN,
         }
     }
@@ -415,6 +418,7 @@ impl Engine {
         let mut log = self.client.log(channel);
         match log.produce(ReceiverStream::new(rx)).await {
             Ok(r) => {
+                self.last_connect_error = None;
                 self.link = Some(Link {
                     requests: tx,
                     answers: r.into_inner(),
@@ -424,6 +428,7 @@ impl Engine {
             Err(status) => {
                 // No stream: the first request in flight fails as retryable.
                 self.link = None;
+                self.last_connect_error = Some(super::with_causes(&status));
                 self.client.redirect(&endpoint, &status);
                 self.pause(&status).await;
             }
@@ -462,7 +467,10 @@ impl Engine {
             Some(Err(status)) => status,
             None => match &self.link {
                 // Not connected (a failed connect): retry it.
-                None => Status::unavailable("not connected"),
+                None => Status::unavailable(match &self.last_connect_error {
+                    Some(why) => format!("not connected: {why}"),
+                    None => "not connected".to_owned(),
+                }),
                 Some(_) => Status::unavailable("the server ended the Produce stream"),
             },
         };
