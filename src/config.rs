@@ -25,8 +25,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{Limits, RepairConfig};
-use crate::node::{NodeConfig, NodeTls};
+use crate::core::{Limits, QuotaConfig, RepairConfig};
+use crate::node::{NodeAuth, NodeConfig, NodeTls};
 use crate::raft::RaftTiming;
 use crate::raft::network::NetConfig;
 use crate::tls::TlsFiles;
@@ -60,6 +60,12 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// TLS on both listeners (off when `cert` is not set).
     pub tls: TlsSection,
+    /// Authentication and authorization of clients (tokens, certificate grants).
+    pub auth: AuthSection,
+    /// Per-tenant quotas: `default` and `tenants.<name>`, each with write_entries_per_sec,
+    /// write_bytes_per_sec, replay_bytes_per_sec and retained_bytes (0 or unset: no limit).
+    /// `replog quota set` sets replicated ones over these.
+    pub quotas: QuotaConfig,
     /// The WAL's keys (see [`WalConfig`]). In a node the WAL lives in `<data_dir>/wal`.
     pub wal: WalConfig,
     pub raft: RaftSection,
@@ -117,6 +123,10 @@ pub struct ClusterSection {
     /// Endpoints of an existing cluster: this node, uninitialized, asks them to add it (as a
     /// learner, then a voter once caught up).
     pub join: Vec<String>,
+    /// The bearer token `join` presents (adding a member needs the admin role) when the cluster
+    /// has authentication on. Or set REPLOG_CLUSTER__JOIN_TOKEN. A client certificate granted
+    /// the admin role works too.
+    pub join_token: Option<String>,
 }
 
 impl Default for ClusterSection {
@@ -126,6 +136,7 @@ impl Default for ClusterSection {
             init: None,
             initial_members: None,
             join: Vec::new(),
+            join_token: None,
         }
     }
 }
@@ -153,6 +164,24 @@ pub struct TlsSection {
     /// Allow listening without TLS on an address other than loopback. Default false: `serve`
     /// refuses to, since anyone who reaches the port could write, read and change membership.
     pub insecure: bool,
+}
+
+/// Who may call the client listener. With authentication on, every public call needs a bearer
+/// token from `token_file` or a client certificate granted there (health and reflection stay
+/// open); members' calls on the peer listener are authenticated by mTLS instead.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Default: on when `node.listen` is not a loopback address, off on loopback.
+    pub enabled: Option<bool>,
+    /// The token file: hashes of tokens and certificate grants (`replog auth token create`,
+    /// `replog auth cert grant`), re-read when it changes or on SIGHUP. Needed with auth on.
+    pub token_file: Option<PathBuf>,
+    /// Serve `/metrics` over HTTPS with the client listener's certificate. Default false.
+    pub metrics_tls: bool,
+    /// Require a bearer token on `/metrics` (with auth on); a principal without every tenant
+    /// sees no series of other tenants. Default false.
+    pub metrics_token: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,6 +233,8 @@ pub struct FlagOverrides {
     pub cluster: Option<BTreeMap<&'static str, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<BTreeMap<&'static str, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<BTreeMap<&'static str, serde_json::Value>>,
 }
 
 impl Config {
@@ -364,6 +395,13 @@ impl Config {
         cfg.init = init && cfg.initial_members.is_none();
         cfg.join = self.cluster.join.clone();
         cfg.tls = self.node_tls()?;
+        cfg.auth = self.node_auth(cfg.listen, cfg.tls.is_some())?;
+        cfg.join_token.clone_from(&self.cluster.join_token);
+        cfg.quotas = self.quotas.clone();
+        for t in self.quotas.tenants.keys() {
+            crate::wire::check_name("tenant", t)
+                .map_err(|e| bad(&format!("quotas.tenants.{t}"), e.to_string()))?;
+        }
         if cfg.tls.is_none() && !self.tls.insecure {
             for (key, addr) in [
                 ("node.listen", cfg.listen),
@@ -380,6 +418,48 @@ impl Config {
             }
         }
         Ok(cfg)
+    }
+
+    /// Authentication: on by default off loopback, and then with a token file.
+    fn node_auth(&self, listen: SocketAddr, tls: bool) -> Result<NodeAuth, ConfigError> {
+        let a = &self.auth;
+        let enabled = a.enabled.unwrap_or(!listen.ip().is_loopback());
+        if (a.metrics_tls) && !tls {
+            return Err(bad(
+                "auth.metrics_tls",
+                "needs tls.cert, tls.key and tls.ca",
+            ));
+        }
+        if !enabled {
+            if a.metrics_token {
+                return Err(bad("auth.metrics_token", "needs auth on (auth.enabled)"));
+            }
+            return Ok(NodeAuth {
+                token_file: None,
+                metrics_tls: a.metrics_tls,
+                metrics_token: false,
+            });
+        }
+        let Some(file) = a.token_file.clone() else {
+            let why = if a.enabled == Some(true) {
+                "auth is on".to_owned()
+            } else {
+                format!(
+                    "auth is on by default since node.listen ({listen}) is not a loopback address"
+                )
+            };
+            return Err(bad(
+                "auth.token_file",
+                format!(
+                    "{why}, so a token file is needed: make one with `replog auth token create --file tokens.yaml --principal admin --role admin` and give it with --token-file (auth.token_file), or turn auth off with --auth off (auth.enabled: false)"
+                ),
+            ));
+        };
+        Ok(NodeAuth {
+            token_file: Some(file),
+            metrics_tls: a.metrics_tls,
+            metrics_token: a.metrics_token,
+        })
     }
 
     /// The TLS files of both listeners, when `tls.cert` (or `key` or `ca`) is set: then all

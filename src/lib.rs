@@ -25,6 +25,7 @@
 //!   included below, and the internal `replog.raft.v1` service.
 
 pub mod api;
+pub mod auth;
 pub mod checksum;
 pub mod cli;
 pub mod client;

@@ -6,10 +6,14 @@
 //! units, `_total` counters), which the tests check with a text-format parser.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use crate::auth::{Authenticator, Principal};
+use crate::tls::Reloadable;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -39,6 +43,16 @@ pub struct NodeMetrics {
     pub tls_cert_expiry: IntGaugeVec,
     /// TLS: handshakes refused or timed out, by listener.
     pub tls_handshake_failures: IntCounterVec,
+    /// Auth: calls refused before reaching a service, by reason (`unauthenticated`, `no_grant`).
+    pub auth_refused: IntCounterVec,
+    /// Auth: token file reloads, by result (`ok`, `error`).
+    pub auth_reloads: IntCounterVec,
+    /// Quotas: writes refused, by tenant and limit.
+    pub quota_exceeded: IntCounterVec,
+    /// Quotas: time replay streams waited for their tenant's replay rate, by tenant.
+    pub replay_throttled_seconds: CounterVec,
+    /// Quotas: data bytes each tenant with a retained-bytes limit keeps in the log.
+    pub tenant_retained_bytes: IntGaugeVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -122,7 +136,52 @@ impl NodeMetrics {
             &["listener"],
         )?;
         r.register(Box::new(tls_handshake_failures.clone()))?;
+        let auth_refused = IntCounterVec::new(
+            Opts::new(
+                "replog_auth_refused_total",
+                "Calls refused for their credentials, by reason (unauthenticated: none or an invalid token; no_grant: a certificate without a grant).",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(auth_refused.clone()))?;
+        let auth_reloads = IntCounterVec::new(
+            Opts::new(
+                "replog_auth_token_file_reloads_total",
+                "Token file re-reads after a change or SIGHUP, by result (ok, error: the grants in use stay).",
+            ),
+            &["result"],
+        )?;
+        r.register(Box::new(auth_reloads.clone()))?;
+        let quota_exceeded = IntCounterVec::new(
+            Opts::new(
+                "replog_quota_exceeded_total",
+                "Writes refused (RESOURCE_EXHAUSTED, nothing written) for a tenant's quota, by tenant and limit (write_entries_per_sec, write_bytes_per_sec, retained_bytes).",
+            ),
+            &[TENANT_LABEL, "quota"],
+        )?;
+        r.register(Box::new(quota_exceeded.clone()))?;
+        let replay_throttled_seconds = CounterVec::new(
+            Opts::new(
+                "replog_quota_replay_throttled_seconds_total",
+                "Time replay streams of each tenant waited for its replay_bytes_per_sec quota.",
+            ),
+            &[TENANT_LABEL],
+        )?;
+        r.register(Box::new(replay_throttled_seconds.clone()))?;
+        let tenant_retained_bytes = IntGaugeVec::new(
+            Opts::new(
+                "replog_tenant_retained_bytes",
+                "Data bytes each tenant with a retained_bytes quota keeps in the log (counted per range of 65,536 sequence numbers).",
+            ),
+            &[TENANT_LABEL],
+        )?;
+        r.register(Box::new(tenant_retained_bytes.clone()))?;
         Ok(NodeMetrics {
+            quota_exceeded,
+            replay_throttled_seconds,
+            tenant_retained_bytes,
+            auth_refused,
+            auth_reloads,
             tls_reloads,
             tls_cert_expiry,
             tls_handshake_failures,
@@ -186,41 +245,162 @@ impl NodeMetrics {
 
     /// The registry in Prometheus' text format.
     pub fn render(&self) -> String {
+        self.render_for(&Principal::open())
+    }
+
+    /// The registry in Prometheus' text format, as `p` may see it: series labelled with a
+    /// `tenant` outside its scope are left out.
+    pub fn render_for(&self, p: &Principal) -> String {
+        let mut families = self.registry.gather();
+        if !p.sees(None) {
+            for f in &mut families {
+                let kept: Vec<_> = f
+                    .take_metric()
+                    .into_iter()
+                    .filter(|m| {
+                        m.get_label()
+                            .iter()
+                            .all(|l| l.name() != TENANT_LABEL || p.sees(Some(l.value())))
+                    })
+                    .collect();
+                f.set_metric(kept);
+            }
+            families.retain(|f| !f.get_metric().is_empty());
+        }
         let mut buf = Vec::new();
         let enc = TextEncoder::new();
-        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = enc.encode(&families, &mut buf) {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8_lossy(&buf).into_owned()
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// The label naming a tenant: a principal never sees another tenant's series.
+pub const TENANT_LABEL: &str = "tenant";
+
+/// Who may read `/metrics`, and how.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// HTTPS with this material (the client listener's).
+    pub tls: Option<Arc<Reloadable>>,
+    /// A bearer token from this file is required.
+    pub auth: Option<Arc<Authenticator>>,
+}
+
+/// The principal of a `/metrics` request, or the answer refusing it.
+fn metrics_principal(
+    auth: Option<&Authenticator>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Principal, &'static str> {
+    let Some(auth) = auth else {
+        return Ok(Principal::open());
+    };
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, t) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| t.trim())
+        })
+        .ok_or("a bearer token is required (Authorization: Bearer <token>)\n")?;
+    auth.token(token)
+        .map(|p| (*p).clone())
+        .map_err(|_| "the bearer token is not valid (unknown, revoked or mistyped)\n")
+}
+
+/// Accepted TLS connections, for axum.
+struct TlsListener {
+    accepted: tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >,
+    addr: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.accepted.next().await {
+                Some(Ok(s)) => {
+                    let from = s.get_ref().0.peer_addr().unwrap_or(self.addr);
+                    return (s, from);
+                }
+                Some(Err(_)) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// Serves `GET /metrics` on `listener` (over HTTPS and behind a token as `access` says)
+/// until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: NodeMetrics,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
     use axum::routing::get;
+    let auth = access.auth.clone();
+    let failures = metrics
+        .tls_handshake_failures
+        .with_label_values(&["metrics"]);
     let app = axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let m = metrics.clone();
+            let auth = auth.clone();
             async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    m.render(),
-                )
+                match metrics_principal(auth.as_deref(), &headers) {
+                    Ok(p) => (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        m.render_for(&p),
+                    )
+                        .into_response(),
+                    Err(why) => (
+                        StatusCode::UNAUTHORIZED,
+                        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                        why,
+                    )
+                        .into_response(),
+                }
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let r = match access.tls {
+        Some(tls) => {
+            let addr = match listener.local_addr() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "the metrics server did not start");
+                    return;
+                }
+            };
+            let accepted = crate::tls::incoming(listener, tls, "metrics", failures);
+            axum::serve(TlsListener { accepted, addr }, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(e) = r {
         tracing::error!(error = %e, "the metrics server stopped");
     }
 }

@@ -311,6 +311,20 @@ fn check_validity(
 }
 
 /// The DNS names and IP addresses (as text) a certificate's subject alternative names hold.
+/// The name a client certificate identifies its holder by: the subject's common name, or
+/// without one its first DNS name or IP address.
+pub fn principal_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|n| n.as_str().ok())
+        .map(str::to_owned);
+    cn.filter(|n| !n.is_empty())
+        .or_else(|| names(cert).into_iter().next())
+}
+
 pub fn names(cert: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
         return Vec::new();

@@ -58,6 +58,24 @@ pub fn status_with_reason(
     )
 }
 
+/// A tenant went over a quota: RESOURCE_EXHAUSTED.
+pub const REASON_QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+
+/// RESOURCE_EXHAUSTED for a quota, with a `google.rpc.RetryInfo` when waiting helps.
+pub fn quota_status(message: String, retry_after: Option<std::time::Duration>) -> Status {
+    let mut details =
+        ErrorDetails::with_error_info(REASON_QUOTA_EXCEEDED, ERROR_DOMAIN, HashMap::new());
+    if let Some(d) = retry_after {
+        details.set_retry_info(Some(d));
+    }
+    Status::with_error_details(Code::ResourceExhausted, message, details)
+}
+
+/// How long the server asks to wait before retrying (`google.rpc.RetryInfo`), if it does.
+pub fn retry_delay(status: &Status) -> Option<std::time::Duration> {
+    status.get_details_retry_info()?.retry_delay
+}
+
 /// The `ErrorInfo.reason` of a replog status, if it has one.
 pub fn reason(status: &Status) -> Option<String> {
     let info = status.get_details_error_info()?;

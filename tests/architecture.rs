@@ -34,11 +34,12 @@ const RULES: &[(&str, Rule)] = &[
     ("wire", Rule::Only(&["proto"])),
     // TLS material, reloading and the accept loop: rustls and tonic only.
     ("tls", Rule::Only(&[])),
+    ("auth", Rule::Only(&[])),
     // The WAL imports nothing above it.
     ("wal", Rule::Only(&["fs", "checksum"])),
     // The client knows nothing of the server: the protos and the wire contract only.
     ("client", Rule::Only(&["proto", "wire", "checksum"])),
-    ("metrics", Rule::Only(&[])),
+    ("metrics", Rule::Only(&["tls", "auth"])),
     (
         "raft",
         Rule::Only(&["wal", "fs", "checksum", "proto", "tls"]),

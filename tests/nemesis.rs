@@ -2,7 +2,7 @@
 //! writes keyed entries through them, then verify's check of every member.
 //!
 //! The nodes run with TLS on both listeners (mTLS between them, a throwaway CA), the CLI and
-//! verify with the CA and a client certificate.
+//! verify with the CA, a client certificate and an admin token (authentication is on).
 //!
 //! Each node runs in its own network namespace (see `common::netns`), so partitions are real:
 //! packets between nodes are dropped by nftables, while the test (and verify) still reach
@@ -75,6 +75,9 @@ struct Cluster {
     endpoints: String,
     /// TLS on both listeners (mTLS between the nodes), from a throwaway CA.
     pki: replog::tls::ThrowawayFiles,
+    /// Authentication on (the default off loopback): the token file, and an admin token.
+    tokens: std::path::PathBuf,
+    token: String,
 }
 
 impl Cluster {
@@ -93,7 +96,15 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<Vec<String>> = hosts.ips.iter().map(|ip| vec![ip.to_string()]).collect();
         let pki = replog::tls::throwaway_ca(&dir.path().join("tls"), &names).unwrap();
+        let tokens = dir.path().join("tokens.yaml");
+        let mut file = replog::auth::TokenFile::default();
+        let (_, token) = file
+            .create_token("nemesis", replog::auth::Role::Admin, &[], "now")
+            .unwrap();
+        file.write(&tokens).unwrap();
         let mut c = Cluster {
+            tokens,
+            token,
             hosts,
             dir,
             nodes: Vec::new(),
@@ -113,10 +124,11 @@ impl Cluster {
         let listen = format!("{}:{PORT}", self.hosts.ips[i]);
         let metrics = format!("{}:0", self.hosts.ips[i]);
         let tls = &self.pki.nodes[i];
-        let (cert, key, ca) = (
+        let (cert, key, ca, tokens) = (
             tls.cert.display().to_string(),
             tls.key.display().to_string(),
             tls.ca.display().to_string(),
+            self.tokens.display().to_string(),
         );
         ServeProc::start_in(
             self.hosts.command(i, BIN),
@@ -133,14 +145,18 @@ impl Cluster {
                 &key,
                 "--tls-ca",
                 &ca,
+                "--token-file",
+                &tokens,
             ],
         )
     }
 
-    /// What every CLI call adds: the CA and the client certificate.
+    /// What every CLI call adds: the CA, the client certificate and the token.
     fn client_flags(&self) -> Vec<String> {
         let (cert, key) = &self.pki.client;
         vec![
+            "--token".to_owned(),
+            self.token.clone(),
             "--ca".to_owned(),
             self.pki.ca.display().to_string(),
             "--cert".to_owned(),

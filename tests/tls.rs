@@ -43,6 +43,17 @@ impl Ca {
         self.cert.pem()
     }
 
+    /// A client certificate whose subject's common name is `cn`.
+    fn client(&self, cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A certificate for `names` (DNS names or IP addresses), usable both ways; `expired`
     /// makes one whose validity ended in 2020.
     fn leaf(&self, names: &[&str], expired: bool) -> (String, String) {
@@ -91,6 +102,15 @@ struct TlsCluster {
 
 impl TlsCluster {
     async fn start(files: &[TlsFiles], client_cert_auth: bool) -> TlsCluster {
+        Self::start_auth(files, client_cert_auth, None).await
+    }
+
+    /// With authentication on (principals from `tokens`), when given.
+    async fn start_auth(
+        files: &[TlsFiles],
+        client_cert_auth: bool,
+        tokens: Option<PathBuf>,
+    ) -> TlsCluster {
         common::cluster::init_tracing();
         let mut listeners = BTreeMap::new();
         for id in 1..=files.len() as u64 {
@@ -123,6 +143,7 @@ impl TlsCluster {
                 peer: files[(id - 1) as usize].clone(),
                 client_cert_auth,
             });
+            cfg.auth.token_file.clone_from(&tokens);
             c.nodes.insert(id, Node::start_on(cfg, l).await.unwrap());
             c._dirs.push(dir);
         }
@@ -339,6 +360,84 @@ async fn a_tls_cluster_serves_only_tls_and_members_certificates() {
         .await
         .unwrap();
     assert_eq!(all.len(), 10);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_certificates_are_principals_with_the_rights_granted_to_their_name() {
+    let pki = TempDir::new().unwrap();
+    let ca = Ca::new("cluster CA");
+    let files: Vec<TlsFiles> = (1..=3)
+        .map(|id| node_files(pki.path(), id, &ca, &ca.pem()))
+        .collect();
+    let tokens = pki.path().join("tokens.yaml");
+    let mut grants = replog::auth::TokenFile::default();
+    grants
+        .grant_certificate("ingest", replog::auth::Role::Writer, &["secure".to_owned()])
+        .unwrap();
+    let (_, admin) = grants
+        .create_token("ops", replog::auth::Role::Admin, &[], "now")
+        .unwrap();
+    grants.write(&tokens).unwrap();
+    let c = TlsCluster::start_auth(&files, true, Some(tokens)).await;
+    let leader = c.leader().await;
+    let follower = c.addrs.keys().copied().find(|id| *id != leader).unwrap();
+    let via_follower = [c.addrs[&follower].to_string()];
+    // Its certificate names it: writes of its tenant go through (forwarded by the follower to
+    // the leader's peer listener over mTLS), another tenant's do not.
+    let ingest = ca.client("ingest");
+    let ingest = tls_client(
+        &via_follower,
+        Some(trust(&ca.pem(), Some(&ingest))),
+        Duration::from_secs(30),
+    );
+    ingest.write_batch(vec![entry(1)]).await.unwrap();
+    let other = NewEntry {
+        tenant: "other".to_owned(),
+        ..entry(2)
+    };
+    let e = ingest.write_batch(vec![other]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert_eq!(
+        ingest.truncate(1).await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    // A certificate of the CA whose name has no grant: PERMISSION_DENIED, saying so.
+    let stranger = ca.client("stranger");
+    let stranger_tls = Some(trust(&ca.pem(), Some(&stranger)));
+    let s = tls_client(&via_follower, stranger_tls.clone(), Duration::from_secs(5));
+    let e = s.write_batch(vec![entry(3)]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("stranger"), "{e}");
+    // A token goes before the certificate.
+    let with_token = Client::new(
+        &via_follower,
+        ClientOptions {
+            tls: stranger_tls,
+            token: Some(admin),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    with_token.truncate(1).await.unwrap();
+    // The public services on a peer listener are for members only.
+    let channel = Endpoint::from_shared(format!("https://{}", c.peer_addrs[&leader]))
+        .unwrap()
+        .tls_config(trust(&ca.pem(), Some(&ca.client("ingest"))))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut log = replog::proto::log_service_client::LogServiceClient::new(channel);
+    let s = log
+        .write(replog::proto::WriteRequest {
+            tenant: "secure".to_owned(),
+            data: b"sneaky".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
     c.shutdown().await;
 }
 

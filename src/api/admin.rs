@@ -9,14 +9,18 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{authorize, caller};
 use super::forward::{Forwarder, on_leader};
 use super::observed;
+use crate::auth::{Principal, Right};
+use crate::core::Quota;
 use crate::core::{Core, CoreError, Membership, NodeStatus};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::admin_service_server::AdminService;
 use crate::proto::{
-    AddNodeRequest, AddNodeResponse, ClusterStatusRequest, ClusterStatusResponse, Member,
-    NodeStatusRequest, RemoveNodeRequest, RemoveNodeResponse, TransferLeaderRequest,
+    AddNodeRequest, AddNodeResponse, ClusterStatusRequest, ClusterStatusResponse,
+    ListQuotasRequest, ListQuotasResponse, Member, NodeStatusRequest, QuotaLimits,
+    RemoveNodeRequest, RemoveNodeResponse, SetQuotaRequest, TenantQuota, TransferLeaderRequest,
     TransferLeaderResponse,
 };
 
@@ -50,23 +54,22 @@ impl AdminApi {
             error,
             ..Default::default()
         };
-        let Some(addr) = client.clone() else {
-            return unreachable(format!(
-                "its client address is not known yet (asked at its peer address {peer})"
-            ));
-        };
-        let channel = match self.fwd.channel(&addr) {
+        // Asked over the peer listener, as a member.
+        let channel = match self.fwd.channel(&peer) {
             Ok(c) => c,
             Err(e) => return unreachable(e.to_string()),
         };
         let mut req = Request::new(NodeStatusRequest {});
         req.set_timeout(MEMBER_STATUS_TIMEOUT);
-        let mut client = AdminServiceClient::new(channel);
-        match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, client.node_status(req)).await {
+        let mut admin = AdminServiceClient::new(channel);
+        match tokio::time::timeout(MEMBER_STATUS_TIMEOUT, admin.node_status(req)).await {
             Ok(Ok(r)) => {
                 let mut m = r.into_inner();
-                // The addresses this cluster uses for it.
-                m.address = addr;
+                // The addresses this cluster uses for it (the client one: as it says, until
+                // this node's directory learns it).
+                if let Some(addr) = client {
+                    m.address = addr;
+                }
                 m.peer_address = peer;
                 m
             }
@@ -128,12 +131,65 @@ impl AdminApi {
         })
     }
 
+    async fn set_quota_local(&self, r: SetQuotaRequest) -> Result<TenantQuota, CoreError> {
+        let set = r.limits.map(from_limits).unwrap_or_default();
+        self.core.set_quota(r.tenant.clone(), r.clear, set).await?;
+        Ok(self.tenant_quota(&r.tenant))
+    }
+
+    fn tenant_quota(&self, tenant: &str) -> TenantQuota {
+        let q = self.core.quotas();
+        TenantQuota {
+            tenant: tenant.to_owned(),
+            effective: Some(to_limits(q.effective(tenant))),
+            replicated: q.replicated().get(tenant).copied().map(to_limits),
+            retained_bytes: q.retained(tenant),
+        }
+    }
+
     async fn transfer_local(
         &self,
         r: TransferLeaderRequest,
     ) -> Result<TransferLeaderResponse, CoreError> {
         let leader_id = self.core.transfer_leader(r.to).await?;
         Ok(TransferLeaderResponse { leader_id })
+    }
+}
+
+/// A member as a principal without the admin role sees it: what a client needs to find the
+/// leader and an in-sync replica (id, client address, role, term, in sync, leader), without
+/// the details (peer address, log positions, lag, CPU, errors).
+fn without_details(p: &Principal, m: &mut Member) {
+    if p.is_admin() {
+        return;
+    }
+    *m = Member {
+        id: m.id,
+        address: std::mem::take(&mut m.address),
+        role: std::mem::take(&mut m.role),
+        voter: m.voter,
+        term: m.term,
+        in_sync: m.in_sync,
+        leader_id: m.leader_id,
+        ..Default::default()
+    };
+}
+
+fn to_limits(q: Quota) -> QuotaLimits {
+    QuotaLimits {
+        write_entries_per_sec: q.write_entries_per_sec,
+        write_bytes_per_sec: q.write_bytes_per_sec,
+        replay_bytes_per_sec: q.replay_bytes_per_sec,
+        retained_bytes: q.retained_bytes,
+    }
+}
+
+fn from_limits(l: QuotaLimits) -> Quota {
+    Quota {
+        write_entries_per_sec: l.write_entries_per_sec,
+        write_bytes_per_sec: l.write_bytes_per_sec,
+        replay_bytes_per_sec: l.replay_bytes_per_sec,
+        retained_bytes: l.retained_bytes,
     }
 }
 
@@ -162,20 +218,28 @@ fn to_member(n: NodeStatus) -> Member {
 impl AdminService for AdminApi {
     async fn cluster_status(
         &self,
-        _req: Request<ClusterStatusRequest>,
+        req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         observed(&self.core, "ClusterStatus", async {
-            Ok(Response::new(self.cluster_status().await))
+            let p = caller(&req)?;
+            let mut s = self.cluster_status().await;
+            for m in &mut s.members {
+                without_details(&p, m);
+            }
+            Ok(Response::new(s))
         })
         .await
     }
 
     async fn node_status(
         &self,
-        _req: Request<NodeStatusRequest>,
+        req: Request<NodeStatusRequest>,
     ) -> Result<Response<Member>, Status> {
         observed(&self.core, "NodeStatus", async {
-            Ok(Response::new(self.own_status()))
+            let p = caller(&req)?;
+            let mut m = self.own_status();
+            without_details(&p, &mut m);
+            Ok(Response::new(m))
         })
         .await
     }
@@ -185,6 +249,7 @@ impl AdminService for AdminApi {
         req: Request<AddNodeRequest>,
     ) -> Result<Response<AddNodeResponse>, Status> {
         observed(&self.core, "AddNode", async {
+            authorize(&req, Right::Admin)?;
             on_leader(
                 &self.fwd,
                 &self.core,
@@ -202,6 +267,7 @@ impl AdminService for AdminApi {
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
         observed(&self.core, "RemoveNode", async {
+            authorize(&req, Right::Admin)?;
             on_leader(
                 &self.fwd,
                 &self.core,
@@ -219,6 +285,7 @@ impl AdminService for AdminApi {
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         observed(&self.core, "TransferLeader", async {
+            authorize(&req, Right::Admin)?;
             on_leader(
                 &self.fwd,
                 &self.core,
@@ -230,4 +297,60 @@ impl AdminService for AdminApi {
         })
         .await
     }
+
+    async fn set_quota(
+        &self,
+        req: Request<SetQuotaRequest>,
+    ) -> Result<Response<TenantQuota>, Status> {
+        observed(&self.core, "SetQuota", async {
+            authorize(&req, Right::Admin)?;
+            on_leader(
+                &self.fwd,
+                &self.core,
+                req,
+                |r| self.set_quota_local(r),
+                |ch, r| async move { AdminServiceClient::new(ch).set_quota(r).await },
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn list_quotas(
+        &self,
+        req: Request<ListQuotasRequest>,
+    ) -> Result<Response<ListQuotasResponse>, Status> {
+        observed(&self.core, "ListQuotas", async {
+            let p = caller(&req)?;
+            let only = req.into_inner().tenant;
+            let q = self.core.quotas();
+            let tenants: std::collections::BTreeSet<String> = if only.is_empty() {
+                q.configured()
+                    .tenants
+                    .keys()
+                    .cloned()
+                    .chain(q.replicated().into_keys())
+                    .collect()
+            } else {
+                crate::wire::check_name("tenant", &only)
+                    .map_err(|e| crate::api::error::to_status(e.into()))?;
+                authorize_read(&p, &only)?;
+                [only].into()
+            };
+            let quotas = tenants
+                .iter()
+                .filter(|t| p.sees(Some(t)))
+                .map(|t| self.tenant_quota(t))
+                .collect();
+            Ok(Response::new(ListQuotasResponse {
+                default: Some(to_limits(q.configured().default)),
+                quotas,
+            }))
+        })
+        .await
+    }
+}
+
+fn authorize_read(p: &Principal, tenant: &str) -> Result<(), Status> {
+    super::auth::require(p, Right::Read(Some(tenant)))
 }

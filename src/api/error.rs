@@ -17,7 +17,9 @@ pub fn to_status(e: CoreError) -> Status {
     let message = e.to_string();
     let code = match &e {
         CoreError::InvalidArgument(_) => Code::InvalidArgument,
-        CoreError::ResourceExhausted(_) => Code::ResourceExhausted,
+        CoreError::ResourceExhausted(_) | CoreError::QuotaExceeded { .. } => {
+            Code::ResourceExhausted
+        }
         CoreError::NotFound(_) => Code::NotFound,
         CoreError::OutOfRange { .. } => Code::OutOfRange,
         CoreError::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -31,6 +33,9 @@ pub fn to_status(e: CoreError) -> Status {
         CoreError::Internal(_) => Code::Internal,
     };
     let (reason, leader) = match e {
+        CoreError::QuotaExceeded { retry_after, .. } => {
+            return crate::wire::quota_status(message, retry_after);
+        }
         CoreError::NotLeader { leader, .. } => (REASON_NOT_LEADER, leader),
         CoreError::NotInSync { leader, .. } => (REASON_NOT_IN_SYNC, leader),
         CoreError::OutcomeUnknown { leader, .. } => (REASON_OUTCOME_UNKNOWN, leader),

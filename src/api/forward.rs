@@ -1,8 +1,12 @@
 //! Forwarding a follower's write or admin call to the leader, once.
 //!
-//! A forwarded request carries the `replog-forwarded-by` header; a node that receives one and is
-//! not the leader answers UNAVAILABLE with its leader hint instead of forwarding again, so a
-//! request never loops during an election. Channels to leaders are made once and reused.
+//! Forwarded calls go to the leader's **peer** listener, where only members reach (with TLS,
+//! by a certificate of the cluster CA naming a member): the follower has authenticated and
+//! authorized the caller, and the leader trusts the member that forwards. On the peer listener
+//! every call counts as forwarded, as does one carrying the `replog-forwarded-by` header on the
+//! client listener: a node that receives one and is not the leader answers UNAVAILABLE with its
+//! leader hint instead of forwarding again, so a request never loops during an election.
+//! Channels to members are made once and reused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,18 +31,40 @@ pub struct Forwarder {
     /// Per address: the channel and the TLS generation it was made with (0: plaintext).
     channels: parking_lot::Mutex<HashMap<String, (Channel, u64)>>,
     max_message_bytes: usize,
-    /// TLS towards other nodes' client listeners (presenting this node's certificate).
+    /// TLS towards other members' peer listeners (presenting this node's peer certificate).
     tls: Option<Arc<Reloadable>>,
 }
 
 /// Where a call that must run on the leader goes.
 pub enum Route {
     Local,
-    Leader {
-        id: NodeId,
-        addr: String,
-        channel: Channel,
-    },
+    Leader { leader: Leader, channel: Channel },
+}
+
+/// The leader a call is forwarded to.
+#[derive(Clone, Debug)]
+pub struct Leader {
+    pub id: NodeId,
+    /// Where members reach it (the forwarded call goes there).
+    pub peer: String,
+    /// Where clients reach it (what a hint names), `None` until known.
+    pub client: Option<String>,
+}
+
+impl Leader {
+    /// The hint a client gets: the leader's client address, when known.
+    pub fn hint(&self) -> Option<(NodeId, String)> {
+        self.client.clone().map(|c| (self.id, c))
+    }
+}
+
+impl std::fmt::Display for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.client {
+            Some(c) => write!(f, "node {} at {c}", self.id),
+            None => write!(f, "node {} at peer address {}", self.id, self.peer),
+        }
+    }
 }
 
 impl Forwarder {
@@ -54,7 +80,7 @@ impl Forwarder {
         self.max_message_bytes
     }
 
-    /// The (reused) channel to a node.
+    /// The (reused) channel to a member's peer listener.
     pub fn channel(&self, addr: &str) -> Result<Channel, CoreError> {
         let current = self.tls.as_ref().map_or(0, |t| t.generation());
         let mut map = self.channels.lock();
@@ -93,11 +119,11 @@ impl Forwarder {
     /// Local on the leader; else the leader's channel, unless the request was already forwarded
     /// or no leader is known (then UNAVAILABLE with the hint).
     pub fn route<T>(&self, core: &Core, req: &Request<T>) -> Result<Route, Status> {
-        match target(core, req.metadata().contains_key(FORWARDED_BY))? {
+        match target(core, is_forwarded(req))? {
             Target::Local => Ok(Route::Local),
-            Target::Leader(id, addr) => {
-                let channel = self.channel(&addr).map_err(to_status)?;
-                Ok(Route::Leader { id, addr, channel })
+            Target::Leader(leader) => {
+                let channel = self.channel(&leader.peer).map_err(to_status)?;
+                Ok(Route::Leader { leader, channel })
             }
         }
     }
@@ -106,8 +132,18 @@ impl Forwarder {
 /// Where a call that must run on the leader goes, before any channel is made.
 pub enum Target {
     Local,
-    Leader(NodeId, String),
+    Leader(Leader),
 }
+
+/// Whether a call was forwarded already: it came through the peer listener (see
+/// [`Internal`]) or carries the forwarding header.
+pub fn is_forwarded<T>(req: &Request<T>) -> bool {
+    req.extensions().get::<Internal>().is_some() || req.metadata().contains_key(FORWARDED_BY)
+}
+
+/// Marks a call that came through the peer listener, from a member.
+#[derive(Clone, Copy, Debug)]
+pub struct Internal;
 
 /// This node if it leads; else the leader it knows, unless the call was already forwarded
 /// (`forwarded`), the leader has gone silent, or none is known (then UNAVAILABLE with the
@@ -116,22 +152,26 @@ pub fn target(core: &Core, forwarded: bool) -> Result<Target, Status> {
     if core.is_leader() {
         return Ok(Target::Local);
     }
-    let leader = core.leader().filter(|(id, _)| *id != core.id());
-    if let (Some((id, _)), Some(silent)) = (&leader, core.leader_silent()) {
+    let leader = core
+        .leader_route()
+        .filter(|(id, ..)| *id != core.id())
+        .map(|(id, peer, client)| Leader { id, peer, client });
+    if let (Some(l), Some(silent)) = (&leader, core.leader_silent()) {
         return Err(to_status(CoreError::NotLeader {
             message: format!(
-                "node {} has not heard from the leader (node {id}) for {} ms; an election is due",
+                "node {} has not heard from the leader (node {}) for {} ms; an election is due",
                 core.id(),
+                l.id,
                 silent.as_millis()
             ),
             leader: None,
         }));
     }
     match leader {
-        Some((id, addr)) if !forwarded => Ok(Target::Leader(id, addr)),
+        Some(l) if !forwarded => Ok(Target::Leader(l)),
         leader => Err(to_status(CoreError::NotLeader {
             message: format!("node {} is not the leader", core.id()),
-            leader,
+            leader: leader.and_then(|l| l.hint()),
         })),
     }
 }
@@ -151,17 +191,17 @@ pub fn forwarded<T>(core: &Core, req: Request<T>) -> Request<T> {
 
 /// What the caller gets when the leader could not be reached: UNAVAILABLE naming the leader,
 /// so the client goes there itself. The leader's own answers pass through unchanged.
-pub fn leader_failed(status: Status, id: NodeId, addr: &str) -> Status {
+pub fn leader_failed(status: Status, leader: &Leader) -> Status {
     let from_leader = !status.details().is_empty() || status.code() != Code::Unavailable;
     if from_leader {
         return status;
     }
     to_status(CoreError::NotLeader {
         message: format!(
-            "forwarding to the leader (node {id} at {addr}) failed: {}",
+            "forwarding to the leader ({leader}) failed: {}",
             status.message()
         ),
-        leader: Some((id, addr.to_owned())),
+        leader: leader.hint(),
     })
 }
 
@@ -187,11 +227,11 @@ where
             .map_err(to_status),
         // A leader that goes silent mid-call (cut off, dead) leaves the call's outcome unknown:
         // answered so at once rather than at the caller's deadline.
-        Route::Leader { id, addr, channel } => tokio::select! {
-            r = remote(channel, forwarded(core, req)) => r.map_err(|s| leader_failed(s, id, &addr)),
+        Route::Leader { leader, channel } => tokio::select! {
+            r = remote(channel, forwarded(core, req)) => r.map_err(|s| leader_failed(s, &leader)),
             () = core.until_leader_silent() => Err(to_status(CoreError::OutcomeUnknown {
                 message: format!(
-                    "node {} lost contact with the leader (node {id} at {addr}) while it handled the request; its outcome is unknown",
+                    "node {} lost contact with the leader ({leader}) while it handled the request; its outcome is unknown",
                     core.id()
                 ),
                 leader: None,

@@ -12,11 +12,13 @@ use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{authorize, caller, require};
 use super::error::to_status;
-use super::forward::{Forwarder, Target, on_leader, target};
+use super::forward::{Forwarder, Target, is_forwarded, on_leader, target};
 use super::observed;
 use super::produce;
 use super::relay::Relay;
+use crate::auth::{Principal, Right};
 use crate::core::{Core, CoreError, ReplayFrom, ReplayStart};
 use crate::proto::log_service_client::LogServiceClient;
 use crate::proto::log_service_server::LogService;
@@ -27,7 +29,6 @@ use crate::proto::{
     WriteBatchRequest, WriteRequest, WriteResponse, replay_request::Start,
 };
 use crate::wal::{EntryRef, SegmentStatus, SequenceNumber};
-use crate::wire::FORWARDED_BY;
 
 pub struct LogApi {
     core: Arc<Core>,
@@ -80,14 +81,18 @@ impl LogApi {
         &self,
         req: Request<WriteBatchRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let forwarded = req.metadata().contains_key(FORWARDED_BY);
+        let p = caller(&req)?;
+        for e in &req.get_ref().entries {
+            require(&p, Right::Write(Some(&e.tenant)))?;
+        }
+        let forwarded = is_forwarded(&req);
         match target(&self.core, forwarded)? {
             Target::Local => self
                 .write_local(req.into_inner())
                 .await
                 .map(Response::new)
                 .map_err(to_status),
-            Target::Leader(id, addr) => {
+            Target::Leader(leader) => {
                 let r = req.into_inner();
                 let relayed = ProduceRequest {
                     id: 0,
@@ -95,7 +100,7 @@ impl LogApi {
                     producer_id: r.producer_id,
                     producer_seq: r.producer_seq,
                 };
-                let rx = self.relay.submit(&self.core, (id, addr), relayed).await?;
+                let rx = self.relay.submit(&self.core, leader, relayed).await?;
                 let answer = rx.await.unwrap_or_else(|_| {
                     Err(Status::unavailable(
                         "the link to the leader dropped a write without an answer",
@@ -120,6 +125,33 @@ impl LogApi {
     async fn truncate_local(&self, r: TruncateRequest) -> Result<TruncateResponse, CoreError> {
         let log_start = self.core.truncate(r.before).await?;
         Ok(TruncateResponse { log_start })
+    }
+
+    /// Checks that `p` may read what the replay `r` asks for: a tenant in its scope, or (for a
+    /// principal with one tenant and no filter given) that tenant. A checkpoint of a tenant
+    /// outside its scope is not found, as if it did not exist.
+    fn authorize_replay(&self, p: &Principal, r: &mut ReplayRequest) -> Result<(), Status> {
+        if p.sees(None) {
+            return Ok(());
+        }
+        let mut tenant = r.tenant.clone();
+        if let Some(Start::Checkpoint(name)) = &r.start {
+            let cp = self.core.checkpoint(name).map_err(to_status)?;
+            if !p.sees(cp.tenant.as_deref()) {
+                return Err(to_status(CoreError::NotFound(format!(
+                    "checkpoint {name:?} not found"
+                ))));
+            }
+            tenant = tenant.or(cp.tenant);
+        }
+        if tenant.is_none()
+            && let crate::auth::Tenants::Only(only) = &p.tenants
+            && only.len() == 1
+        {
+            tenant = only.iter().next().cloned();
+            r.tenant.clone_from(&tenant);
+        }
+        require(p, Right::Read(tenant.as_deref()))
     }
 
     /// Checks the request and where it starts (waiting for `min_sequence`), so a bad replay
@@ -214,9 +246,14 @@ impl Replayer {
                 if n > 0 {
                     left -= n;
                     self.core.metrics().replayed_entries.inc_by(n);
+                    let wait = self.throttle(&chunk.entries);
                     let msg = self.message(chunk.entries)?;
                     if self.tx.send(Ok(msg)).await.is_err() {
                         return Ok(());
+                    }
+                    if !wait.is_zero() {
+                        // The tenants' replay quotas: wait before reading on.
+                        tokio::time::sleep(wait).await;
                     }
                 }
                 if left == 0 {
@@ -231,6 +268,27 @@ impl Replayer {
                 return Err(CoreError::Unavailable("node stopping".to_owned()));
             }
         }
+    }
+
+    /// Charges the entries' data bytes to their tenants' replay quotas; how long to wait.
+    fn throttle(&self, entries: &[pb::Entry]) -> std::time::Duration {
+        let quotas = self.core.quotas();
+        if !quotas.active() {
+            return std::time::Duration::ZERO;
+        }
+        let mut wait = std::time::Duration::ZERO;
+        let mut i = 0;
+        while i < entries.len() {
+            // A run of one tenant's entries at a time.
+            let tenant = &entries[i].tenant;
+            let mut bytes = 0u64;
+            while i < entries.len() && entries[i].tenant == *tenant {
+                bytes += entries[i].data.len() as u64;
+                i += 1;
+            }
+            wait = wait.max(quotas.replayed(tenant, bytes));
+        }
+        wait
     }
 
     fn message(&self, entries: Vec<pb::Entry>) -> Result<ReplayResponse, CoreError> {
@@ -320,11 +378,12 @@ impl LogService for LogApi {
                     self.core.limits().max_produce_streams
                 ))));
             };
-            let forwarded = req.metadata().contains_key(FORWARDED_BY);
+            let forwarded = is_forwarded(&req);
+            let p = caller(&req)?;
             let stream = produce::serve(
                 self.core.clone(),
                 self.relay.clone(),
-                forwarded,
+                (forwarded, p),
                 req.into_inner(),
                 permit,
             );
@@ -337,7 +396,10 @@ impl LogService for LogApi {
 
     async fn replay(&self, req: Request<ReplayRequest>) -> Result<Response<EntryStream>, Status> {
         observed(&self.core, "Replay", async {
-            self.replay_open(req.into_inner(), true)
+            let p = caller(&req)?;
+            let mut r = req.into_inner();
+            self.authorize_replay(&p, &mut r)?;
+            self.replay_open(r, true)
                 .await
                 .map(Response::new)
                 .map_err(to_status)
@@ -350,6 +412,7 @@ impl LogService for LogApi {
         req: Request<CreateCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
         observed(&self.core, "CreateCheckpoint", async {
+            authorize(&req, Right::Write(req.get_ref().tenant.as_deref()))?;
             let client = |ch| self.leader_client(ch);
             on_leader(
                 &self.fwd,
@@ -368,8 +431,15 @@ impl LogService for LogApi {
         req: Request<GetCheckpointRequest>,
     ) -> Result<Response<Checkpoint>, Status> {
         observed(&self.core, "GetCheckpoint", async {
+            let p = caller(&req)?;
             let name = req.into_inner().name;
             let cp = self.core.checkpoint(&name).map_err(to_status)?;
+            if !p.sees(cp.tenant.as_deref()) {
+                // Not visible to this principal: as if it did not exist.
+                return Err(to_status(CoreError::NotFound(format!(
+                    "checkpoint {name:?} not found"
+                ))));
+            }
             Ok(Response::new(to_proto_checkpoint(cp)))
         })
         .await
@@ -380,12 +450,20 @@ impl LogService for LogApi {
         req: Request<ListCheckpointsRequest>,
     ) -> Result<Response<ListCheckpointsResponse>, Status> {
         observed(&self.core, "ListCheckpoints", async {
+            let p = caller(&req)?;
             let tenant = req.into_inner().tenant;
+            if tenant.is_some() {
+                require(&p, Right::Read(tenant.as_deref()))?;
+            }
             let list = self
                 .core
                 .checkpoints(tenant.as_deref())
                 .map_err(to_status)?;
-            let checkpoints = list.into_iter().map(to_proto_checkpoint).collect();
+            let checkpoints = list
+                .into_iter()
+                .filter(|c| p.sees(c.tenant.as_deref()))
+                .map(to_proto_checkpoint)
+                .collect();
             Ok(Response::new(ListCheckpointsResponse { checkpoints }))
         })
         .await
@@ -396,6 +474,7 @@ impl LogService for LogApi {
         req: Request<TruncateRequest>,
     ) -> Result<Response<TruncateResponse>, Status> {
         observed(&self.core, "Truncate", async {
+            authorize(&req, Right::Admin)?;
             let client = |ch| self.leader_client(ch);
             on_leader(
                 &self.fwd,
@@ -411,9 +490,10 @@ impl LogService for LogApi {
 
     async fn list_segments(
         &self,
-        _req: Request<ListSegmentsRequest>,
+        req: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         observed(&self.core, "ListSegments", async {
+            authorize(&req, Right::Admin)?;
             let (segments, log_start) = self.core.segments().map_err(to_status)?;
             Ok(Response::new(ListSegmentsResponse {
                 segments: segments.into_iter().map(to_proto_segment).collect(),
@@ -430,6 +510,7 @@ impl LogService for LogApi {
         req: Request<ReadSegmentRequest>,
     ) -> Result<Response<EntryStream>, Status> {
         observed(&self.core, "ReadSegment", async {
+            authorize(&req, Right::Admin)?;
             let id = req.into_inner().id;
             let (from, upto) = self.core.segment_range(id).map_err(to_status)?;
             let req = ReplayRequest {

@@ -12,6 +12,7 @@
 //! Raft.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod forward;
 pub mod log;
@@ -21,6 +22,7 @@ mod relay;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 
 use crate::core::{Core, CoreError};
@@ -33,45 +35,100 @@ use crate::wire;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/replog_descriptor.bin"));
 
-/// Adds the public services, health and reflection to a server.
-pub fn routes(
-    core: Arc<Core>,
+/// The public services of a node, served on both listeners: to clients on the client
+/// listener (behind [`auth::Authenticate`]) and to members forwarding calls on the peer
+/// listener (behind the member check). One instance, so both share the node's stream limits
+/// and its link to the leader.
+pub struct Api {
+    log: Arc<log::LogApi>,
+    admin: Arc<admin::AdminApi>,
     max_message_bytes: usize,
-    tls: Option<Arc<crate::tls::Reloadable>>,
-    mut server: tonic::transport::Server,
-) -> Router {
-    let fwd = Arc::new(forward::Forwarder::new(max_message_bytes, tls));
-    let log = LogServiceServer::new(log::LogApi::new(core.clone(), fwd.clone()))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
-    let admin = AdminServiceServer::new(admin::AdminApi::new(core.clone(), fwd))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
-    let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
-        reporter
-            .set_serving::<LogServiceServer<log::LogApi>>()
-            .await;
-        reporter
-            .set_serving::<AdminServiceServer<admin::AdminApi>>()
-            .await;
-    });
-    let mut router = server
-        .add_service(health)
-        .add_service(log)
-        .add_service(admin);
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    match (reflection().build_v1(), reflection().build_v1alpha()) {
-        (Ok(v1), Ok(v1alpha)) => router = router.add_service(v1).add_service(v1alpha),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "server reflection is off: bad embedded descriptors")
+}
+
+impl Api {
+    /// `peer_tls`: TLS towards other members' peer listeners (forwarding, status).
+    pub fn new(
+        core: Arc<Core>,
+        max_message_bytes: usize,
+        peer_tls: Option<Arc<crate::tls::Reloadable>>,
+    ) -> Api {
+        let fwd = Arc::new(forward::Forwarder::new(max_message_bytes, peer_tls));
+        Api {
+            log: Arc::new(log::LogApi::new(core.clone(), fwd.clone())),
+            admin: Arc::new(admin::AdminApi::new(core, fwd)),
+            max_message_bytes,
         }
     }
-    router
+
+    fn servers(
+        &self,
+    ) -> (
+        LogServiceServer<log::LogApi>,
+        AdminServiceServer<admin::AdminApi>,
+    ) {
+        let max = self.max_message_bytes;
+        let log = LogServiceServer::from_arc(self.log.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let admin = AdminServiceServer::from_arc(self.admin.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        (log, admin)
+    }
+
+    /// The client listener's routes: the public services (each call authenticated by
+    /// `auth`), health and reflection.
+    pub fn client_routes(
+        &self,
+        mut server: tonic::transport::Server,
+        auth: auth::Authenticate,
+    ) -> Router {
+        let (log, admin) = self.servers();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(async move {
+            reporter
+                .set_serving::<LogServiceServer<log::LogApi>>()
+                .await;
+            reporter
+                .set_serving::<AdminServiceServer<admin::AdminApi>>()
+                .await;
+        });
+        let mut router = server
+            .add_service(health)
+            .add_service(InterceptedService::new(log, auth.clone()))
+            .add_service(InterceptedService::new(admin, auth));
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => router = router.add_service(v1).add_service(v1alpha),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "server reflection is off: bad embedded descriptors")
+            }
+        }
+        router
+    }
+
+    /// Adds the public services to the peer listener's `router`, for calls members forward:
+    /// each admitted by `member_check`, then run as forwarded by a member (never forwarded
+    /// again, and as the open principal: the member has checked its caller's rights).
+    pub fn add_peer_routes<I>(&self, router: Router, member_check: I) -> Router
+    where
+        I: tonic::service::Interceptor + Clone + Send + Sync + 'static,
+    {
+        let (log, admin) = self.servers();
+        let internal = move |req: tonic::Request<()>| {
+            let mut check = member_check.clone();
+            let mut req = check.call(req)?;
+            req.extensions_mut().insert(forward::Internal);
+            Ok(req)
+        };
+        router
+            .add_service(InterceptedService::new(log, internal.clone()))
+            .add_service(InterceptedService::new(admin, internal))
+    }
 }
 
 /// Runs `call`, recording the request in `replog_grpc_requests_total` and its duration.

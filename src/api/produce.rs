@@ -19,6 +19,7 @@ use tonic::{Status, Streaming};
 use super::error::to_status;
 use super::forward::{Target, target};
 use super::relay::{Relay, Relayed};
+use crate::auth::{Principal, Right};
 use crate::core::{Core, CoreError, NewRecord};
 use crate::proto::{self as pb, ProduceRequest, ProduceResponse, WriteResponse, produce_response};
 use crate::wal::ProducerKey;
@@ -31,23 +32,30 @@ type Answer = Pin<Box<dyn Future<Output = ProduceResponse> + Send>>;
 pub fn serve(
     core: Arc<Core>,
     relay: Arc<Relay>,
-    forwarded: bool,
+    (forwarded, caller): (bool, Arc<Principal>),
     input: Streaming<ProduceRequest>,
     permit: OwnedSemaphorePermit,
 ) -> ProduceStream {
     let window = core.limits().produce_max_in_flight;
     let (tx, rx) = mpsc::channel(window);
     tokio::spawn(async move {
-        run(&core, &relay, forwarded, input, tx, window).await;
+        let from = Origin { forwarded, caller };
+        run(&core, &relay, &from, input, tx, window).await;
         drop(permit);
     });
     ReceiverStream::new(rx)
 }
 
+/// Who sends a stream's writes: a member forwarding them, and the principal they run as.
+struct Origin {
+    forwarded: bool,
+    caller: Arc<Principal>,
+}
+
 async fn run(
     core: &Arc<Core>,
     relay: &Relay,
-    forwarded: bool,
+    from: &Origin,
     mut input: Streaming<ProduceRequest>,
     tx: mpsc::Sender<Result<ProduceResponse, Status>>,
     window: usize,
@@ -65,7 +73,7 @@ async fn run(
                 }
             }
             msg = input.next(), if reading && in_flight.len() < window => match msg {
-                Some(Ok(req)) => in_flight.push_back(submit(core, relay, forwarded, req).await),
+                Some(Ok(req)) => in_flight.push_back(submit(core, relay, from, req).await),
                 // The client finished sending (or broke the stream): answer what was sent.
                 Some(Err(_)) | None => reading = false,
             },
@@ -87,10 +95,15 @@ fn count(core: &Core, answer: &ProduceResponse) {
 }
 
 /// The ordered part of one request: checked and queued (or relayed) now; its answer later.
-async fn submit(core: &Arc<Core>, relay: &Relay, forwarded: bool, req: ProduceRequest) -> Answer {
+async fn submit(core: &Arc<Core>, relay: &Relay, from: &Origin, req: ProduceRequest) -> Answer {
     let id = req.id;
     let failed = |status: Status| -> Answer { Box::pin(std::future::ready(error(id, &status))) };
-    match target(core, forwarded) {
+    for e in &req.entries {
+        if let Err(denied) = from.caller.check(Right::Write(Some(&e.tenant))) {
+            return failed(Status::permission_denied(denied));
+        }
+    }
+    match target(core, from.forwarded) {
         Err(status) => failed(status),
         Ok(Target::Local) => {
             let submitted = match decode(req) {
@@ -110,7 +123,7 @@ async fn submit(core: &Arc<Core>, relay: &Relay, forwarded: bool, req: ProduceRe
                 }
             }
         }
-        Ok(Target::Leader(leader, addr)) => match relay.submit(core, (leader, addr), req).await {
+        Ok(Target::Leader(leader)) => match relay.submit(core, leader, req).await {
             Err(status) => failed(status),
             Ok(rx) => Box::pin(async move {
                 let relayed: Relayed = rx.await.unwrap_or_else(|_| {

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
 
 use super::error::to_status;
-use super::forward::{Forwarder, leader_failed};
+use super::forward::{Forwarder, Leader, leader_failed};
 use crate::core::{Core, CoreError};
 use crate::proto::log_service_client::LogServiceClient;
 use crate::proto::{ProduceRequest, ProduceResponse, WriteResponse, produce_response};
@@ -32,6 +32,7 @@ type Job = (ProduceRequest, oneshot::Sender<Relayed>);
 
 struct Link {
     leader: NodeId,
+    /// The leader's peer address (the link's far end).
     addr: String,
     tx: mpsc::Sender<Job>,
 }
@@ -53,41 +54,36 @@ impl Relay {
         }
     }
 
-    /// Relays a write to the leader `(leader, addr)`; writes relayed one after another (each
-    /// awaited) reach it in that order. The receiver answers with the leader's result.
+    /// Relays a write to the leader (at its peer address); writes relayed one after another
+    /// (each awaited) reach it in that order. The receiver answers with the leader's result.
     pub async fn submit(
         &self,
         core: &Arc<Core>,
-        (leader, addr): (NodeId, String),
+        leader: Leader,
         req: ProduceRequest,
     ) -> Result<oneshot::Receiver<Relayed>, Status> {
-        let tx = self.link_to(core, leader, &addr)?;
+        let tx = self.link_to(core, &leader)?;
         let (reply, rx) = oneshot::channel();
         tx.send((req, reply)).await.map_err(|_| {
             to_status(CoreError::NotLeader {
-                message: format!("the link to the leader (node {leader} at {addr}) closed"),
-                leader: Some((leader, addr.clone())),
+                message: format!("the link to the leader ({leader}) closed"),
+                leader: leader.hint(),
             })
         })?;
         Ok(rx)
     }
 
     /// The link to this leader: the current one, or a new one.
-    fn link_to(
-        &self,
-        core: &Arc<Core>,
-        leader: NodeId,
-        addr: &str,
-    ) -> Result<mpsc::Sender<Job>, Status> {
+    fn link_to(&self, core: &Arc<Core>, leader: &Leader) -> Result<mpsc::Sender<Job>, Status> {
         let mut link = self.link.lock();
         if let Some(l) = link.as_ref()
-            && l.leader == leader
-            && l.addr == addr
+            && l.leader == leader.id
+            && l.addr == leader.peer
             && !l.tx.is_closed()
         {
             return Ok(l.tx.clone());
         }
-        let channel = self.fwd.channel(addr).map_err(to_status)?;
+        let channel = self.fwd.channel(&leader.peer).map_err(to_status)?;
         let max = self.fwd.max_message_bytes();
         let client = LogServiceClient::new(channel)
             .max_decoding_message_size(max)
@@ -96,13 +92,13 @@ impl Relay {
         tokio::spawn(run_link(
             core.clone(),
             client,
-            (leader, addr.to_owned()),
+            leader.clone(),
             rx,
             self.window,
         ));
         *link = Some(Link {
-            leader,
-            addr: addr.to_owned(),
+            leader: leader.id,
+            addr: leader.peer.clone(),
             tx: tx.clone(),
         });
         Ok(tx)
@@ -113,7 +109,7 @@ impl Relay {
 async fn run_link(
     core: Arc<Core>,
     mut client: LogServiceClient<tonic::transport::Channel>,
-    (leader, addr): (NodeId, String),
+    leader: Leader,
     mut jobs: mpsc::Receiver<Job>,
     window: usize,
 ) {
@@ -123,11 +119,11 @@ async fn run_link(
         request.metadata_mut().insert(FORWARDED_BY, v);
     }
     let mut waiting: VecDeque<oneshot::Sender<Relayed>> = VecDeque::new();
-    let broke = |status: Status| leader_failed(status, leader, &addr);
+    let broke = |status: Status| leader_failed(status, &leader);
     // The call resolves once the leader has accepted the stream; jobs queue meanwhile.
     let opened = tokio::select! {
         r = client.produce(request) => r.map(tonic::Response::into_inner),
-        () = core.until_leader_silent() => Err(silent(&core, leader, &addr)),
+        () = core.until_leader_silent() => Err(silent(&core, &leader)),
     };
     let mut answers = match opened {
         Ok(s) => s,
@@ -163,7 +159,7 @@ async fn run_link(
                 Some(Err(status)) => break broke(status),
                 None => break broke(Status::unavailable("the leader ended the stream")),
             },
-            () = core.until_leader_silent() => break silent(&core, leader, &addr),
+            () = core.until_leader_silent() => break silent(&core, &leader),
         }
         if !sending && waiting.is_empty() {
             return;
@@ -178,10 +174,10 @@ async fn run_link(
     }
 }
 
-fn silent(core: &Core, leader: NodeId, addr: &str) -> Status {
+fn silent(core: &Core, leader: &Leader) -> Status {
     to_status(CoreError::OutcomeUnknown {
         message: format!(
-            "node {} lost contact with the leader (node {leader} at {addr}) while relaying writes; their outcome is unknown",
+            "node {} lost contact with the leader ({leader}) while relaying writes; their outcome is unknown",
             core.id()
         ),
         leader: None,

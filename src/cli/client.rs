@@ -45,6 +45,9 @@ pub struct ClientArgs {
     /// The private key (PEM) of --cert.
     #[arg(long, env = "REPLOG_KEY", global = true, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// A bearer token (`replog auth token create`), for a cluster with authentication on.
+    #[arg(long, env = "REPLOG_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ClientArgs {
@@ -52,6 +55,7 @@ impl ClientArgs {
         let opts = ClientOptions {
             retry_timeout: self.retry_timeout,
             tls: self.tls()?,
+            token: self.token.clone(),
             ..ClientOptions::default()
         };
         Client::new(&self.endpoints, opts).map_err(|e| CliError::usage(e.to_string()))
@@ -239,7 +243,7 @@ pub fn run_async<F: Future<Output = Result<(), CliError>>>(f: F) -> Result<(), C
     super::serve::runtime()?.block_on(f)
 }
 
-fn stdout_line(line: std::fmt::Arguments<'_>) -> Result<(), CliError> {
+pub(super) fn stdout_line(line: std::fmt::Arguments<'_>) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     out.write_fmt(line)
         .and_then(|_| out.write_all(b"\n"))

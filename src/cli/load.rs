@@ -203,7 +203,7 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
             tokio::spawn(unary_producer(
                 load,
                 mine,
-                tls.clone(),
+                (tls.clone(), a.client.token.clone()),
                 a.in_flight,
                 a.keys,
                 stats,
@@ -212,6 +212,7 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
             let opts = ClientOptions {
                 retry_timeout: a.client.retry_timeout,
                 tls: tls.clone(),
+                token: a.client.token.clone(),
                 ..ClientOptions::default()
             };
             let c = Client::new(&mine, opts).map_err(|e| CliError::usage(e.to_string()))?;
@@ -390,11 +391,12 @@ async fn stream_producer(
 async fn unary_producer(
     load: Load,
     endpoints: Vec<String>,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    (tls, token): (Option<tonic::transport::ClientTlsConfig>, Option<String>),
     in_flight: u32,
     keys: bool,
     stats: Arc<Stats>,
 ) -> Result<(), CliError> {
+    let creds = crate::client::Credentials::bearer(token.as_deref())?;
     let first = endpoints
         .first()
         .ok_or_else(|| CliError::usage("no endpoint"))?;
@@ -418,7 +420,7 @@ async fn unary_producer(
         let mut load = load.clone();
         load.next += c as usize;
         let stats = stats.clone();
-        let mut log = LogServiceClient::new(channel.clone())
+        let mut log = LogServiceClient::with_interceptor(channel.clone(), creds.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         callers.push(tokio::spawn(async move {

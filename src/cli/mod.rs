@@ -1,11 +1,13 @@
 //! The `replog` command line: clap definitions and dispatch. Each command maps to one library
 //! call; this module only parses, prints and picks exit codes.
 
+pub mod auth;
 pub mod bench;
 pub mod bench_cluster;
 pub mod client;
 pub mod load;
 pub mod output;
+pub mod quota;
 pub mod serve;
 pub mod verify;
 pub mod wal;
@@ -62,6 +64,12 @@ pub enum Command {
     /// Check a live cluster: write unique keyed entries through whatever happens, then read
     /// every member and report lost, duplicated, reordered, gaps and divergence (exit 0: none).
     Verify(verify::VerifyArgs),
+    /// Per-tenant quotas: set them on the cluster (replicated), list what nodes apply.
+    Quota(quota::QuotaArgs),
+    /// Manage the token file of a cluster with authentication on: bearer tokens (create, list,
+    /// revoke) and rights of client certificates.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Work on a local write-ahead log directory (offline tools, like kafka-dump-log).
     Wal(wal::WalCommand),
     /// Measure acknowledged writes/s and latency of an in-process cluster (Raft over loopback).
@@ -137,6 +145,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Segments(args) => client::run_async(client::segments(&args)),
         Command::Cluster(args) => client::run_async(client::cluster(&args)),
         Command::Verify(args) => client::run_async(verify::verify(&args)),
+        Command::Auth(cmd) => auth::run(&cmd),
+        Command::Quota(args) => client::run_async(quota::run(&args)),
         Command::Wal(cmd) => wal::run(cmd),
         Command::BenchCluster(args) => bench_cluster::run(&args),
         Command::Bench(args) => load::run(&args),

@@ -82,6 +82,26 @@ pub struct ServeArgs {
     /// read and change the cluster).
     #[arg(long)]
     pub insecure: bool,
+    /// Require credentials (a token or a granted client certificate) on the client listener.
+    /// [default: on when --listen is not a loopback address]
+    #[arg(long, value_enum)]
+    pub auth: Option<OnOff>,
+    /// The token file (`replog auth token create --file`): hashes of tokens and certificate
+    /// grants, re-read when it changes.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve /metrics over HTTPS with the client certificate (needs TLS).
+    #[arg(long)]
+    pub metrics_tls: bool,
+    /// Require a bearer token on /metrics (needs auth on).
+    #[arg(long)]
+    pub metrics_token: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 impl ServeArgs {
@@ -137,10 +157,24 @@ impl ServeArgs {
         if self.insecure {
             tls.insert("insecure", serde_json::Value::Bool(true));
         }
+        let mut auth = BTreeMap::new();
+        if let Some(a) = self.auth {
+            auth.insert("enabled", serde_json::Value::Bool(a == OnOff::On));
+        }
+        if let Some(f) = &self.token_file {
+            auth.insert("token_file", serde_json::json!(f));
+        }
+        if self.metrics_tls {
+            auth.insert("metrics_tls", serde_json::Value::Bool(true));
+        }
+        if self.metrics_token {
+            auth.insert("metrics_token", serde_json::Value::Bool(true));
+        }
         FlagOverrides {
             node: (!node.is_empty()).then_some(node),
             cluster: (!cluster.is_empty()).then_some(cluster),
             tls: (!tls.is_empty()).then_some(tls),
+            auth: (!auth.is_empty()).then_some(auth),
         }
     }
 }
@@ -232,6 +266,11 @@ pub struct DevArgs {
     /// and certificates made in <data-dir>/tls (CA, one per node, one for clients).
     #[arg(long)]
     pub tls: bool,
+    /// Run the cluster with authentication on: a throwaway token file in <data-dir>/tokens.yaml
+    /// with one admin token, printed as `export REPLOG_TOKEN=...` (make more with `replog auth
+    /// token create --file <data-dir>/tokens.yaml`).
+    #[arg(long)]
+    pub auth: bool,
 }
 
 /// The `serve` flags of node `id` in a `replog dev` cluster (what `cluster/local-3/` holds).
@@ -276,10 +315,23 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
     } else {
         None
     };
+    let token = if args.auth {
+        Some(dev_token_file(args)?)
+    } else {
+        None
+    };
     let exe = std::env::current_exe()?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for id in 1..=args.nodes {
         let mut flags = dev_node_flags(args, id);
+        if token.is_some() {
+            flags.extend([
+                "--auth".to_owned(),
+                "on".to_owned(),
+                "--token-file".to_owned(),
+                dev_tokens_path(args).display().to_string(),
+            ]);
+        }
         if let Some(t) = &tls {
             let f = &t.nodes[(id - 1) as usize];
             for (flag, path) in [
@@ -324,7 +376,7 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
     let result = rt.block_on(supervise(
         args,
         &endpoints,
-        client_tls,
+        (client_tls, token),
         tls.as_ref(),
         &mut children,
     ));
@@ -335,12 +387,13 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
 async fn supervise(
     args: &DevArgs,
     endpoints: &[String],
-    client_tls: Option<tonic::transport::ClientTlsConfig>,
+    (client_tls, token): (Option<tonic::transport::ClientTlsConfig>, Option<String>),
     tls: Option<&crate::tls::ThrowawayFiles>,
     children: &mut [(u64, Child)],
 ) -> Result<(), CliError> {
     let opts = crate::client::ClientOptions {
         tls: client_tls,
+        token: token.clone(),
         ..Default::default()
     };
     let client = crate::client::Client::new(endpoints, opts)
@@ -385,6 +438,13 @@ async fn supervise(
                 println!("export REPLOG_CERT={}", t.client.0.display());
                 println!("export REPLOG_KEY={}", t.client.1.display());
             }
+            if let Some(t) = &token {
+                println!("export REPLOG_TOKEN={t}");
+                println!(
+                    "export REPLOG_AUTH__TOKEN_FILE={}",
+                    dev_tokens_path(args).display()
+                );
+            }
             println!(
                 "logs and data in {}; Ctrl-C stops every node",
                 args.data_dir.display()
@@ -397,6 +457,22 @@ async fn supervise(
             )));
         }
     }
+}
+
+fn dev_tokens_path(args: &DevArgs) -> PathBuf {
+    args.data_dir.join("tokens.yaml")
+}
+
+/// A new token file for `replog dev --auth`, holding one admin token (returned).
+fn dev_token_file(args: &DevArgs) -> Result<String, CliError> {
+    let mut f = crate::auth::TokenFile::default();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let (_, token) = f
+        .create_token("dev-admin", crate::auth::Role::Admin, &[], &now)
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    f.write(&dev_tokens_path(args))
+        .map_err(|e| CliError::failure(e.to_string()))?;
+    Ok(token)
 }
 
 /// Sends SIGTERM to every child and waits for it (SIGKILL after 10 s).

@@ -59,6 +59,9 @@ pub struct ClientOptions {
     /// TLS (the CA to trust, and a client certificate if the cluster asks for one): endpoints
     /// without a scheme then use `https://`. Default: plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// A bearer token (`replog auth token create`) sent with every call, for a cluster with
+    /// authentication on. Default: none.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -69,6 +72,7 @@ impl Default for ClientOptions {
             retry_timeout: Duration::from_secs(30),
             max_message_bytes: 64 << 20,
             tls: None,
+            token: None,
         }
     }
 }
@@ -133,6 +137,40 @@ struct State {
 pub struct Client {
     state: Arc<parking_lot::Mutex<State>>,
     opts: ClientOptions,
+    creds: Credentials,
+}
+
+/// A channel whose calls carry the client's credentials.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
+
+/// Adds the bearer token (if any) to every call: `authorization: Bearer <token>`.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Credentials {
+    /// The credentials of a token (`None`: none).
+    pub fn bearer(token: Option<&str>) -> Result<Credentials, ClientError> {
+        let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(Credentials(None));
+        };
+        let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {t}").parse().map_err(|_| {
+                ClientError::Rpc(Status::invalid_argument(
+                    "the token holds characters a header cannot carry",
+                ))
+            })?;
+        v.set_sensitive(true);
+        Ok(Credentials(Some(v)))
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 /// A random producer id, for a caller that keys its own writes.
@@ -157,7 +195,16 @@ fn is_retryable(s: &Status) -> bool {
             | Code::Cancelled
             | Code::Aborted
             | Code::DeadlineExceeded
-    )
+    ) || throttled(s).is_some()
+}
+
+/// A tenant's rate quota refused the call (nothing was written): how long the server asks to
+/// wait before trying again.
+fn throttled(s: &Status) -> Option<Duration> {
+    if s.code() != Code::ResourceExhausted {
+        return None;
+    }
+    wire::retry_delay(s)
 }
 
 /// A status's message followed by the errors that caused it (a connection's: "tcp connect
@@ -209,7 +256,9 @@ impl Client {
             Endpoint::from_shared(e.clone())
                 .map_err(|err| ClientError::Endpoint(e.clone(), err.to_string()))?;
         }
+        let creds = Credentials::bearer(opts.token.as_deref())?;
         Ok(Client {
+            creds,
             state: Arc::new(parking_lot::Mutex::new(State {
                 endpoints: list,
                 current: 0,
@@ -321,6 +370,12 @@ impl Client {
                 );
             }
             attempts += 1;
+            if let Some(wait) = throttled(&status) {
+                // The same leader will take it after the wait the quota asks for.
+                tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                continue;
+            }
             let hinted = leader_hint(&status).is_some();
             self.redirect(&endpoint, &status);
             if !hinted {
@@ -330,14 +385,14 @@ impl Client {
         }
     }
 
-    fn log(&self, ch: Channel) -> LogServiceClient<Channel> {
-        LogServiceClient::new(ch)
+    fn log(&self, ch: Channel) -> LogServiceClient<Authed> {
+        LogServiceClient::with_interceptor(ch, self.creds.clone())
             .max_decoding_message_size(self.opts.max_message_bytes)
             .max_encoding_message_size(self.opts.max_message_bytes)
     }
 
-    fn admin(&self, ch: Channel) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(ch)
+    fn admin(&self, ch: Channel) -> AdminServiceClient<Authed> {
+        AdminServiceClient::with_interceptor(ch, self.creds.clone())
     }
 
     /// A unary `LogService` call: `f` sends `req` (with the attempt's deadline) on a client of
@@ -350,7 +405,7 @@ impl Client {
     ) -> Result<Resp, ClientError>
     where
         Req: Clone,
-        F: Fn(LogServiceClient<Channel>, Request<Req>) -> Fut,
+        F: Fn(LogServiceClient<Authed>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         self.call(timeout, |ch, t| {
@@ -371,7 +426,7 @@ impl Client {
     ) -> Result<Resp, ClientError>
     where
         Req: Clone,
-        F: Fn(AdminServiceClient<Channel>, Request<Req>) -> Fut,
+        F: Fn(AdminServiceClient<Authed>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         self.call(timeout, |ch, t| {
@@ -663,6 +718,38 @@ impl Client {
             self.opts.request_timeout,
             RemoveNodeRequest { id },
             |mut c, rq| async move { c.remove_node(rq).await },
+        )
+        .await
+    }
+
+    /// Changes a tenant's replicated quota: with `clear` removes it first, then sets the
+    /// limits `limits` gives (unset ones stay). Needs the admin role.
+    pub async fn set_quota(
+        &self,
+        tenant: &str,
+        limits: pb::QuotaLimits,
+        clear: bool,
+    ) -> Result<pb::TenantQuota, ClientError> {
+        self.admin_unary(
+            self.opts.request_timeout,
+            pb::SetQuotaRequest {
+                tenant: tenant.to_owned(),
+                limits: Some(limits),
+                clear,
+            },
+            |mut c, rq| async move { c.set_quota(rq).await },
+        )
+        .await
+    }
+
+    /// The quotas (of `tenant`, or of every tenant with one) as the node asked applies them.
+    pub async fn list_quotas(&self, tenant: &str) -> Result<pb::ListQuotasResponse, ClientError> {
+        self.admin_unary(
+            self.opts.request_timeout,
+            pb::ListQuotasRequest {
+                tenant: tenant.to_owned(),
+            },
+            |mut c, rq| async move { c.list_quotas(rq).await },
         )
         .await
     }

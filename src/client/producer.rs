@@ -25,7 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::{BACKOFF_MAX, BACKOFF_MIN, Client, ClientError, NewEntry, is_retryable, random_id};
+use super::{
+    BACKOFF_MAX, BACKOFF_MIN, Client, ClientError, NewEntry, is_retryable, random_id, throttled,
+};
 use crate::proto::{self as pb, ProduceRequest, ProduceResponse, produce_response};
 use crate::wire::leader_hint;
 
@@ -425,6 +427,14 @@ impl Engine {
                     endpoint,
                 });
             }
+            Err(status) if !is_retryable(&status) => {
+                // Refused for good (no or bad credentials, no right to produce): the stream
+                // was never opened, so nothing in flight was written; all of it fails so.
+                self.link = None;
+                for b in self.in_flight.drain(..) {
+                    fail(b, &ClientError::Rpc(status.clone()));
+                }
+            }
             Err(status) => {
                 // No stream: the first request in flight fails as retryable.
                 self.link = None;
@@ -436,6 +446,11 @@ impl Engine {
     }
 
     async fn pause(&mut self, status: &Status) {
+        if let Some(wait) = throttled(status) {
+            // A tenant's quota: wait as long as the server asks.
+            tokio::time::sleep(wait).await;
+            return;
+        }
         if leader_hint(status).is_none() {
             tokio::time::sleep(self.backoff).await;
             self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -488,14 +503,17 @@ impl Engine {
             return;
         }
         let endpoint = self.link.take().map(|l| l.endpoint);
-        if let Some(e) = &endpoint {
+        if let Some(e) = &endpoint
+            && throttled(&status).is_none()
+        {
             self.client.redirect(e, &status);
         }
         let now = Instant::now();
         let retry_timeout = self.client.opts.retry_timeout;
         // Unkeyed requests cannot be resent safely; timed-out ones give up.
         let mut keep = VecDeque::new();
-        for mut b in self.in_flight.drain(..) {
+        for (i, mut b) in self.in_flight.drain(..).enumerate() {
+            let front = i == 0;
             let since = *b.failing_since.get_or_insert(now);
             let keyed = b.request.producer_id.is_some();
             if keyed && now.duration_since(since) < retry_timeout {
@@ -503,6 +521,9 @@ impl Engine {
             } else {
                 let msg = if keyed {
                     format!("{} (retried for {retry_timeout:?})", status.message())
+                } else if front && throttled(&status).is_some() {
+                    // The answer to this very write: a quota refused it.
+                    format!("{} (refused by a quota: not written)", status.message())
                 } else {
                     format!(
                         "{} (the outcome of this unkeyed write is unknown)",

@@ -14,6 +14,13 @@ pub enum CoreError {
     /// A configured limit (or disk space) would be exceeded.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A tenant's quota refused a write (nothing written): retry after `retry_after`, or (for
+    /// retained bytes, `None`) once the log is truncated.
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("sequence {requested} is before the log start {log_start} (truncated)")]

@@ -30,6 +30,7 @@ mod limits;
 mod log;
 mod membership;
 mod producers;
+pub mod quota;
 mod read;
 pub mod repair;
 mod write;
@@ -38,6 +39,7 @@ pub use error::CoreError;
 pub use limits::{InvalidLimit, Limits};
 pub use log::Checkpoint;
 pub use membership::{Membership, NodeStatus};
+pub use quota::{Quota, QuotaConfig};
 pub use read::{Chunk, LogBounds, ReplayFrom, ReplayStart};
 pub use repair::RepairConfig;
 pub use write::PendingWrite;
@@ -91,6 +93,8 @@ pub struct Core {
     /// leader for longer stops forwarding to it.
     leader_lease: Duration,
     limits: Limits,
+    /// Per-tenant quotas and their counters.
+    quotas: quota::Quotas,
     metrics: NodeMetrics,
     /// Resolves when the node stops (ends long-lived streams).
     stop: watch::Receiver<bool>,
@@ -110,6 +114,7 @@ pub struct Parts {
     pub lost: contact::ContactFlags,
     pub leader_lease: Duration,
     pub limits: Limits,
+    pub quotas: quota::QuotaConfig,
     pub max_producers: usize,
     pub metrics: NodeMetrics,
     pub stop: watch::Receiver<bool>,
@@ -142,7 +147,7 @@ impl Core {
             peer_advertise: p.peer_advertise,
             raft: p.raft,
             wal: p.wal,
-            sm: p.sm,
+            sm: p.sm.clone(),
             switch: p.switch,
             keyed: producers::Ledger::new(p.max_producers, p.limits.produce_max_in_flight),
             contact: p.contact,
@@ -151,6 +156,7 @@ impl Core {
             lost: p.lost,
             leader_lease: p.leader_lease,
             limits: p.limits,
+            quotas: quota::Quotas::new(p.quotas, p.sm.clone(), p.metrics.clone()),
             metrics: p.metrics,
             stop: p.stop,
         }
@@ -213,6 +219,12 @@ impl Core {
     /// The leader as this node knows it.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         self.raft.leader()
+    }
+
+    /// The leader as this node knows it: its id, peer address (where members forward to it)
+    /// and client address (what clients are told), the latter `None` until known.
+    pub fn leader_route(&self) -> Option<(NodeId, String, Option<String>)> {
+        self.raft.leader_route()
     }
 
     pub fn is_leader(&self) -> bool {

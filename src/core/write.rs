@@ -41,6 +41,10 @@ impl Core {
         records: Vec<NewRecord>,
     ) -> Result<PendingWrite, CoreError> {
         let records = self.stamped(records)?;
+        if self.quotas.active() {
+            self.quotas
+                .admit_keyed_write(producer, &demands(&records))?;
+        }
         let started = Instant::now();
         let answer: Pin<Box<dyn Future<Output = Outcome> + Send>> = match producer {
             None => {
@@ -207,4 +211,24 @@ async fn unless_contact_lost<T>(
         r = outcome => r,
         () = contact::until(quorum_lost) => Err(RaftOpError::OutcomeUnknown { leader: None }),
     }
+}
+
+/// A batch's entries and data bytes per tenant, in order of first appearance.
+fn demands(records: &[WriteRecord]) -> Vec<super::quota::Demand<'_>> {
+    let mut out: Vec<super::quota::Demand<'_>> = Vec::new();
+    for r in records {
+        let bytes = r.data.len() as u64;
+        match out.iter_mut().find(|d| d.tenant == r.tenant_id) {
+            Some(d) => {
+                d.entries += 1;
+                d.bytes += bytes;
+            }
+            None => out.push(super::quota::Demand {
+                tenant: &r.tenant_id,
+                entries: 1,
+                bytes,
+            }),
+        }
+    }
+    out
 }

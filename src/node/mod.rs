@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::core::{Core, Limits, Parts, RepairConfig, contact, repair};
+use crate::core::{Core, Limits, Parts, QuotaConfig, RepairConfig, contact, repair};
 use crate::metrics::NodeMetrics;
 use crate::raft::directory::{Addresses, Directory};
 use crate::raft::handle::StartRaft;
@@ -81,6 +81,23 @@ pub struct NodeConfig {
     pub repair: RepairConfig,
     /// TLS on both listeners and for connections to other nodes (`None`: plaintext).
     pub tls: Option<NodeTls>,
+    /// Authentication of the client listener's calls (and of `/metrics`).
+    pub auth: NodeAuth,
+    /// The bearer token joining (`join`) presents, for a cluster with authentication on.
+    pub join_token: Option<String>,
+    /// Per-tenant quotas (the configured ones; `replog quota set` adds replicated ones).
+    pub quotas: QuotaConfig,
+}
+
+/// Who may call the client listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeAuth {
+    /// The token file; `None`: authentication is off (everyone may do everything).
+    pub token_file: Option<PathBuf>,
+    /// `/metrics` over HTTPS, with the client listener's certificate.
+    pub metrics_tls: bool,
+    /// `/metrics` needs a bearer token.
+    pub metrics_token: bool,
 }
 
 /// The TLS files of a node's listeners.
@@ -132,6 +149,9 @@ impl NodeConfig {
             file_system: None,
             repair: RepairConfig::default(),
             tls: None,
+            auth: NodeAuth::default(),
+            join_token: None,
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -236,6 +256,20 @@ impl Node {
             ),
             None => None,
         };
+        if cfg.auth.token_file.is_some() && cfg.tls.is_none() {
+            tracing::warn!(
+                peer = %listeners.peer.local_addr()?,
+                "authentication is on but TLS is off: tokens cross the network in the clear, and the peer listener trusts whoever reaches it (as Raft without TLS must); keep it on loopback or a private network, or turn TLS on"
+            );
+        }
+        let auth = match cfg.auth.token_file.clone() {
+            Some(f) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || crate::auth::Authenticator::load(&f))
+                    .await?
+                    .map_err(|e| NodeError::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
         let metrics = NodeMetrics::new().map_err(|e| NodeError::Config(e.to_string()))?;
         let metrics_listener = match cfg.metrics_listen {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| {
@@ -256,7 +290,8 @@ impl Node {
             senders,
         } = open_core(&cfg, addr, peer_addr, tls.as_ref(), metrics).await?;
         repair::enter_if_damaged(&core);
-        let mut tasks = tasks::spawn(&cfg, &core, listeners, tls, metrics_listener);
+        let security = tasks::Security { tls, auth };
+        let mut tasks = tasks::spawn(&cfg, &core, listeners, security, metrics_listener);
         tasks.push(tokio::spawn(contact::watch(core.clone(), senders)));
         let node = Node {
             core,
@@ -442,6 +477,7 @@ async fn open_core(
         lost,
         leader_lease: cfg.raft.election_timeout_max,
         limits: cfg.limits.clone(),
+        quotas: cfg.quotas.clone(),
         max_producers: cfg.max_producers,
         metrics,
         stop: stop_rx,

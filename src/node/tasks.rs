@@ -25,13 +25,27 @@ pub(super) fn spawn(
     cfg: &NodeConfig,
     core: &Arc<Core>,
     listeners: super::Listeners,
-    tls: Option<LoadedTls>,
+    security: Security,
     metrics_listener: Option<tokio::net::TcpListener>,
 ) -> Vec<JoinHandle<()>> {
     let stop = core.stop_signal();
+    let Security { tls, auth } = security;
+    let api = crate::api::Api::new(
+        core.clone(),
+        cfg.net.max_message_bytes,
+        tls.as_ref().map(|t| t.peer.clone()),
+    );
+    let authenticate =
+        crate::api::auth::Authenticate::new(auth.clone(), core.metrics().auth_refused.clone());
     let mut tasks = vec![
-        tokio::spawn(serve_clients(cfg, listeners.client, tls.clone(), core)),
-        tokio::spawn(serve_peers(cfg, listeners.peer, tls.clone(), core)),
+        tokio::spawn(serve_clients(
+            cfg,
+            listeners.client,
+            tls.clone(),
+            (&api, authenticate),
+            core,
+        )),
+        tokio::spawn(serve_peers(cfg, listeners.peer, tls.clone(), &api, core)),
         tokio::spawn(crate::raft::directory::maintain(
             core.raft().directory().clone(),
             {
@@ -47,6 +61,10 @@ pub(super) fn spawn(
             stop.clone(),
         )),
         tokio::spawn(watch_metrics(core.clone())),
+        tokio::spawn(crate::core::quota::count_retained(
+            core.clone(),
+            stop.clone(),
+        )),
         tokio::spawn(repair::run(
             core.clone(),
             max_fetch_bytes(&cfg.wal),
@@ -76,28 +94,47 @@ pub(super) fn spawn(
         let done = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
+        let access = crate::metrics::Access {
+            tls: tls
+                .as_ref()
+                .filter(|_| cfg.auth.metrics_tls)
+                .map(|t| t.client.clone()),
+            auth: auth.clone().filter(|_| cfg.auth.metrics_token),
+        };
         tasks.push(tokio::spawn(crate::metrics::serve(
             l,
             core.metrics().clone(),
+            access,
             done,
         )));
     }
     if !cfg.join.is_empty() && cfg.initial_members.is_none() {
-        let tls = tls.as_ref().map(|t| t.client.outgoing().1);
-        tasks.push(tokio::spawn(join(core.clone(), cfg.join.clone(), tls)));
+        let opts = crate::client::ClientOptions {
+            tls: tls.as_ref().map(|t| t.client.outgoing().1),
+            token: cfg.join_token.clone(),
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(join(core.clone(), cfg.join.clone(), opts)));
     }
-    tasks.push(tokio::spawn(reload_tls(
-        tls,
+    tasks.push(tokio::spawn(reload_files(
+        Security { tls, auth },
         core.metrics().clone(),
         stop.clone(),
     )));
     tasks
 }
 
-/// Re-reads the TLS files when they change (checked every few seconds) or on SIGHUP, until the
-/// node stops. A bad file is reported and the material in use stays. Without TLS, SIGHUP is
-/// only logged (it never stops the node, as its default action would).
-async fn reload_tls(tls: Option<LoadedTls>, metrics: NodeMetrics, mut stop: watch::Receiver<bool>) {
+/// What guards the node's listeners: TLS material and the token file (each `None` when off).
+pub(super) struct Security {
+    pub tls: Option<LoadedTls>,
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+}
+
+/// Re-reads the TLS files and the token file when they change (checked every few seconds) or
+/// on SIGHUP, until the node stops. A bad file is reported and what is in use stays. With
+/// neither, SIGHUP is only logged (it never stops the node, as its default action would).
+async fn reload_files(security: Security, metrics: NodeMetrics, mut stop: watch::Receiver<bool>) {
+    let Security { tls, auth } = security;
     let listeners: Vec<(&str, &Arc<crate::tls::Reloadable>)> = match &tls {
         Some(t) => vec![("client", &t.client), ("peer", &t.peer)],
         None => Vec::new(),
@@ -121,8 +158,23 @@ async fn reload_tls(tls: Option<LoadedTls>, metrics: NodeMetrics, mut stop: watc
                 }
             } => true,
         };
-        if forced && listeners.is_empty() {
-            tracing::info!("SIGHUP: TLS is off, nothing to reload");
+        if forced && listeners.is_empty() && auth.is_none() {
+            tracing::info!("SIGHUP: TLS and auth are off, nothing to reload");
+        }
+        if let Some(a) = &auth {
+            let reloading = a.clone();
+            match tokio::task::spawn_blocking(move || reloading.reload(forced)).await {
+                Ok(Ok(true)) => {
+                    metrics.auth_reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!(file = %a.path().display(), "token file reloaded");
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    metrics.auth_reloads.with_label_values(&["error"]).inc();
+                    tracing::error!(error = %e, "token file not reloaded; the grants in use stay");
+                }
+                Err(_) => tracing::error!("the token file reload task failed"),
+            }
         }
         for (name, r) in &listeners {
             // File reads: off the runtime's threads.
@@ -161,30 +213,28 @@ pub(super) fn max_fetch_bytes(wal: &WalConfig) -> usize {
     usize::try_from(wal.segment_size.as_u64() + 2 * frame).unwrap_or(usize::MAX)
 }
 
-/// The client gRPC server: the public services, health and reflection, until the node stops.
+/// The client gRPC server: the public services (each call authenticated), health and
+/// reflection, until the node stops.
 fn serve_clients(
     cfg: &NodeConfig,
     listener: tokio::net::TcpListener,
     tls: Option<LoadedTls>,
+    (api, authenticate): (&crate::api::Api, crate::api::auth::Authenticate),
     core: &Arc<Core>,
 ) -> impl Future<Output = ()> + use<> {
-    let max = cfg.net.max_message_bytes;
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(cfg.limits.max_concurrent_streams);
-    let router = crate::api::routes(
-        core.clone(),
-        max,
-        tls.as_ref().map(|t| t.client.clone()),
-        server,
-    );
+    let router = api.client_routes(server, authenticate);
     serve(router, listener, tls.map(|t| t.client), "client", core)
 }
 
-/// The peer gRPC server: the internal Raft service only, until the node stops.
+/// The peer gRPC server, for members only: the internal Raft service, and the public services
+/// for the calls members forward (to the leader) or ask (status), until the node stops.
 fn serve_peers(
     cfg: &NodeConfig,
     listener: tokio::net::TcpListener,
     tls: Option<LoadedTls>,
+    api: &crate::api::Api,
     core: &Arc<Core>,
 ) -> impl Future<Output = ()> + use<> {
     let max = cfg.net.max_message_bytes;
@@ -198,9 +248,13 @@ fn serve_peers(
         core.leader_contact().clone(),
     )
     .refusing_votes_while(core.repairing_flag())
-    .describing(core.advertise().to_owned())
-    .into_service(max, tls.is_some());
-    let router = tonic::transport::Server::builder().add_service(raft_svc);
+    .describing(core.advertise().to_owned());
+    let check = raft_svc.member_check(tls.is_some());
+    let raft_svc = raft_svc.into_service(max, check.clone());
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(cfg.limits.max_concurrent_streams)
+        .add_service(raft_svc);
+    let router = api.add_peer_routes(router, check);
     serve(router, listener, tls.map(|t| t.peer), "peer", core)
 }
 
@@ -351,18 +405,10 @@ async fn watch_metrics(core: Arc<Core>) {
 
 /// An uninitialized node started with `cluster.join`: asks the cluster to add it (as a learner,
 /// then a voter once caught up), retrying until it is a member or the node stops.
-async fn join(
-    core: Arc<Core>,
-    endpoints: Vec<String>,
-    tls: Option<tonic::transport::ClientTlsConfig>,
-) {
+async fn join(core: Arc<Core>, endpoints: Vec<String>, opts: crate::client::ClientOptions) {
     let stopped = core.stopped();
     tokio::pin!(stopped);
     // One client (and its channels) for every attempt.
-    let opts = crate::client::ClientOptions {
-        tls,
-        ..Default::default()
-    };
     let client = match crate::client::Client::new(&endpoints, opts) {
         Ok(c) => c,
         Err(e) => {

@@ -226,14 +226,22 @@ impl RaftNode {
     /// The leader as this node knows it, with its client address (`None` until that address
     /// is known, see [`Directory`]).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let peer = {
+        let (id, _, client) = self.leader_route()?;
+        Some((id, client?))
+    }
+
+    /// The leader as this node knows it, with its peer address (what membership names) and
+    /// its client address where the directory knows it.
+    pub fn leader_route(&self) -> Option<(NodeId, String, Option<String>)> {
+        let (id, peer) = {
             let rx = self.raft.metrics();
             let m = rx.borrow_watched();
             let id = m.current_leader?;
             let node = m.membership_config.membership().get_node(&id)?;
             (id, node.addr.clone())
         };
-        client_hint(&self.dir, Some(peer))
+        let client = self.dir.client_of(id, &peer);
+        Some((id, peer, client))
     }
 
     /// The directory of the members' client addresses.

@@ -32,6 +32,34 @@ pub struct Checkpoint {
     pub tenant: Option<String>,
 }
 
+/// A tenant's quota: each limit per second (bytes are data bytes) or in all; `None` leaves the
+/// limit to the next source (the node's config for the tenant, then its default); `Some(0)`
+/// is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    pub write_entries_per_sec: Option<u64>,
+    pub write_bytes_per_sec: Option<u64>,
+    pub replay_bytes_per_sec: Option<u64>,
+    pub retained_bytes: Option<u64>,
+}
+
+impl Quota {
+    /// `self`'s limits, with those it leaves unset taken from `below`.
+    pub fn over(self, below: Quota) -> Quota {
+        Quota {
+            write_entries_per_sec: self.write_entries_per_sec.or(below.write_entries_per_sec),
+            write_bytes_per_sec: self.write_bytes_per_sec.or(below.write_bytes_per_sec),
+            replay_bytes_per_sec: self.replay_bytes_per_sec.or(below.replay_bytes_per_sec),
+            retained_bytes: self.retained_bytes.or(below.retained_bytes),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Quota::default()
+    }
+}
+
 /// The whole replicated state; also the snapshot image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
@@ -44,6 +72,35 @@ pub struct Image {
     pub tenants: BTreeMap<String, TenantStats>,
     pub producers: BTreeMap<u64, ProducerState>,
     pub checkpoints: BTreeMap<String, Checkpoint>,
+    /// Quotas set with `replog quota set` (over the nodes' configured ones).
+    pub quotas: BTreeMap<String, Quota>,
+}
+
+/// An image as replog before quotas stored it (`SM_SNAPSHOT` files of older versions).
+#[derive(Deserialize)]
+pub struct ImageV1 {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    next_seq: SequenceNumber,
+    log_start: SequenceNumber,
+    tenants: BTreeMap<String, TenantStats>,
+    producers: BTreeMap<u64, ProducerState>,
+    checkpoints: BTreeMap<String, Checkpoint>,
+}
+
+impl From<ImageV1> for Image {
+    fn from(v: ImageV1) -> Image {
+        Image {
+            applied: v.applied,
+            membership: v.membership,
+            next_seq: v.next_seq,
+            log_start: v.log_start,
+            tenants: v.tenants,
+            producers: v.producers,
+            checkpoints: v.checkpoints,
+            quotas: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for Image {
@@ -56,6 +113,7 @@ impl Default for Image {
             tenants: BTreeMap::new(),
             producers: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
+            quotas: BTreeMap::new(),
         }
     }
 }

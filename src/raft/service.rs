@@ -345,18 +345,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl RaftServer {
+    /// The check of callers on the peer listener: with `mtls`, every call must come over TLS
+    /// with a certificate (already checked against the cluster CA by the handshake) naming a
+    /// member.
+    pub fn member_check(&self, mtls: bool) -> MemberCheck {
+        MemberCheck {
+            raft: self.raft.clone(),
+            on: mtls,
+        }
+    }
+
     /// This server as the tonic service `replog.raft.v1.RaftService`, with messages of up to
-    /// `max_message_bytes` both ways. With `mtls`, every call must come over TLS with a
-    /// certificate (already checked against the cluster CA by the handshake) naming a member.
+    /// `max_message_bytes` both ways, each call admitted by `check`.
     pub fn into_service(
         self,
         max_message_bytes: usize,
-        mtls: bool,
+        check: MemberCheck,
     ) -> InterceptedService<RaftServiceServer<RaftServer>, MemberCheck> {
-        let check = MemberCheck {
-            raft: self.raft.clone(),
-            on: mtls,
-        };
         let svc = RaftServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);

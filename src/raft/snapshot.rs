@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::image::Image;
+use super::image::{Image, ImageV1};
 use super::meta::{seal, unseal};
 use super::types::SnapshotMeta;
 use super::wal_handle::WalHandle;
@@ -59,7 +59,16 @@ impl SnapshotFile {
 
     pub fn load(&self) -> io::Result<Option<(SnapshotMeta, Image)>> {
         match read_file(&*self.fs, &self.path) {
-            Ok(b) => unseal(SNAPSHOT_MAGIC, &b, SNAPSHOT_FILE).map(Some),
+            Ok(b) => match unseal(SNAPSHOT_MAGIC, &b, SNAPSHOT_FILE) {
+                Ok(v) => Ok(Some(v)),
+                // Written by a version without quotas: the same image, without them.
+                Err(e) => {
+                    match unseal::<(SnapshotMeta, ImageV1)>(SNAPSHOT_MAGIC, &b, SNAPSHOT_FILE) {
+                        Ok((meta, old)) => Ok(Some((meta, old.into()))),
+                        Err(_) => Err(e),
+                    }
+                }
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

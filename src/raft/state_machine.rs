@@ -159,6 +159,7 @@ const KEY_LOG_START: &[u8] = b"m/log_start";
 const PREFIX_TENANT: &[u8] = b"t/";
 const PREFIX_PRODUCER: &[u8] = b"p/";
 const PREFIX_CHECKPOINT: &[u8] = b"c/";
+const PREFIX_QUOTA: &[u8] = b"q/";
 
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
@@ -186,6 +187,8 @@ struct Dirty {
     producers: HashSet<u64>,
     evicted: Vec<u64>,
     checkpoints: HashSet<String>,
+    /// Tenants whose quota was set or removed.
+    quotas: HashSet<String>,
     membership: bool,
     duplicate_keys: u64,
     /// Keyed writes applied, in order (for [`SmShared::remember`]; not saved).
@@ -198,6 +201,7 @@ impl Dirty {
             && self.producers.is_empty()
             && self.evicted.is_empty()
             && self.checkpoints.is_empty()
+            && self.quotas.is_empty()
             && !self.membership
     }
 
@@ -207,6 +211,7 @@ impl Dirty {
         self.producers.extend(other.producers);
         self.evicted.extend(other.evicted);
         self.checkpoints.extend(other.checkpoints);
+        self.quotas.extend(other.quotas);
         self.membership |= other.membership;
     }
 }
@@ -328,6 +333,21 @@ impl StateMachine {
                 sequence,
             }) => apply_checkpoint(img, name, tenant, *sequence, dirty),
             EntryPayload::Normal(Request::Truncate { before }) => apply_truncate(img, *before),
+            EntryPayload::Normal(Request::SetQuota { tenant, clear, set }) => {
+                let old = if *clear {
+                    img.quotas.remove(tenant)
+                } else {
+                    img.quotas.get(tenant).copied()
+                };
+                let new = set.over(old.unwrap_or_default());
+                if new.is_empty() {
+                    img.quotas.remove(tenant);
+                } else {
+                    img.quotas.insert(tenant.clone(), new);
+                }
+                dirty.quotas.insert(tenant.clone());
+                Response::QuotaSet
+            }
         }
     }
 
@@ -552,6 +572,11 @@ fn load_image(tree: &sled::Tree) -> io::Result<Image> {
         let name = String::from_utf8_lossy(&k[PREFIX_CHECKPOINT.len()..]).into_owned();
         img.checkpoints.insert(name, dec(&v)?);
     }
+    for kv in tree.scan_prefix(PREFIX_QUOTA) {
+        let (k, v) = kv.map_err(io_err)?;
+        let name = String::from_utf8_lossy(&k[PREFIX_QUOTA.len()..]).into_owned();
+        img.quotas.insert(name, dec(&v)?);
+    }
     Ok(img)
 }
 
@@ -578,6 +603,12 @@ fn put_changes(b: &mut sled::Batch, img: &Image, dirty: &Dirty) -> io::Result<()
             b.insert(prefixed(PREFIX_CHECKPOINT, c.as_bytes()), enc(cp)?);
         }
     }
+    for t in &dirty.quotas {
+        match img.quotas.get(t) {
+            Some(q) => b.insert(prefixed(PREFIX_QUOTA, t.as_bytes()), enc(q)?),
+            None => b.remove(prefixed(PREFIX_QUOTA, t.as_bytes())),
+        }
+    }
     if dirty.membership {
         b.insert(KEY_MEMBERSHIP, enc(&img.membership)?);
     }
@@ -598,6 +629,7 @@ fn store_image(tree: &sled::Tree, img: &Image) -> io::Result<()> {
         producers: img.producers.keys().copied().collect(),
         evicted: Vec::new(),
         checkpoints: img.checkpoints.keys().cloned().collect(),
+        quotas: img.quotas.keys().cloned().collect(),
         membership: true,
         duplicate_keys: 0,
         keyed: Vec::new(),

@@ -75,6 +75,13 @@ pub enum Request {
         parts: Vec<WritePart>,
         records: Vec<WriteRecord>,
     },
+    /// Changes a tenant's replicated quota: with `clear`, removes it first (the nodes'
+    /// configured one applies again); then the limits `set` gives replace those it had.
+    SetQuota {
+        tenant: String,
+        clear: bool,
+        set: super::image::Quota,
+    },
 }
 
 impl fmt::Display for Request {
@@ -87,6 +94,7 @@ impl fmt::Display for Request {
                 write!(f, "checkpoint({name}={sequence})")
             }
             Request::Truncate { before } => write!(f, "truncate(before {before})"),
+            Request::SetQuota { tenant, .. } => write!(f, "set quota({tenant})"),
             Request::Coalesced { parts, records } => {
                 write!(
                     f,
@@ -120,6 +128,7 @@ pub enum Response {
     Truncated {
         log_start: SequenceNumber,
     },
+    QuotaSet,
     /// A command refused deterministically by every replica (e.g. truncating past the commit).
     Rejected {
         reason: String,

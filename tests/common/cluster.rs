@@ -32,10 +32,13 @@ pub struct TestCluster {
     pub nodes: BTreeMap<NodeId, Node>,
     pub segment_size: ByteSize,
     /// Applied to every node's config (e.g. retention).
-    pub tweak: fn(&mut NodeConfig),
+    pub tweak: Tweak,
     /// Nodes whose log and Raft metadata live on an in-memory, fault-injecting file system.
     pub mem: BTreeMap<NodeId, MemFs>,
 }
+
+/// A change to every node's config.
+pub type Tweak = std::sync::Arc<dyn Fn(&mut NodeConfig) + Send + Sync>;
 
 pub fn record(tenant: &str, data: impl Into<Vec<u8>>) -> NewRecord {
     NewRecord {
@@ -92,21 +95,24 @@ impl TestCluster {
         segment_size: ByteSize,
         tweak: fn(&mut NodeConfig),
     ) -> TestCluster {
-        Self::start_full(n, segment_size, tweak, false).await
+        Self::start_full(n, segment_size, std::sync::Arc::new(tweak), false).await
+    }
+
+    /// `n` nodes, each config changed by `tweak` (which may capture, e.g. a file's path).
+    pub async fn start_configured(
+        n: u64,
+        tweak: impl Fn(&mut NodeConfig) + Send + Sync + 'static,
+    ) -> TestCluster {
+        Self::start_full(n, ByteSize::mib(1), std::sync::Arc::new(tweak), false).await
     }
 
     /// `n` nodes whose logs live on [`MemFs`] file systems (`c.mem[&id]`), to inject storage
     /// faults into a live node and to crash it.
     pub async fn start_on_mem(n: u64, tweak: fn(&mut NodeConfig)) -> TestCluster {
-        Self::start_full(n, ByteSize::mib(1), tweak, true).await
+        Self::start_full(n, ByteSize::mib(1), std::sync::Arc::new(tweak), true).await
     }
 
-    async fn start_full(
-        n: u64,
-        segment_size: ByteSize,
-        tweak: fn(&mut NodeConfig),
-        on_mem: bool,
-    ) -> TestCluster {
+    async fn start_full(n: u64, segment_size: ByteSize, tweak: Tweak, on_mem: bool) -> TestCluster {
         init_tracing();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
