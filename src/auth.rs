@@ -472,9 +472,16 @@ impl Authenticator {
     /// Re-reads the file if it changed (or `force`); `Ok(true)` when new grants are in use.
     /// On an error the grants in use stay. Blocking file I/O.
     pub fn reload(&self, force: bool) -> Result<bool, AuthError> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let stamp = match std::fs::metadata(&self.path) {
+            Ok(m) => m.modified().ok().map(|t| (t, m.len())),
+            // A file gone (or unreadable) is an error, not an empty file: the grants stay.
+            Err(e) => {
+                return Err(AuthError::File {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
         if !force && stamp.is_some() && *self.seen.lock() == stamp {
             return Ok(false);
         }
@@ -650,5 +657,8 @@ mod tests {
         .unwrap();
         assert!(auth.reload(true).is_err());
         assert!(auth.token(&token).is_ok(), "the old grants stay in use");
+        std::fs::remove_file(&path).unwrap();
+        assert!(auth.reload(false).is_err());
+        assert!(auth.token(&token).is_ok(), "a file gone revokes nothing");
     }
 }

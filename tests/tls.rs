@@ -665,3 +665,142 @@ fn the_binary_serves_tls_and_refuses_plaintext_and_bad_files() {
     let e = serve_fails(&["--tls-cert", cert]);
     assert!(e.contains("tls.key"), "{e}");
 }
+
+#[test]
+fn the_binary_refuses_other_cas_non_members_and_expired_files_and_reloads_on_sighup() {
+    use common::process::{ServeProc, cli, fails, wait_until};
+    let dir = TempDir::new().unwrap();
+    let ca = Ca::new("cluster CA");
+    let files = node_files(dir.path(), 1, &ca, &ca.pem());
+    let (cert, key, ca_file) = (
+        files.cert.to_str().unwrap().to_owned(),
+        files.key.to_str().unwrap().to_owned(),
+        files.ca.to_str().unwrap().to_owned(),
+    );
+    let (app_cert, app_key) = ca.client("app");
+    let app = (
+        put(dir.path(), "app.pem", &app_cert),
+        put(dir.path(), "app-key.pem", &app_key),
+    );
+    let (stranger_cert, stranger_key) = Ca::new("another CA").client("app");
+    let stranger = (
+        put(dir.path(), "stranger.pem", &stranger_cert),
+        put(dir.path(), "stranger-key.pem", &stranger_key),
+    );
+    let node = ServeProc::start(
+        1,
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca_file,
+            "--client-cert-auth",
+        ],
+    );
+    let as_ = |who: &(PathBuf, PathBuf), endpoint: &str, args: &[&str]| {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--ca".into(),
+            ca_file.clone(),
+            "--cert".into(),
+            who.0.display().to_string(),
+            "--key".into(),
+            who.1.display().to_string(),
+            "--endpoints".into(),
+            endpoint.to_owned(),
+            "--retry-timeout".into(),
+            "2s".into(),
+        ]);
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        cli(&refs, b"", Duration::from_secs(60))
+    };
+    let out = as_(
+        &app,
+        &node.addr,
+        &["write", "--tenant", "t", "--data", "one"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A client certificate from another CA: refused at the handshake.
+    let out = as_(
+        &stranger,
+        &node.addr,
+        &["write", "--tenant", "t", "--data", "x"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // The cluster CA's certificate that names no member: PERMISSION_DENIED on the peer port.
+    let out = as_(
+        &app,
+        &node.peer_addr,
+        &["write", "--tenant", "t", "--data", "x"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PERMISSION_DENIED") && err.contains("member"),
+        "{err}"
+    );
+
+    // A rotated certificate, picked up on SIGHUP without a restart.
+    let (new_cert, new_key) = ca.leaf(&["localhost", "127.0.0.1"], false);
+    put(dir.path(), "node-1.pem", &new_cert);
+    put(dir.path(), "node-1-key.pem", &new_key);
+    node.signal(libc::SIGHUP);
+    wait_until(
+        "the certificate is reloaded",
+        Duration::from_secs(60),
+        || {
+            node.scrape().lines().any(|l| {
+                l.strip_prefix("replog_tls_reloads_total{listener=\"client\",result=\"ok\"} ")
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v >= 1.0)
+            })
+        },
+    );
+    let out = as_(
+        &app,
+        &node.addr,
+        &["write", "--tenant", "t", "--data", "two"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_(&app, &node.addr, &["replay"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    drop(node);
+
+    // An expired certificate stops a node at start, named.
+    let (old_cert, old_key) = ca.leaf(&["127.0.0.1"], true);
+    let old = put(dir.path(), "old.pem", &old_cert);
+    let old_key = put(dir.path(), "old-key.pem", &old_key);
+    let data = dir.path().join("expired");
+    let e = fails(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tls-cert",
+            old.to_str().unwrap(),
+            "--tls-key",
+            old_key.to_str().unwrap(),
+            "--tls-ca",
+            &ca_file,
+        ],
+        b"",
+        2,
+    );
+    assert!(e.contains("old.pem") && e.contains("expired"), "{e}");
+}
