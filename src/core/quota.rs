@@ -26,8 +26,8 @@ use tokio::sync::watch;
 
 use super::{Core, CoreError};
 use crate::metrics::NodeMetrics;
-pub use crate::raft::image::Quota;
 use crate::raft::state_machine::SmShared;
+use crate::raft::types::QuotaLimits;
 use crate::wal::{ProducerKey, SequenceNumber};
 
 /// Sequence numbers per range of the retained-bytes count (a truncation frees a tenant's
@@ -42,6 +42,52 @@ const MAX_TENANT_SERIES: usize = 1_000;
 
 /// Records read per step of the retained-bytes count.
 const USAGE_READ_BATCH: usize = 8192;
+
+/// A tenant's quota: each limit per second (bytes are data bytes) or in all; `None` leaves the
+/// limit to the next source (replicated, then the node's config for the tenant, then its
+/// default); `Some(0)` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    pub write_entries_per_sec: Option<u64>,
+    pub write_bytes_per_sec: Option<u64>,
+    pub replay_bytes_per_sec: Option<u64>,
+    pub retained_bytes: Option<u64>,
+}
+
+impl Quota {
+    /// `self`'s limits, with those it leaves unset taken from `below`.
+    pub fn over(self, below: Quota) -> Quota {
+        QuotaLimits::from(self).over(below.into()).into()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Quota::default()
+    }
+}
+
+/// The replicated form (the state machine's).
+impl From<Quota> for QuotaLimits {
+    fn from(q: Quota) -> QuotaLimits {
+        QuotaLimits {
+            write_entries_per_sec: q.write_entries_per_sec,
+            write_bytes_per_sec: q.write_bytes_per_sec,
+            replay_bytes_per_sec: q.replay_bytes_per_sec,
+            retained_bytes: q.retained_bytes,
+        }
+    }
+}
+
+impl From<QuotaLimits> for Quota {
+    fn from(q: QuotaLimits) -> Quota {
+        Quota {
+            write_entries_per_sec: q.write_entries_per_sec,
+            write_bytes_per_sec: q.write_bytes_per_sec,
+            replay_bytes_per_sec: q.replay_bytes_per_sec,
+            retained_bytes: q.retained_bytes,
+        }
+    }
+}
 
 /// The `quotas:` keys of the config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,7 +250,9 @@ impl Quotas {
 
     /// `tenant`'s quota, limit by limit: replicated, else configured for it, else default.
     pub fn effective(&self, tenant: &str) -> Quota {
-        let replicated = self.sm.read(|i| i.quotas.get(tenant).copied());
+        let replicated = self
+            .sm
+            .read(|i| i.quotas.get(tenant).copied().map(Quota::from));
         let configured = self.config.tenants.get(tenant).copied().unwrap_or_default();
         replicated
             .unwrap_or_default()
@@ -214,7 +262,12 @@ impl Quotas {
 
     /// The quotas set with `replog quota set`.
     pub fn replicated(&self) -> BTreeMap<String, Quota> {
-        self.sm.read(|i| i.quotas.clone())
+        self.sm.read(|i| {
+            i.quotas
+                .iter()
+                .map(|(t, q)| (t.clone(), Quota::from(*q)))
+                .collect()
+        })
     }
 
     pub fn configured(&self) -> &QuotaConfig {
@@ -427,7 +480,11 @@ impl Quotas {
         let limited = |q: &Quota| q.retained_bytes.is_some_and(|l| l > 0);
         limited(&self.config.default)
             || self.config.tenants.values().any(limited)
-            || self.sm.read(|i| i.quotas.values().any(limited))
+            || self.sm.read(|i| {
+                i.quotas
+                    .values()
+                    .any(|q| q.retained_bytes.is_some_and(|l| l > 0))
+            })
     }
 }
 
@@ -445,7 +502,11 @@ impl Core {
         set: Quota,
     ) -> Result<(), CoreError> {
         crate::wire::check_name("tenant", &tenant)?;
-        let cmd = crate::raft::Request::SetQuota { tenant, clear, set };
+        let cmd = crate::raft::Request::SetQuota {
+            tenant,
+            clear,
+            set: set.into(),
+        };
         match self.raft.propose(cmd).await? {
             crate::raft::Response::QuotaSet => Ok(()),
             other => Err(CoreError::Internal(format!(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{LogId, StoredMembership};
+use super::types::{LogId, QuotaLimits, StoredMembership};
 use crate::wal::SequenceNumber;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,34 +32,6 @@ pub struct Checkpoint {
     pub tenant: Option<String>,
 }
 
-/// A tenant's quota: each limit per second (bytes are data bytes) or in all; `None` leaves the
-/// limit to the next source (the node's config for the tenant, then its default); `Some(0)`
-/// is no limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Quota {
-    pub write_entries_per_sec: Option<u64>,
-    pub write_bytes_per_sec: Option<u64>,
-    pub replay_bytes_per_sec: Option<u64>,
-    pub retained_bytes: Option<u64>,
-}
-
-impl Quota {
-    /// `self`'s limits, with those it leaves unset taken from `below`.
-    pub fn over(self, below: Quota) -> Quota {
-        Quota {
-            write_entries_per_sec: self.write_entries_per_sec.or(below.write_entries_per_sec),
-            write_bytes_per_sec: self.write_bytes_per_sec.or(below.write_bytes_per_sec),
-            replay_bytes_per_sec: self.replay_bytes_per_sec.or(below.replay_bytes_per_sec),
-            retained_bytes: self.retained_bytes.or(below.retained_bytes),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == Quota::default()
-    }
-}
-
 /// The whole replicated state; also the snapshot image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
@@ -73,7 +45,7 @@ pub struct Image {
     pub producers: BTreeMap<u64, ProducerState>,
     pub checkpoints: BTreeMap<String, Checkpoint>,
     /// Quotas set with `replog quota set` (over the nodes' configured ones).
-    pub quotas: BTreeMap<String, Quota>,
+    pub quotas: BTreeMap<String, QuotaLimits>,
 }
 
 /// An image as replog before quotas stored it (`SM_SNAPSHOT` files of older versions).

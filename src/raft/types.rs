@@ -52,6 +52,34 @@ impl fmt::Debug for WriteRecord {
     }
 }
 
+/// A tenant's quota as `replog quota set` replicates it: each limit per second (bytes are data bytes) or in all; `None` leaves the
+/// limit to the next source (the node's config for the tenant, then its default); `Some(0)`
+/// is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaLimits {
+    pub write_entries_per_sec: Option<u64>,
+    pub write_bytes_per_sec: Option<u64>,
+    pub replay_bytes_per_sec: Option<u64>,
+    pub retained_bytes: Option<u64>,
+}
+
+impl QuotaLimits {
+    /// `self`'s limits, with those it leaves unset taken from `below`.
+    pub fn over(self, below: QuotaLimits) -> QuotaLimits {
+        QuotaLimits {
+            write_entries_per_sec: self.write_entries_per_sec.or(below.write_entries_per_sec),
+            write_bytes_per_sec: self.write_bytes_per_sec.or(below.write_bytes_per_sec),
+            replay_bytes_per_sec: self.replay_bytes_per_sec.or(below.replay_bytes_per_sec),
+            retained_bytes: self.retained_bytes.or(below.retained_bytes),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == QuotaLimits::default()
+    }
+}
+
 /// What a client asks the cluster to replicate: the `D` of one Raft entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -80,7 +108,7 @@ pub enum Request {
     SetQuota {
         tenant: String,
         clear: bool,
-        set: super::image::Quota,
+        set: QuotaLimits,
     },
 }
 
