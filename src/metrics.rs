@@ -389,7 +389,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let accepted = crate::tls::incoming(listener, tls, "metrics", failures);
+            let accepted = crate::tls::incoming_http(listener, tls, "metrics", failures);
             axum::serve(TlsListener { accepted, addr }, app)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -472,6 +472,27 @@ pub fn incoming(
     listener_name: &'static str,
     failures: prometheus::IntCounter,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    accept(listener, tls, listener_name, failures, false)
+}
+
+/// [`incoming`] for an HTTP server that speaks HTTP/1.1 too (`/metrics`: Prometheus and curl
+/// may offer only `http/1.1`); gRPC listeners offer `h2` alone.
+pub fn incoming_http(
+    listener: TcpListener,
+    tls: Arc<Reloadable>,
+    listener_name: &'static str,
+    failures: prometheus::IntCounter,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    accept(listener, tls, listener_name, failures, true)
+}
+
+fn accept(
+    listener: TcpListener,
+    tls: Arc<Reloadable>,
+    listener_name: &'static str,
+    failures: prometheus::IntCounter,
+    http1: bool,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -494,7 +515,13 @@ pub fn incoming(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let acceptor = TlsAcceptor::from(tls.server());
+            let mut config = tls.server();
+            if http1 {
+                let mut c = (*config).clone();
+                c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                config = Arc::new(c);
+            }
+            let acceptor = TlsAcceptor::from(config);
             let tx = tx.clone();
             let failures = failures.clone();
             tokio::spawn(async move {

@@ -804,3 +804,59 @@ fn the_binary_refuses_other_cas_non_members_and_expired_files_and_reloads_on_sig
     );
     assert!(e.contains("old.pem") && e.contains("expired"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_https_answer_http1_scrapers() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TempDir::new().unwrap();
+    let ca = Ca::new("cluster CA");
+    let files = node_files(pki.path(), 1, &ca, &ca.pem());
+    let l = common::cluster::loopback_listeners().await;
+    let dir = TempDir::new().unwrap();
+    let mut cfg = config(1, &l, dir.path());
+    cfg.init = true;
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.tls = Some(NodeTls {
+        client: files.clone(),
+        peer: files,
+        client_cert_auth: false,
+    });
+    cfg.auth.metrics_tls = true;
+    let node = Node::start_on(cfg, l).await.unwrap();
+    let addr = node.metrics_addr().unwrap();
+    // A scraper that offers HTTP/1.1 only (ALPN), as Prometheus may.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tls.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("replog_raft_term"), "{body}");
+    // Plaintext is refused.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got).await;
+    assert!(!String::from_utf8_lossy(&got).contains("replog_raft_term"));
+    node.shutdown().await.unwrap();
+}

@@ -373,6 +373,10 @@ impl Quotas {
         // Check every bucket first, then take: a refused write takes nothing.
         let mut wait = (Duration::ZERO, Limit::WriteEntries, "");
         for (d, q) in demands.iter().zip(&quotas) {
+            let rated = |r: Option<u64>| r.is_some_and(|r| r > 0);
+            if !rated(q.write_entries_per_sec) && !rated(q.write_bytes_per_sec) {
+                continue;
+            }
             let b = buckets.entry(d.tenant.to_owned()).or_default();
             for (limit, rate, bucket, n) in [
                 (
