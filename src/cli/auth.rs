@@ -28,7 +28,11 @@ pub enum AuthCommand {
 #[derive(Args, Debug, Clone)]
 pub struct FileArg {
     /// The token file (created if missing, mode 0600), the one nodes read as auth.token_file.
-    #[arg(long, env = "REPLOG_AUTH__TOKEN_FILE")]
+    #[arg(
+        long,
+        env = "REPLOG_AUTH__TOKEN_FILE",
+        default_value = "replog-tokens.yaml"
+    )]
     pub file: PathBuf,
     /// Output format. [default: table]
     #[arg(long, short = 'o', value_enum)]
