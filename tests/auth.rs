@@ -353,6 +353,19 @@ async fn over_a_quota_a_write_is_resource_exhausted_and_writes_nothing() {
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(replog::wire::retry_delay(&refused).is_none());
     assert!(refused.message().contains("retained_bytes"), "{refused:?}");
+    // Through the client (keyed writes): refused for good, and its next write, of another
+    // tenant, is not held back behind the refused one.
+    let quick = client_to(&[c.addrs[&leader].to_string()], Some(&t[0]));
+    let (code_, _) = code(
+        quick
+            .write("small", Operation::Insert, vec![b'y'; 30])
+            .await,
+    );
+    assert_eq!(code_, Code::ResourceExhausted);
+    quick
+        .write("other", Operation::Insert, b"next".to_vec())
+        .await
+        .unwrap();
     // A replicated quota over the configured one lifts the limit.
     root.set_quota(
         "small",

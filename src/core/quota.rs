@@ -328,7 +328,14 @@ impl Quotas {
                 self.held.lock().remove(&key.id);
                 Ok(())
             }
-            Err(e) => {
+            // Only a refusal the producer retries holds its later writes: one refused for
+            // retained bytes fails for good, and is never resent.
+            Err(
+                e @ CoreError::QuotaExceeded {
+                    retry_after: Some(_),
+                    ..
+                },
+            ) => {
                 let mut held = self.held.lock();
                 if held.len() >= MAX_BUCKETS {
                     held.clear();
@@ -339,6 +346,7 @@ impl Quotas {
                 held.insert(key.id, (seq, now));
                 Err(e)
             }
+            Err(e) => Err(e),
         }
     }
 
