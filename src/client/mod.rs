@@ -196,6 +196,16 @@ fn is_retryable(s: &Status) -> bool {
             | Code::Aborted
             | Code::DeadlineExceeded
     ) || throttled(s).is_some()
+        || broken_connection(s)
+}
+
+/// INTERNAL made here from the connection's failure (an HTTP/2 error such as a reset when the
+/// node stops or restarts: the status carries the transport error as its source), as opposed
+/// to an INTERNAL the server answered (decoded from its trailers, with no source). Like
+/// UNAVAILABLE, the call may or may not have been applied: keyed writes retry without
+/// duplicates.
+fn broken_connection(s: &Status) -> bool {
+    s.code() == Code::Internal && std::error::Error::source(s).is_some()
 }
 
 /// A tenant's rate quota refused the call (nothing was written): how long the server asks to
@@ -694,6 +704,38 @@ impl Client {
             .map_err(ClientError::Rpc)
     }
 
+    /// One endpoint's `grpc.health.v1` status for `service` ("" is the node as a whole), asked
+    /// once (no retry elsewhere), like `grpc_health_probe`. Health needs no credentials.
+    pub async fn health(
+        &self,
+        endpoint: &str,
+        service: &str,
+    ) -> Result<tonic_health::ServingStatus, ClientError> {
+        use tonic_health::pb::health_check_response::ServingStatus as Wire;
+        let ch = {
+            let mut st = self.state.lock();
+            self.channel_to(&mut st, &normalize(endpoint, self.opts.tls.is_some()))?
+        };
+        let mut rq = Request::new(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        });
+        rq.set_timeout(self.opts.request_timeout);
+        let status = tonic_health::pb::health_client::HealthClient::new(ch)
+            .check(rq)
+            .await
+            .map_err(|s| {
+                let message = with_causes(&s);
+                ClientError::Rpc(Status::new(s.code(), message))
+            })?
+            .into_inner()
+            .status;
+        Ok(match Wire::try_from(status) {
+            Ok(Wire::Serving) => tonic_health::ServingStatus::Serving,
+            Ok(Wire::NotServing) => tonic_health::ServingStatus::NotServing,
+            _ => tonic_health::ServingStatus::Unknown,
+        })
+    }
+
     /// Adds a node (learner, then voter once caught up, unless `learner_only`). Waits for the
     /// catch-up: no attempt deadline beyond the retry timeout.
     pub async fn add_node(
@@ -885,5 +927,23 @@ impl ReplayState {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_is_retried_only_when_the_connection_broke() {
+        let answered = Status::internal("the server's own error");
+        assert!(!is_retryable(&answered));
+        let mut broken = Status::internal("h2 protocol error: http2 error");
+        broken.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(is_retryable(&broken));
+        assert!(is_retryable(&Status::unavailable("leader changed")));
+        assert!(!is_retryable(&Status::invalid_argument("bad tenant")));
     }
 }
