@@ -53,6 +53,10 @@ pub struct NodeMetrics {
     pub replay_throttled_seconds: CounterVec,
     /// Quotas: data bytes each tenant with a retained-bytes limit keeps in the log.
     pub tenant_retained_bytes: IntGaugeVec,
+    /// The file system holding the data directory: bytes this node may still write...
+    pub disk_available: IntGauge,
+    /// ...of its size.
+    pub disk_capacity: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -233,6 +237,16 @@ impl NodeMetrics {
                 &r,
                 "replog_repairing",
                 "1 while this node repairs damaged WAL segments from a replica (it neither votes nor serves reads), else 0.",
+            )?,
+            disk_available: gauge(
+                &r,
+                "replog_disk_available_bytes",
+                "Bytes available to this node on the file system of its data directory.",
+            )?,
+            disk_capacity: gauge(
+                &r,
+                "replog_disk_capacity_bytes",
+                "Size of the file system of this node's data directory, in bytes.",
             )?,
             registry: r,
             replication_lag,

@@ -351,13 +351,25 @@ pub fn names(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Whether `names` (from [`names`]) include the host of `addr` (`host:port`, `[v6]:port`).
+/// Whether `names` (from [`names`]) include the host of `addr` (`host:port`, `[v6]:port`). A
+/// wildcard name matches one whole left-most label, as in server certificates (RFC 6125):
+/// `*.replog-peer.ns.svc` names `replog-0.replog-peer.ns.svc`, not `a.b.replog-peer.ns.svc`,
+/// so one certificate can serve every pod of a StatefulSet.
 pub fn names_host(names: &[String], addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<IpAddr>() {
         Ok(ip) => names.iter().any(|n| n.parse::<IpAddr>() == Ok(ip)),
-        Err(_) => names.iter().any(|n| n.eq_ignore_ascii_case(host)),
+        Err(_) => names.iter().any(|n| dns_name_matches(n, host)),
+    }
+}
+
+fn dns_name_matches(name: &str, host: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(suffix) => host.split_once('.').is_some_and(|(label, rest)| {
+            !label.is_empty() && !suffix.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        }),
+        None => name.eq_ignore_ascii_case(host),
     }
 }
 
@@ -561,5 +573,17 @@ mod tests {
         assert!(names_host(&names, "[::1]:7500"));
         assert!(!names_host(&names, "10.0.0.2:7500"));
         assert!(!names_host(&names, "node-2.replog:7500"));
+    }
+
+    #[test]
+    fn a_wildcard_matches_one_left_most_label() {
+        let names = vec!["*.replog-peer.ns.svc".to_owned()];
+        assert!(names_host(&names, "replog-0.replog-peer.ns.svc:7500"));
+        assert!(names_host(&names, "REPLOG-12.Replog-Peer.ns.svc:7500"));
+        assert!(!names_host(&names, "replog-peer.ns.svc:7500"));
+        assert!(!names_host(&names, "a.b.replog-peer.ns.svc:7500"));
+        assert!(!names_host(&names, "replog-0.other.ns.svc:7500"));
+        assert!(!names_host(&names, ".replog-peer.ns.svc:7500"));
+        assert!(!names_host(&["*.".to_owned()], "a.:7500"));
     }
 }

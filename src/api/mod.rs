@@ -31,6 +31,43 @@ use crate::proto::log_service_server::LogServiceServer;
 use crate::wal::Operation;
 use crate::wire;
 
+/// How often the health service's answer for `LogService` is brought up to date.
+const HEALTH_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps `grpc.health.v1` current until the node stops: "" (the node as a whole, a liveness
+/// check) and `replog.v1.AdminService` are SERVING while the server runs; `replog.v1.LogService`
+/// is SERVING only while this replica is in sync (it hears from a leader and has applied what
+/// is committed, so it serves replay): a readiness check that holds a rolling restart until the
+/// restarted node has caught up.
+async fn report_health(core: Arc<Core>, reporter: tonic_health::server::HealthReporter) {
+    reporter
+        .set_serving::<AdminServiceServer<admin::AdminApi>>()
+        .await;
+    let stopped = core.stopped();
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(HEALTH_CHECK);
+    let mut last = None;
+    loop {
+        let in_sync = matches!(core.replica_state(), crate::core::ReplicaState::InSync);
+        if last != Some(in_sync) {
+            if in_sync {
+                reporter
+                    .set_serving::<LogServiceServer<log::LogApi>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<LogServiceServer<log::LogApi>>()
+                    .await;
+            }
+            last = Some(in_sync);
+        }
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
 /// The encoded descriptors of replog's protos, published by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/replog_descriptor.bin"));
@@ -40,6 +77,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// listener (behind the member check). One instance, so both share the node's stream limits
 /// and its link to the leader.
 pub struct Api {
+    core: Arc<Core>,
     log: Arc<log::LogApi>,
     admin: Arc<admin::AdminApi>,
     max_message_bytes: usize,
@@ -55,7 +93,8 @@ impl Api {
         let fwd = Arc::new(forward::Forwarder::new(max_message_bytes, peer_tls));
         Api {
             log: Arc::new(log::LogApi::new(core.clone(), fwd.clone())),
-            admin: Arc::new(admin::AdminApi::new(core, fwd)),
+            admin: Arc::new(admin::AdminApi::new(core.clone(), fwd)),
+            core,
             max_message_bytes,
         }
     }
@@ -85,14 +124,7 @@ impl Api {
     ) -> Router {
         let (log, admin) = self.servers();
         let (reporter, health) = tonic_health::server::health_reporter();
-        tokio::spawn(async move {
-            reporter
-                .set_serving::<LogServiceServer<log::LogApi>>()
-                .await;
-            reporter
-                .set_serving::<AdminServiceServer<admin::AdminApi>>()
-                .await;
-        });
+        tokio::spawn(report_health(self.core.clone(), reporter));
         let mut router = server
             .add_service(health)
             .add_service(InterceptedService::new(log, auth.clone()))

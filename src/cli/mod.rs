@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bench;
 pub mod bench_cluster;
 pub mod client;
+pub mod health;
 pub mod load;
 pub mod output;
 pub mod quota;
@@ -61,6 +62,9 @@ pub enum Command {
     Segments(client::SegmentsArgs),
     /// Cluster status, health and membership.
     Cluster(client::ClusterArgs),
+    /// Ask nodes whether they serve (grpc.health.v1, no credentials needed): exit 0 only if
+    /// every endpoint answers SERVING. For container health checks and probes.
+    Health(health::HealthArgs),
     /// Check a live cluster: write unique keyed entries through whatever happens, then read
     /// every member and report lost, duplicated, reordered, gaps and divergence (exit 0: none).
     Verify(verify::VerifyArgs),
@@ -144,6 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Truncate(args) => client::run_async(client::truncate(&args)),
         Command::Segments(args) => client::run_async(client::segments(&args)),
         Command::Cluster(args) => client::run_async(client::cluster(&args)),
+        Command::Health(args) => client::run_async(health::run(&args)),
         Command::Verify(args) => client::run_async(verify::verify(&args)),
         Command::Auth(cmd) => auth::run(&cmd),
         Command::Quota(args) => client::run_async(quota::run(&args)),

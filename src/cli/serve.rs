@@ -18,7 +18,7 @@ pub struct ServeArgs {
     /// YAML config file (see cluster/local-3/ for examples). Flags override it, and
     /// REPLOG_<SECTION>__<KEY> environment variables (e.g. REPLOG_WAL__SYNC_POLICY) override it
     /// too, below flags.
-    #[arg(long, short = 'c')]
+    #[arg(long, short = 'c', env = "REPLOG_CONFIG")]
     pub config: Option<PathBuf>,
     /// Node id, unique in the cluster (>= 1). [default: 1]
     #[arg(long)]

@@ -438,7 +438,10 @@ async fn open_core(
         tasks::max_fetch_bytes(&cfg.wal),
         metrics.clone(),
     );
-    let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let advertise = cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| default_advertise(addr));
     let peer_advertise = peer_advertise(cfg, peer_addr);
     let directory = Arc::new(Directory::new(
         cfg.id,
@@ -490,15 +493,37 @@ async fn open_core(
     })
 }
 
+/// Where clients reach this node when `advertise` is not set: the bound address, or, bound
+/// to every interface (0.0.0.0, as in a container), this host's name with the bound port
+/// (as Kafka's advertised listeners default to the host name).
+fn default_advertise(addr: SocketAddr) -> String {
+    match host_name() {
+        Some(host) if addr.ip().is_unspecified() => format!("{host}:{}", addr.port()),
+        _ => addr.to_string(),
+    }
+}
+
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for `buf.len()` bytes; gethostname writes at most that many.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..end]).ok()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// Where other members reach this node: `peer_advertise`, else `advertise`'s host with the
-/// bound peer port, else the bound peer address.
+/// bound peer port, else the bound peer address (or its default, as for `advertise`).
 fn peer_advertise(cfg: &NodeConfig, peer_addr: SocketAddr) -> String {
     if let Some(a) = &cfg.peer_advertise {
         return a.clone();
     }
     match cfg.advertise.as_deref().and_then(|a| a.rsplit_once(':')) {
         Some((host, _)) => format!("{host}:{}", peer_addr.port()),
-        None => peer_addr.to_string(),
+        None => default_advertise(peer_addr),
     }
 }
 

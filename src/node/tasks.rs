@@ -61,6 +61,11 @@ pub(super) fn spawn(
             stop.clone(),
         )),
         tokio::spawn(watch_metrics(core.clone())),
+        tokio::spawn(watch_disk(
+            cfg.data_dir.clone(),
+            core.metrics().clone(),
+            stop.clone(),
+        )),
         tokio::spawn(crate::core::quota::count_retained(
             core.clone(),
             stop.clone(),
@@ -399,6 +404,38 @@ async fn watch_metrics(core: Arc<Core>) {
             _ = &mut stopped => return,
             alive = watch.changed() => if !alive { return },
             _ = tick.tick() => {}
+        }
+    }
+}
+
+/// How often the data directory's file system is measured.
+const DISK_CHECK: Duration = Duration::from_secs(10);
+
+/// Keeps `replog_disk_available_bytes` and `replog_disk_capacity_bytes` current (a `statvfs`
+/// every [`DISK_CHECK`], off the runtime's threads).
+async fn watch_disk(
+    data_dir: std::path::PathBuf,
+    metrics: NodeMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(DISK_CHECK);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let dir = data_dir.clone();
+        match tokio::task::spawn_blocking(move || fs4::statvfs(dir)).await {
+            Ok(Ok(s)) => {
+                metrics.disk_available.set(s.available_space() as i64);
+                metrics.disk_capacity.set(s.total_space() as i64);
+            }
+            Ok(Err(e)) if !warned => {
+                warned = true;
+                tracing::warn!(dir = %data_dir.display(), error = %e, "cannot measure the data directory's file system");
+            }
+            Ok(Err(_)) | Err(_) => {}
         }
     }
 }

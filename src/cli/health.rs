@@ -1,0 +1,70 @@
+//! `replog health`: one node's `grpc.health.v1` answer, like `grpc_health_probe`. Used by the
+//! container image's `HEALTHCHECK` and by Kubernetes exec probes where the port speaks TLS.
+
+use clap::Args;
+use serde::Serialize;
+use tonic_health::ServingStatus;
+
+use super::CliError;
+use super::client::{ClientArgs, print_json, stdout_line};
+use super::output::Format;
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// The service to ask about; "" (the default) is the node as a whole.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Serialize)]
+struct Answer {
+    endpoint: String,
+    /// SERVING, NOT_SERVING, UNKNOWN, or UNREACHABLE (then `error` says why).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Asks every endpoint once (no retry: a probe answers now); exit 0 only if each is SERVING.
+pub async fn run(a: &HealthArgs) -> Result<(), CliError> {
+    let client = a.client.client()?;
+    let mut answers = Vec::new();
+    for endpoint in client.endpoints() {
+        let (status, error) = match client.health(&endpoint, &a.service).await {
+            Ok(ServingStatus::Serving) => ("SERVING", None),
+            Ok(ServingStatus::NotServing) => ("NOT_SERVING", None),
+            Ok(ServingStatus::Unknown) => ("UNKNOWN", None),
+            Err(e) => ("UNREACHABLE", Some(e.to_string())),
+        };
+        answers.push(Answer {
+            endpoint,
+            status,
+            error,
+        });
+    }
+    let serving = answers.iter().all(|x| x.status == "SERVING");
+    match a.client.format(Format::Table) {
+        Format::Json => {
+            print_json(&serde_json::json!({ "serving": serving, "endpoints": answers }))?
+        }
+        Format::Table => {
+            for x in &answers {
+                match &x.error {
+                    Some(e) => stdout_line(format_args!("{}  {}: {e}", x.endpoint, x.status))?,
+                    None => stdout_line(format_args!("{}  {}", x.endpoint, x.status))?,
+                }
+            }
+        }
+    }
+    if serving {
+        Ok(())
+    } else {
+        Err(CliError::failure(if answers.len() == 1 {
+            "the node is not serving"
+        } else {
+            "not every node is serving"
+        }))
+    }
+}
