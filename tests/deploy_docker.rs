@@ -215,6 +215,15 @@ impl Drop for Cluster {
         for image in &self.images {
             let _ = docker(&["rmi", "-f", image]).output();
         }
+        // The build stage's images (the classic builder keeps them, untagged).
+        let _ = docker(&[
+            "image",
+            "prune",
+            "-f",
+            "--filter",
+            "label=replog.stage=build",
+        ])
+        .output();
     }
 }
 
@@ -372,6 +381,28 @@ fn image_and_compose_cluster_survive_kills_partitions_restarts_and_an_upgrade() 
         &v1,
     ]));
     assert_eq!(user.trim(), "10001:10001");
+
+    // Out of the box the image listens on every interface, so it asks for a token file (or a
+    // knowing REPLOG_AUTH__ENABLED=false) and for TLS (or a knowing REPLOG_TLS__INSECURE), and
+    // says so, exit 2, rather than serving anyone in plaintext.
+    let refused = run(&mut docker(&["run", "--rm", &v1]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("auth.token_file"), "{stderr}");
+    let refused = run(&mut docker(&[
+        "run",
+        "--rm",
+        "-e",
+        "REPLOG_AUTH__ENABLED=false",
+        &v1,
+    ]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("TLS is off"), "{stderr}");
+
+    // The monitoring profile is a valid part of the compose file (its images cannot be pulled
+    // here).
+    ok(&mut cluster.compose(&["--profile", "monitoring", "config", "-q"]));
 
     // The cluster, healthy by Docker's health check (grpc.health.v1) and by replog's own.
     ok(&mut cluster.compose(&["up", "-d", "--no-build"]));

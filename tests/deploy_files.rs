@@ -39,7 +39,7 @@ fn assert_ok(out: &Output, what: &str) -> String {
 }
 
 const PROMTOOL: &str = "install Debian's `prometheus` package (bash .ci/run does)";
-const KUBEVAL: &str = "pip install kubernetes-validate (bash .ci/run does)";
+const KUBEVAL: &str = "python3 -m pip install kubernetes-validate (bash .ci/run does)";
 
 /// Every metric name the code registers (string literals `"replog_..."` and `"wal_..."`), with
 /// the series names a histogram adds.
@@ -269,9 +269,16 @@ fn kubernetes_manifests_pass_the_api_schemas() {
     sorted.sort();
     assert_eq!(sorted, present, "kustomization.yaml resources vs files");
 
-    let mut args = vec!["--strict", "--quiet", "-k", "1.31.0"];
+    let mut args = vec![
+        "-m",
+        "kubernetes_validate",
+        "--strict",
+        "--quiet",
+        "-k",
+        "1.31.0",
+    ];
     args.extend(listed.iter().map(String::as_str));
-    let out = run("kubernetes-validate", &args, &dir, KUBEVAL);
+    let out = run("python3", &args, &dir, KUBEVAL);
     assert_ok(&out, "kubernetes-validate");
 
     // The validator can fail: a misspelt field is refused.
@@ -281,8 +288,16 @@ fn kubernetes_manifests_pass_the_api_schemas() {
     assert_ne!(broken, sts);
     std::fs::write(tmp.path().join("broken.yaml"), broken).unwrap();
     let out = run(
-        "kubernetes-validate",
-        &["--strict", "--quiet", "-k", "1.31.0", "broken.yaml"],
+        "python3",
+        &[
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            "-k",
+            "1.31.0",
+            "broken.yaml",
+        ],
         tmp.path(),
         KUBEVAL,
     );
@@ -298,8 +313,16 @@ fn kubernetes_manifests_pass_the_api_schemas() {
         assert!(rendered.contains("namespace: replog"), "{rendered}");
         std::fs::write(tmp.path().join("rendered.yaml"), rendered).unwrap();
         let out = run(
-            "kubernetes-validate",
-            &["--strict", "--quiet", "-k", "1.31.0", "rendered.yaml"],
+            "python3",
+            &[
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "--quiet",
+                "-k",
+                "1.31.0",
+                "rendered.yaml",
+            ],
             tmp.path(),
             KUBEVAL,
         );

@@ -887,3 +887,50 @@ fn replog_dev_tls_runs_a_tls_cluster_the_printed_exports_reach() {
     let st = dev.wait().unwrap();
     assert!(st.success(), "replog dev exited {st}");
 }
+
+/// `replog health` answers like `grpc_health_probe`: the node as a whole is SERVING once it
+/// runs; `replog.v1.LogService` only while the replica is in sync (NOT_SERVING on a node that
+/// belongs to no cluster yet, exit 1); nothing listening is UNREACHABLE (exit 1).
+#[test]
+fn health_reports_liveness_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lone = ServeProc::start(2, dir.path(), "127.0.0.1:0", &["--no-init"]);
+    let out = ok(&["health", "--endpoints", &lone.addr]);
+    assert_eq!(out.trim(), format!("{}  SERVING", lone.addr));
+    let ready = ["health", "--service", "replog.v1.LogService", "--endpoints"];
+    wait_until("NOT_SERVING while not in sync", SYNC, || {
+        let out = cli(&[&ready[..], &[lone.addr.as_str()]].concat(), b"", SYNC);
+        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stdout).contains("NOT_SERVING")
+    });
+
+    let mut node = ServeProc::start(1, dir.path(), "127.0.0.1:0", &["--init"]);
+    wait_until("SERVING once in sync", SYNC, || {
+        cli(&[&ready[..], &[node.addr.as_str()]].concat(), b"", SYNC)
+            .status
+            .success()
+    });
+    let both = format!("{},{}", node.addr, lone.addr);
+    let out = cli(&["health", "-o", "json", "--endpoints", &both], b"", SYNC);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["serving"], true, "{v}");
+    assert_eq!(v["endpoints"].as_array().map(Vec::len), Some(2), "{v}");
+
+    lone.stop();
+    let out = cli(&["health", "--endpoints", &both], b"", SYNC);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("{}  SERVING", node.addr)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{}  UNREACHABLE", lone.addr)),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not every node is serving"),
+        "{out:?}"
+    );
+    node.stop();
+}

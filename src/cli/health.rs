@@ -31,7 +31,14 @@ struct Answer {
 pub async fn run(a: &HealthArgs) -> Result<(), CliError> {
     let client = a.client.client()?;
     let mut answers = Vec::new();
-    for endpoint in client.endpoints() {
+    let mut endpoints: Vec<String> = Vec::new();
+    for e in a.client.endpoints.iter().flat_map(|e| e.split(',')) {
+        let e = e.trim();
+        if !e.is_empty() && !endpoints.iter().any(|x| x == e) {
+            endpoints.push(e.to_owned());
+        }
+    }
+    for endpoint in endpoints {
         let (status, error) = match client.health(&endpoint, &a.service).await {
             Ok(ServingStatus::Serving) => ("SERVING", None),
             Ok(ServingStatus::NotServing) => ("NOT_SERVING", None),

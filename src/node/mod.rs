@@ -584,3 +584,29 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     shutdown.await;
     node.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_defaults_to_the_host_name_only_when_bound_to_every_interface() {
+        let host = host_name().expect("a host name");
+        let any: SocketAddr = "0.0.0.0:7400".parse().unwrap();
+        assert_eq!(default_advertise(any), format!("{host}:7400"));
+        let any6: SocketAddr = "[::]:7500".parse().unwrap();
+        assert_eq!(default_advertise(any6), format!("{host}:7500"));
+        let lo: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        assert_eq!(default_advertise(lo), "127.0.0.1:7400");
+
+        let mut cfg = NodeConfig::new(1, lo, "/tmp/x");
+        assert_eq!(peer_advertise(&cfg, any), format!("{host}:7400"));
+        cfg.advertise = Some("db-1.internal:7400".into());
+        assert_eq!(
+            peer_advertise(&cfg, "0.0.0.0:7500".parse().unwrap()),
+            "db-1.internal:7500"
+        );
+        cfg.peer_advertise = Some("10.0.0.1:7600".into());
+        assert_eq!(peer_advertise(&cfg, any), "10.0.0.1:7600");
+    }
+}
