@@ -202,15 +202,16 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Ok(out) = self
+        if std::thread::panicking()
+            && let Ok(out) = self
                 .compose(&["logs", "--no-color", "--tail", "60"])
                 .output()
-            {
-                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-            }
+        {
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         }
-        let _ = docker(&["rm", "-f", &format!("{}-verify", self.project)]).output();
+        for c in ["verify", "single"] {
+            let _ = docker(&["rm", "-f", &format!("{}-{c}", self.project)]).output();
+        }
         let _ = self.compose(&["down", "-v", "--timeout", "5"]).output();
         for image in &self.images {
             let _ = docker(&["rmi", "-f", image]).output();
@@ -399,6 +400,44 @@ fn image_and_compose_cluster_survive_kills_partitions_restarts_and_an_upgrade() 
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("TLS is off"), "{stderr}");
+
+    // One node configured by a mounted file (REPLOG_CONFIG), a variable over one of its keys;
+    // bound to every interface, it advertises its host name.
+    let file = scratch.path().join("replog.yaml");
+    std::fs::write(
+        &file,
+        "node:\n  id: 7\ntls:\n  insecure: true\nauth:\n  enabled: false\n",
+    )
+    .unwrap();
+    let single = format!("{run_id}-single");
+    ok(docker(&["run", "-d", "--name", &single, "-v"])
+        .arg(format!("{}:/etc/replog/replog.yaml:ro", file.display()))
+        .args(["-e", "REPLOG_CONFIG=/etc/replog/replog.yaml"])
+        .args(["-e", "REPLOG_NODE__ID=8", &v1]));
+    let hostname = ok(&mut docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Hostname}}",
+        &single,
+    ]));
+    let mut member = serde_json::Value::Null;
+    wait_until("the single node's status", Duration::from_secs(60), || {
+        let out = run(&mut docker(&[
+            "exec", &single, "replog", "cluster", "status", "-o", "json",
+        ]));
+        member = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|s| s["members"][0].clone())
+            .unwrap_or_default();
+        out.status.success() && member["id"].is_u64()
+    });
+    // The file's TLS and auth keys let it start; the variable's id won over the file's 7.
+    assert_eq!(member["id"], 8, "{member}");
+    assert_eq!(
+        member["address"],
+        format!("{}:7400", hostname.trim()),
+        "{member}"
+    );
+    ok(&mut docker(&["rm", "-f", &single]));
 
     // The monitoring profile is a valid part of the compose file (its images cannot be pulled
     // here).
