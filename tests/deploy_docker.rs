@@ -62,6 +62,19 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `replog args...` from the host, which must succeed (with its own retries through leader
+/// changes); its stdout.
+fn cli_ok(args: &[&str]) -> String {
+    let out = cli(args, b"", Duration::from_secs(90));
+    assert!(
+        out.status.success(),
+        "replog {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The compose cluster of one test run; `down -v` and image removal when dropped.
 struct Cluster {
     project: String,
@@ -136,42 +149,15 @@ impl Cluster {
     }
 
     fn write(&self, tenant: &str, data: &str, endpoints: &str) -> u64 {
-        let out = cli(
-            &[
-                "write",
-                "--tenant",
-                tenant,
-                "--data",
-                data,
-                "--endpoints",
-                endpoints,
-            ],
-            b"",
-            Duration::from_secs(90),
-        );
-        assert!(
-            out.status.success(),
-            "write {data}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        let args = ["write", "--tenant", tenant, "--data", data];
+        cli_ok(&[&args[..], &["--endpoints", endpoints]].concat())
             .trim()
             .parse()
             .expect("a sequence number")
     }
 
     fn replay(&self, tenant: &str, endpoint: &str) -> Vec<String> {
-        let out = cli(
-            &["replay", "--tenant", tenant, "--endpoints", endpoint],
-            b"",
-            Duration::from_secs(60),
-        );
-        assert!(
-            out.status.success(),
-            "replay: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        cli_ok(&["replay", "--tenant", tenant, "--endpoints", endpoint])
             .lines()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");

@@ -38,6 +38,20 @@ fn assert_ok(out: &Output, what: &str) -> String {
     stdout
 }
 
+/// `kubernetes-validate` (Kubernetes 1.31 schemas, unknown fields refused) on `files` in `cwd`.
+fn validate_k8s(files: &[&str], cwd: &Path) -> Output {
+    let mut args = vec![
+        "-m",
+        "kubernetes_validate",
+        "--strict",
+        "--quiet",
+        "-k",
+        "1.31.0",
+    ];
+    args.extend_from_slice(files);
+    run("python3", &args, cwd, KUBEVAL)
+}
+
 const PROMTOOL: &str = "install Debian's `prometheus` package (bash .ci/run does)";
 const KUBEVAL: &str = "python3 -m pip install kubernetes-validate (bash .ci/run does)";
 
@@ -269,16 +283,8 @@ fn kubernetes_manifests_pass_the_api_schemas() {
     sorted.sort();
     assert_eq!(sorted, present, "kustomization.yaml resources vs files");
 
-    let mut args = vec![
-        "-m",
-        "kubernetes_validate",
-        "--strict",
-        "--quiet",
-        "-k",
-        "1.31.0",
-    ];
-    args.extend(listed.iter().map(String::as_str));
-    let out = run("python3", &args, &dir, KUBEVAL);
+    let files: Vec<&str> = listed.iter().map(String::as_str).collect();
+    let out = validate_k8s(&files, &dir);
     assert_ok(&out, "kubernetes-validate");
 
     // The validator can fail: a misspelt field is refused.
@@ -287,20 +293,7 @@ fn kubernetes_manifests_pass_the_api_schemas() {
     let broken = sts.replacen("  replicas: 3", "  replica: 3", 1);
     assert_ne!(broken, sts);
     std::fs::write(tmp.path().join("broken.yaml"), broken).unwrap();
-    let out = run(
-        "python3",
-        &[
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "--quiet",
-            "-k",
-            "1.31.0",
-            "broken.yaml",
-        ],
-        tmp.path(),
-        KUBEVAL,
-    );
+    let out = validate_k8s(&["broken.yaml"], tmp.path());
     assert!(!out.status.success(), "the validator accepted `replica:`");
 
     // Rendered as users apply it (kubectl's built-in kustomize), when kubectl is here.
@@ -312,20 +305,7 @@ fn kubernetes_manifests_pass_the_api_schemas() {
         let rendered = assert_ok(&out, "kubectl kustomize deploy/kubernetes");
         assert!(rendered.contains("namespace: replog"), "{rendered}");
         std::fs::write(tmp.path().join("rendered.yaml"), rendered).unwrap();
-        let out = run(
-            "python3",
-            &[
-                "-m",
-                "kubernetes_validate",
-                "--strict",
-                "--quiet",
-                "-k",
-                "1.31.0",
-                "rendered.yaml",
-            ],
-            tmp.path(),
-            KUBEVAL,
-        );
+        let out = validate_k8s(&["rendered.yaml"], tmp.path());
         assert_ok(&out, "kubernetes-validate of the rendered kustomization");
     }
 }
@@ -429,33 +409,28 @@ fn systemd_unit_verifies() {
     ] {
         assert!(unit.contains(key), "{key}");
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let local = unit.replace("/usr/local/bin/replog", BIN);
-    std::fs::write(tmp.path().join("replog.service"), local).unwrap();
-    let out = run(
-        "systemd-analyze",
-        &["verify", "./replog.service"],
-        tmp.path(),
-        "install systemd",
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `systemd-analyze verify` of the unit as installed with the binary built here; its stderr.
+    let verify = |unit: &str| -> (bool, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = unit.replace("/usr/local/bin/replog", BIN);
+        std::fs::write(tmp.path().join("replog.service"), local).unwrap();
+        let out = run(
+            "systemd-analyze",
+            &["verify", "./replog.service"],
+            tmp.path(),
+            "install systemd",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stderr)
+    };
+    let (ok, stderr) = verify(&unit);
     let problems: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("replog.service"))
         .collect();
-    assert!(out.status.success() && problems.is_empty(), "{stderr}");
+    assert!(ok && problems.is_empty(), "{stderr}");
 
     // A misspelt key is reported: the check can fail.
-    let broken = unit
-        .replace("/usr/local/bin/replog", BIN)
-        .replace("ProtectSystem=strict", "ProtectSystm=strict");
-    std::fs::write(tmp.path().join("replog.service"), broken).unwrap();
-    let out = run(
-        "systemd-analyze",
-        &["verify", "./replog.service"],
-        tmp.path(),
-        "install systemd",
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, stderr) = verify(&unit.replace("ProtectSystem=strict", "ProtectSystm=strict"));
     assert!(stderr.contains("ProtectSystm"), "{stderr}");
 }

@@ -916,6 +916,23 @@ fn health_reports_liveness_and_readiness() {
     assert_eq!(v["serving"], true, "{v}");
     assert_eq!(v["endpoints"].as_array().map(Vec::len), Some(2), "{v}");
 
+    let out = cli(
+        &[
+            "health",
+            "--service",
+            "no.such.Service",
+            "--endpoints",
+            &node.addr,
+        ],
+        b"",
+        SYNC,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SERVICE_UNKNOWN"),
+        "{out:?}"
+    );
+
     lone.stop();
     let out = cli(&["health", "--endpoints", &both], b"", SYNC);
     assert_eq!(out.status.code(), Some(1), "{out:?}");

@@ -21,7 +21,8 @@ pub struct HealthArgs {
 #[derive(Serialize)]
 struct Answer {
     endpoint: String,
-    /// SERVING, NOT_SERVING, UNKNOWN, or UNREACHABLE (then `error` says why).
+    /// SERVING, NOT_SERVING, UNKNOWN; or, with `error` saying why, UNREACHABLE (no
+    /// connection), SERVICE_UNKNOWN (the node does not know `--service`) or ERROR.
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -43,7 +44,9 @@ pub async fn run(a: &HealthArgs) -> Result<(), CliError> {
             Ok(ServingStatus::Serving) => ("SERVING", None),
             Ok(ServingStatus::NotServing) => ("NOT_SERVING", None),
             Ok(ServingStatus::Unknown) => ("UNKNOWN", None),
-            Err(e) => ("UNREACHABLE", Some(e.to_string())),
+            Err(e) if e.code() == tonic::Code::NotFound => ("SERVICE_UNKNOWN", Some(e.to_string())),
+            Err(e) if e.code() == tonic::Code::Unavailable => ("UNREACHABLE", Some(e.to_string())),
+            Err(e) => ("ERROR", Some(e.to_string())),
         };
         answers.push(Answer {
             endpoint,
