@@ -747,8 +747,11 @@ fn lint(text: &str) {
 /// ports from base + 2000 (what `replog dev --base-port` needs; dev's ports are fixed by
 /// design, so they are probed).
 fn free_base_port(n: u16) -> u16 {
+    // Tests of one binary run in parallel: each call starts from its own place.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let seed = std::process::id() as u16;
+    let seed = (std::process::id() as u16).wrapping_add(call.wrapping_mul(4001));
     for attempt in 0..200u16 {
         let base = 20_000 + seed.wrapping_mul(31).wrapping_add(attempt.wrapping_mul(97)) % 20_000;
         if (0..n).all(|i| free(base + i) && free(base + 100 + i) && free(base + 2000 + i)) {
@@ -771,7 +774,7 @@ fn start_dev(
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("dev.stderr")).unwrap())
         .spawn()
         .unwrap();
     let (tx, rx) = mpsc::channel();
@@ -950,4 +953,119 @@ fn health_reports_liveness_and_readiness() {
         "{out:?}"
     );
     node.stop();
+}
+
+/// The pid of the `replog serve` of node `id` started by `replog dev --data-dir dir`, if one
+/// runs.
+fn dev_node_pid(dir: &std::path::Path, id: u64) -> Option<u32> {
+    let want_dir = dir.join(format!("node-{id}")).display().to_string();
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_node = args.iter().any(|a| *a == b"serve") && args.contains(&want_dir.as_bytes());
+        is_node.then_some(pid)
+    })
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: kill(2) on a pid of our own test's processes.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// `replog dev` keeps the cluster running when a node dies: it says so, restarts the node
+/// after `--restart-delay`, the node catches up, and Ctrl-C still stops everything.
+#[test]
+fn replog_dev_restarts_a_node_that_dies_and_keeps_the_others_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port(3);
+    let (mut dev, rx) = start_dev(base, dir.path(), &["--restart-delay", "300ms"]);
+    let endpoints = loop {
+        let line = rx
+            .recv_timeout(SYNC)
+            .expect("replog dev prints its endpoints");
+        if let Some(e) = line.strip_prefix("export REPLOG_ENDPOINTS=") {
+            break e.to_owned();
+        }
+    };
+    let first = endpoints.split(',').next().unwrap().to_owned();
+    wait_until("3 members in sync", SYNC, || {
+        all_in_sync(&status(&first), &[1, 2, 3])
+    });
+    let old = dev_node_pid(dir.path(), 2).expect("node 2 runs");
+    kill9(old);
+    // The others keep serving while node 2 is down or restarting.
+    ok(&[
+        "write",
+        "--tenant",
+        "d",
+        "--data",
+        "during",
+        "--endpoints",
+        &endpoints,
+    ]);
+    wait_until("node 2 restarted and back in sync", SYNC, || {
+        dev_node_pid(dir.path(), 2).is_some_and(|p| p != old)
+            && all_in_sync(&status(&first), &[1, 2, 3])
+    });
+    assert!(dev.try_wait().unwrap().is_none(), "replog dev exited");
+    let said = std::fs::read_to_string(dir.path().join("dev.stderr")).unwrap();
+    assert!(
+        said.contains("node 2 exited (signal: 9 (SIGKILL)); restarting it in 300ms"),
+        "{said}"
+    );
+    assert!(said.contains("node 2 restarted"), "{said}");
+    // SAFETY: kill(2) on our child's pid.
+    unsafe {
+        libc::kill(dev.id() as libc::pid_t, libc::SIGINT);
+    }
+    assert!(dev.wait().unwrap().success());
+    wait_until("every node stopped", SYNC, || {
+        (1..=3).all(|id| dev_node_pid(dir.path(), id).is_none())
+    });
+}
+
+/// With `--no-restart` a dead node stays down, said once, and the rest keep working.
+#[test]
+fn replog_dev_no_restart_leaves_a_dead_node_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port(3);
+    let (mut dev, rx) = start_dev(base, dir.path(), &["--no-restart"]);
+    let endpoints = loop {
+        let line = rx
+            .recv_timeout(SYNC)
+            .expect("replog dev prints its endpoints");
+        if let Some(e) = line.strip_prefix("export REPLOG_ENDPOINTS=") {
+            break e.to_owned();
+        }
+    };
+    let first = endpoints.split(',').next().unwrap().to_owned();
+    wait_until("3 members in sync", SYNC, || {
+        all_in_sync(&status(&first), &[1, 2, 3])
+    });
+    kill9(dev_node_pid(dir.path(), 3).expect("node 3 runs"));
+    wait_until("dev says node 3 is left down", SYNC, || {
+        std::fs::read_to_string(dir.path().join("dev.stderr")).is_ok_and(|s| {
+            s.contains("node 3 exited (signal: 9 (SIGKILL)); left down (--no-restart)")
+        })
+    });
+    assert_eq!(dev_node_pid(dir.path(), 3), None);
+    ok(&[
+        "write",
+        "--tenant",
+        "d",
+        "--data",
+        "two of three",
+        "--endpoints",
+        &endpoints,
+    ]);
+    assert!(dev.try_wait().unwrap().is_none(), "replog dev exited");
+    // SAFETY: kill(2) on our child's pid.
+    unsafe {
+        libc::kill(dev.id() as libc::pid_t, libc::SIGINT);
+    }
+    assert!(dev.wait().unwrap().success());
 }

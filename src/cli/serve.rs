@@ -271,6 +271,44 @@ pub struct DevArgs {
     /// token create --file <data-dir>/tokens.yaml`).
     #[arg(long)]
     pub auth: bool,
+    /// Leave a node that dies down (by default it is restarted after --restart-delay, so
+    /// failover and catch-up can be watched; the others keep running either way).
+    #[arg(long)]
+    pub no_restart: bool,
+    /// How long after a node dies it is started again.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub restart_delay: Duration,
+}
+
+/// One node of `replog dev`: how to start it, and its process while it runs.
+struct DevNode {
+    id: u64,
+    flags: Vec<String>,
+    child: Option<Child>,
+    /// When a dead node is to be started again.
+    restart_at: Option<Instant>,
+}
+
+impl DevNode {
+    fn log(&self, args: &DevArgs) -> PathBuf {
+        args.data_dir.join(format!("node-{}.log", self.id))
+    }
+
+    /// Starts the node, its stdout and stderr appended to its log.
+    fn spawn(&mut self, exe: &std::path::Path, args: &DevArgs) -> std::io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(args))?;
+        let child = Command::new(exe)
+            .args(&self.flags)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
 }
 
 /// The `serve` flags of node `id` in a `replog dev` cluster (what `cluster/local-3/` holds).
@@ -321,7 +359,7 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
         None
     };
     let exe = std::env::current_exe()?;
-    let mut children: Vec<(u64, Child)> = Vec::new();
+    let mut nodes: Vec<DevNode> = Vec::new();
     for id in 1..=args.nodes {
         let mut flags = dev_node_flags(args, id);
         if token.is_some() {
@@ -343,23 +381,17 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
                 flags.push(path.display().to_string());
             }
         }
-        let log_path = args.data_dir.join(format!("node-{id}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let child = Command::new(&exe)
-            .args(flags)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn();
-        match child {
-            Ok(c) => children.push((id, c)),
-            Err(e) => {
-                stop_all(&mut children);
-                return Err(CliError::failure(format!("starting node {id}: {e}")));
-            }
+        let mut node = DevNode {
+            id,
+            flags,
+            child: None,
+            restart_at: None,
+        };
+        let started = node.spawn(&exe, args);
+        nodes.push(node);
+        if let Err(e) = started {
+            stop_all(&mut nodes);
+            return Err(CliError::failure(format!("starting node {id}: {e}")));
         }
     }
     let endpoints: Vec<String> = (1..=args.nodes)
@@ -378,9 +410,9 @@ pub fn dev(args: &DevArgs) -> Result<(), CliError> {
         &endpoints,
         (client_tls, token),
         tls.as_ref(),
-        &mut children,
+        (&exe, &mut nodes),
     ));
-    stop_all(&mut children);
+    stop_all(&mut nodes);
     result
 }
 
@@ -389,7 +421,7 @@ async fn supervise(
     endpoints: &[String],
     (client_tls, token): (Option<tonic::transport::ClientTlsConfig>, Option<String>),
     tls: Option<&crate::tls::ThrowawayFiles>,
-    children: &mut [(u64, Child)],
+    (exe, nodes): (&std::path::Path, &mut [DevNode]),
 ) -> Result<(), CliError> {
     let opts = crate::client::ClientOptions {
         tls: client_tls,
@@ -411,13 +443,8 @@ async fn supervise(
             }
             _ = tick.tick() => {}
         }
-        for (id, c) in children.iter_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Err(CliError::failure(format!(
-                    "node {id} exited ({status}); see {}",
-                    args.data_dir.join(format!("node-{id}.log")).display()
-                )));
-            }
+        for node in nodes.iter_mut() {
+            watch_node(node, ready, exe, args)?;
         }
         if ready {
             continue;
@@ -475,16 +502,70 @@ fn dev_token_file(args: &DevArgs) -> Result<String, CliError> {
     Ok(token)
 }
 
-/// Sends SIGTERM to every child and waits for it (SIGKILL after 10 s).
-fn stop_all(children: &mut Vec<(u64, Child)>) {
-    for (_, c) in children.iter() {
+/// Notices a dead node of `replog dev`. Before the cluster is ready, a death is a failure
+/// of the whole start (a port in use, a bad flag). Afterwards the others keep running and the
+/// node is started again after `--restart-delay`, unless `--no-restart`, or it died of bad
+/// usage (exit code 2), which a restart would only repeat.
+fn watch_node(
+    node: &mut DevNode,
+    ready: bool,
+    exe: &std::path::Path,
+    args: &DevArgs,
+) -> Result<(), CliError> {
+    let id = node.id;
+    if let Some(c) = node.child.as_mut()
+        && let Ok(Some(status)) = c.try_wait()
+    {
+        node.child = None;
+        let log = node.log(args);
+        if !ready {
+            return Err(CliError::failure(format!(
+                "node {id} exited ({status}); see {}",
+                log.display()
+            )));
+        }
+        if args.no_restart || status.code() == Some(i32::from(super::EXIT_USAGE)) {
+            let why = if args.no_restart {
+                "--no-restart"
+            } else {
+                "it would fail the same way"
+            };
+            eprintln!(
+                "node {id} exited ({status}); left down ({why}); the others keep running; see {}",
+                log.display()
+            );
+        } else {
+            eprintln!(
+                "node {id} exited ({status}); restarting it in {}; the others keep running; see {}",
+                humantime::format_duration(args.restart_delay),
+                log.display()
+            );
+            node.restart_at = Some(Instant::now() + args.restart_delay);
+        }
+    }
+    if node.restart_at.is_some_and(|t| Instant::now() >= t) {
+        node.restart_at = None;
+        match node.spawn(exe, args) {
+            Ok(()) => eprintln!("node {id} restarted"),
+            Err(e) => eprintln!("node {id} could not be restarted: {e}; left down"),
+        }
+    }
+    Ok(())
+}
+
+/// Sends SIGTERM to every running node and waits for it (SIGKILL after 10 s).
+fn stop_all(nodes: &mut [DevNode]) {
+    for c in nodes.iter().filter_map(|n| n.child.as_ref()) {
         // SAFETY: kill(2) on a pid we spawned; no memory is involved.
         unsafe {
             libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for (id, c) in children.iter_mut() {
+    for (id, c) in nodes
+        .iter_mut()
+        .filter_map(|n| Some(n.id).zip(n.child.as_mut()))
+    {
         loop {
             match c.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
@@ -498,5 +579,8 @@ fn stop_all(children: &mut Vec<(u64, Child)>) {
             }
         }
     }
-    children.clear();
+    for n in nodes.iter_mut() {
+        n.child = None;
+        n.restart_at = None;
+    }
 }
