@@ -488,8 +488,11 @@ fn bad_input_gets_the_documented_code_and_changes_nothing() {
     assert!(e.contains("INVALID_ARGUMENT") && e.contains("1-128"), "{e}");
     let big = vec![b'x'; 1_100_000];
     let e = fails(&["write", "--tenant", "t", "--endpoints", &ep], &big, 1);
+    // Entries are counted from 1, as everywhere else.
     assert!(
-        e.contains("RESOURCE_EXHAUSTED") && e.contains("limits.max_entry_bytes"),
+        e.contains("RESOURCE_EXHAUSTED")
+            && e.contains("limits.max_entry_bytes")
+            && e.contains("entry 1 of the batch"),
         "{e}"
     );
     let e = fails(
@@ -800,6 +803,9 @@ fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
             break e.to_owned();
         }
     };
+    // A normal start is quiet: no retry warnings while the nodes come up.
+    let said = std::fs::read_to_string(dir.path().join("dev.stderr")).unwrap();
+    assert!(!said.contains("retrying"), "{said}");
     let first = endpoints.split(',').next().unwrap().to_owned();
     wait_until("3 members in sync", SYNC, || {
         all_in_sync(&status(&first), &[1, 2, 3])

@@ -30,7 +30,8 @@ pub struct ClientArgs {
         global = true
     )]
     pub endpoints: Vec<String>,
-    /// Output format (replay defaults to json lines, the rest to a table).
+    /// Output format: a table for people, or JSON for scripts (the default depends on the
+    /// command).
     #[arg(long, short = 'o', value_enum, global = true)]
     pub output: Option<Format>,
     /// How long a command keeps retrying through leader changes and outages.
@@ -111,6 +112,8 @@ pub struct WriteArgs {
     /// Tenant id: 1-128 characters of [A-Za-z0-9._-].
     #[arg(long)]
     pub tenant: String,
+    /// The operation each entry records (stored with it and shown by replay; replog does not
+    /// interpret it).
     #[arg(long, value_enum, default_value = "insert")]
     pub op: OpArg,
     /// One entry with this data; without it, each line of stdin is one entry.

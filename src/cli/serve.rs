@@ -426,6 +426,9 @@ async fn supervise(
     let opts = crate::client::ClientOptions {
         tls: client_tls,
         token: token.clone(),
+        // No retries inside a call (and so no retry warnings while the nodes start): the loop
+        // below asks again every tick.
+        retry_timeout: Duration::ZERO,
         ..Default::default()
     };
     let client = crate::client::Client::new(endpoints, opts)

@@ -95,7 +95,8 @@ impl Core {
             let len = r.data.len() as u64;
             if len > l.max_entry_bytes.as_u64() {
                 return Err(CoreError::ResourceExhausted(format!(
-                    "entry {i} has {len} bytes of data, more than limits.max_entry_bytes ({} bytes)",
+                    "entry {} of the batch has {len} bytes of data, more than limits.max_entry_bytes ({} bytes)",
+                    i + 1,
                     l.max_entry_bytes.as_u64()
                 )));
             }
