@@ -975,6 +975,24 @@ fn dev_node_pid(dir: &std::path::Path, id: u64) -> Option<u32> {
     })
 }
 
+/// Waits for `replog dev`'s endpoints line and for its 3 members in sync; the endpoints, and
+/// the first of them.
+fn dev_ready(rx: &mpsc::Receiver<String>) -> (String, String) {
+    let endpoints = loop {
+        let line = rx
+            .recv_timeout(SYNC)
+            .expect("replog dev prints its endpoints");
+        if let Some(e) = line.strip_prefix("export REPLOG_ENDPOINTS=") {
+            break e.to_owned();
+        }
+    };
+    let first = endpoints.split(',').next().unwrap().to_owned();
+    wait_until("3 members in sync", SYNC, || {
+        all_in_sync(&status(&first), &[1, 2, 3])
+    });
+    (endpoints, first)
+}
+
 fn kill9(pid: u32) {
     // SAFETY: kill(2) on a pid of our own test's processes.
     unsafe {
@@ -989,18 +1007,7 @@ fn replog_dev_restarts_a_node_that_dies_and_keeps_the_others_running() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3);
     let (mut dev, rx) = start_dev(base, dir.path(), &["--restart-delay", "300ms"]);
-    let endpoints = loop {
-        let line = rx
-            .recv_timeout(SYNC)
-            .expect("replog dev prints its endpoints");
-        if let Some(e) = line.strip_prefix("export REPLOG_ENDPOINTS=") {
-            break e.to_owned();
-        }
-    };
-    let first = endpoints.split(',').next().unwrap().to_owned();
-    wait_until("3 members in sync", SYNC, || {
-        all_in_sync(&status(&first), &[1, 2, 3])
-    });
+    let (endpoints, first) = dev_ready(&rx);
     let old = dev_node_pid(dir.path(), 2).expect("node 2 runs");
     kill9(old);
     // The others keep serving while node 2 is down or restarting.
@@ -1040,18 +1047,7 @@ fn replog_dev_no_restart_leaves_a_dead_node_down() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3);
     let (mut dev, rx) = start_dev(base, dir.path(), &["--no-restart"]);
-    let endpoints = loop {
-        let line = rx
-            .recv_timeout(SYNC)
-            .expect("replog dev prints its endpoints");
-        if let Some(e) = line.strip_prefix("export REPLOG_ENDPOINTS=") {
-            break e.to_owned();
-        }
-    };
-    let first = endpoints.split(',').next().unwrap().to_owned();
-    wait_until("3 members in sync", SYNC, || {
-        all_in_sync(&status(&first), &[1, 2, 3])
-    });
+    let (endpoints, _) = dev_ready(&rx);
     kill9(dev_node_pid(dir.path(), 3).expect("node 3 runs"));
     wait_until("dev says node 3 is left down", SYNC, || {
         std::fs::read_to_string(dir.path().join("dev.stderr")).is_ok_and(|s| {
