@@ -764,6 +764,14 @@ fn free_base_port(n: u16) -> u16 {
     panic!("no free port range");
 }
 
+/// One `replog dev` cluster at a time in this binary: three nodes each on two cores, beside
+/// the other tests' processes, are load enough.
+fn dev_lock() -> std::sync::MutexGuard<'static, ()> {
+    static DEV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DEV.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `replog dev` with 3 nodes from `base` in `dir` (and `extra` flags); its stdout lines.
 fn start_dev(
     base: u16,
@@ -792,6 +800,7 @@ fn start_dev(
 
 #[test]
 fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
+    let _one_at_a_time = dev_lock();
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3);
     let (mut dev, rx) = start_dev(base, dir.path(), &[]);
@@ -834,6 +843,7 @@ fn replog_dev_runs_a_local_cluster_and_stops_it_on_ctrl_c() {
 
 #[test]
 fn replog_dev_tls_runs_a_tls_cluster_the_printed_exports_reach() {
+    let _one_at_a_time = dev_lock();
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3);
     let (mut dev, rx) = start_dev(base, dir.path(), &["--tls"]);
@@ -1004,6 +1014,7 @@ fn kill9(pid: u32) {
 /// after `--restart-delay`, the node catches up, and Ctrl-C still stops everything.
 #[test]
 fn replog_dev_restarts_a_node_that_dies_and_keeps_the_others_running() {
+    let _one_at_a_time = dev_lock();
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3);
     let (mut dev, rx) = start_dev(base, dir.path(), &["--restart-delay", "300ms"]);
@@ -1044,6 +1055,7 @@ fn replog_dev_restarts_a_node_that_dies_and_keeps_the_others_running() {
 /// With `--no-restart` a dead node stays down, said once, and the rest keep working.
 #[test]
 fn replog_dev_no_restart_leaves_a_dead_node_down() {
+    let _one_at_a_time = dev_lock();
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3);
     let (mut dev, rx) = start_dev(base, dir.path(), &["--no-restart"]);
