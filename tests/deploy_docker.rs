@@ -196,7 +196,7 @@ impl Drop for Cluster {
             eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         }
         for c in ["verify", "single"] {
-            let _ = docker(&["rm", "-f", &format!("{}-{c}", self.project)]).output();
+            let _ = docker(&["rm", "-f", "-v", &format!("{}-{c}", self.project)]).output();
         }
         let _ = self.compose(&["down", "-v", "--timeout", "5"]).output();
         for image in &self.images {
@@ -423,7 +423,7 @@ fn image_and_compose_cluster_survive_kills_partitions_restarts_and_an_upgrade() 
         format!("{}:7400", hostname.trim()),
         "{member}"
     );
-    ok(&mut docker(&["rm", "-f", &single]));
+    ok(&mut docker(&["rm", "-f", "-v", &single]));
 
     // The monitoring profile is a valid part of the compose file (its images cannot be pulled
     // here).
