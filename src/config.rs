@@ -50,7 +50,119 @@ impl Format for Yaml {
 pub struct ConfigError(pub String);
 
 fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("invalid configuration `{key}`: {why}"))
+    ConfigError(format!("invalid configuration: {key}: {why}"))
+}
+
+/// The prefix of the environment variables that set configuration keys.
+const ENV_PREFIX: &str = "REPLOG_";
+
+/// `wal.sync_policy` as the variable that sets it: `REPLOG_WAL__SYNC_POLICY`.
+fn env_var_name(path: &[&str]) -> String {
+    let upper: Vec<String> = path.iter().map(|k| k.to_ascii_uppercase()).collect();
+    format!("{ENV_PREFIX}{}", upper.join("__"))
+}
+
+/// Figment's `Env` provider under a name its errors can be told by, and with keys shown as the
+/// variables that set them.
+struct EnvVars(Env);
+
+const ENV_SOURCE: &str = "environment";
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(ENV_SOURCE).interpolater(|_, path| env_var_name(path))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
+}
+
+/// The known key closest to a misspelt one, if one is close enough to be what was meant.
+fn closest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(typed, k), *k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// One figment error as a user reads it: where the value came from (the file with its absolute
+/// path, or the environment variable and its value), the key, and what is wrong, in words.
+fn describe(e: &figment::Error) -> String {
+    let path: Vec<&str> = e.path.iter().map(String::as_str).collect();
+    let key = path.join(".");
+    let source = e.metadata.as_ref();
+    let from_env = source.is_some_and(|m| m.name == ENV_SOURCE);
+    let unknown = |field: &str, expected: &[&str]| -> String {
+        match closest(field, expected) {
+            Some(k) if from_env => {
+                let mut p = path.clone();
+                p.pop();
+                p.push(k);
+                format!("unknown key (did you mean {}?)", env_var_name(&p))
+            }
+            Some(k) => format!("unknown key (did you mean {k}?)"),
+            None => format!("unknown key (the keys here: {})", expected.join(", ")),
+        }
+    };
+    let value = |a: &figment::error::Actual| match a {
+        figment::error::Actual::Str(s) => format!("{s:?}"),
+        figment::error::Actual::Signed(n) => n.to_string(),
+        figment::error::Actual::Unsigned(n) => n.to_string(),
+        figment::error::Actual::Float(n) => n.to_string(),
+        figment::error::Actual::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    };
+    use figment::error::Kind;
+    let problem = match &e.kind {
+        Kind::UnknownField(f, expected) => unknown(f, expected),
+        // The variable's value is said with its name.
+        Kind::UnknownVariant(_, expected) if from_env => {
+            format!("expected one of {}", expected.join(", "))
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("expected one of {}, found {found:?}", expected.join(", "))
+        }
+        Kind::InvalidValue(a, expected) | Kind::InvalidType(a, expected) => {
+            match expected.as_str() {
+                // bytesize's and humantime's words for their formats.
+                "parsable string" => format!("{} is not a size (e.g. 64MiB, 256KiB)", value(a)),
+                "a duration" => format!("{} is not a duration (e.g. 500ms, 2s, 1h)", value(a)),
+                "u64" | "u32" | "u16" | "u8" | "usize" => {
+                    format!("{} is not a whole number >= 0", value(a))
+                }
+                "a boolean" => format!("{} is not true or false", value(a)),
+                _ => format!("expected {expected}, found {}", value(a)),
+            }
+        }
+        Kind::Message(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let file = source
+        .and_then(|m| m.source.as_ref())
+        .and_then(|s| s.file_path());
+    if from_env {
+        let var = env_var_name(&path);
+        match std::env::var(&var) {
+            Ok(v) => format!("{var}={v}: {problem}"),
+            Err(_) => format!("{var}: {problem}"),
+        }
+    } else if let Some(f) = file {
+        let f = std::path::absolute(f).unwrap_or_else(|_| f.to_owned());
+        if key.is_empty() {
+            format!("config file {}: {problem}", f.display())
+        } else {
+            format!("config file {}: {key}: {problem}", f.display())
+        }
+    } else if key.is_empty() {
+        format!("invalid configuration: {problem}")
+    } else {
+        format!("invalid configuration: {key}: {problem}")
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -244,22 +356,30 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
+                let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
                 return Err(ConfigError(format!(
-                    "config file {} does not exist",
-                    path.display()
+                    "config file {}: does not exist (or is not a file)",
+                    abs.display()
                 )));
             }
             fig = fig.merge(Yaml::file_exact(path));
         }
         // Only nested keys (`REPLOG_WAL__SYNC_POLICY`): `REPLOG_ENDPOINTS` is the client's.
-        let env = Env::prefixed("REPLOG_")
+        let env = Env::prefixed(ENV_PREFIX)
             .filter(|k| k.as_str().contains("__"))
             .split("__");
         let cfg: Config = fig
-            .merge(env)
+            .merge(EnvVars(env))
             .merge(Serialized::globals(flags))
             .extract()
-            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+            .map_err(|e| {
+                ConfigError(
+                    e.into_iter()
+                        .map(|e| describe(&e))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -299,8 +419,12 @@ impl Config {
         }
         let mut wal = self.wal.clone();
         wal.directory = wal_dir;
-        wal.validate()
-            .map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+        wal.validate().map_err(|e| match e {
+            crate::wal::WalError::InvalidConfig { key, reason } => {
+                bad(&format!("wal.{key}"), reason)
+            }
+            other => ConfigError(format!("invalid configuration: {other}")),
+        })?;
         if let Some(m) = &self.cluster.initial_members {
             let members = parse_members(m)?;
             if !members.contains_key(&self.node.id) {
@@ -562,6 +686,26 @@ pub fn parse_members(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_key_suggests_the_close_one_only() {
+        let known = [
+            "segment_size",
+            "sync_policy",
+            "sync_interval",
+            "compression",
+        ];
+        assert_eq!(closest("sync_polcy", &known), Some("sync_policy"));
+        assert_eq!(closest("sync_intervall", &known), Some("sync_interval"));
+        assert_eq!(closest("segmentsize", &known), Some("segment_size"));
+        assert_eq!(closest("retention", &known), None);
+        assert_eq!(closest("wall", &["wal", "raft"]), Some("wal"));
+        assert_eq!(closest("x", &["wal", "raft"]), None);
+        assert_eq!(
+            env_var_name(&["wal", "sync_policy"]),
+            "REPLOG_WAL__SYNC_POLICY"
+        );
+    }
 
     #[test]
     fn defaults_make_a_single_node_cluster() {

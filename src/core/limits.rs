@@ -10,7 +10,7 @@ use crate::raft::state_machine::DEFAULT_MAX_PRODUCERS;
 
 /// A limit with a value that cannot work: which key, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration `limits.{key}`: {why}")]
+#[error("invalid configuration: limits.{key}: {why}")]
 pub struct InvalidLimit {
     pub key: &'static str,
     pub why: String,

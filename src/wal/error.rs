@@ -45,7 +45,7 @@ pub enum WalError {
     #[error("invalid record: {0}")]
     InvalidRecord(RecordError),
 
-    #[error("invalid configuration `{key}`: {reason}")]
+    #[error("invalid configuration: {key}: {reason}")]
     InvalidConfig { key: &'static str, reason: String },
 
     #[error("checkpoint {0:?} not found")]
