@@ -209,6 +209,52 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
         after.iter().map(|e| e.2.as_str()).collect::<Vec<_>>(),
         ["later-0", "later-1"]
     );
+    // A checkpoint of one tenant replays that tenant; --all-tenants every tenant's after it.
+    let seq = ok(&[
+        "write",
+        "--tenant",
+        "other",
+        "--data",
+        "not-orders",
+        "--endpoints",
+        &nodes[leader].addr,
+    ]);
+    let after_cp = |extra: &[&str]| {
+        let mut args = vec![
+            "replay",
+            "--checkpoint",
+            "billing",
+            "--min-sequence",
+            seq.trim(),
+            "--endpoints",
+            &nodes[other].addr,
+        ];
+        args.extend_from_slice(extra);
+        replay_lines(&ok(&args))
+            .into_iter()
+            .map(|e| (e.1, e.2))
+            .collect::<Vec<_>>()
+    };
+    let orders: Vec<(String, String)> = (0..5)
+        .map(|i| ("orders".to_owned(), format!("later-{i}")))
+        .collect();
+    assert_eq!(after_cp(&[]), orders);
+    let mut all = orders.clone();
+    all.push(("other".to_owned(), "not-orders".to_owned()));
+    assert_eq!(after_cp(&["--all-tenants"]), all);
+    let e = fails(
+        &[
+            "replay",
+            "--all-tenants",
+            "--tenant",
+            "x",
+            "--endpoints",
+            &nodes[other].addr,
+        ],
+        b"",
+        2,
+    );
+    assert!(e.contains("--all-tenants") && e.contains("--tenant"), "{e}");
 
     // Read-your-writes on a follower.
     let seq = ok(&[
@@ -254,7 +300,7 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
     });
     wait_until("node 4 caught up", SYNC, || caught_up(&status(&n4.addr), 4));
     assert_eq!(replay_all(&n4.addr), replay_all(&nodes[leader].addr));
-    assert_eq!(replay_all(&n4.addr).len(), 1006);
+    assert_eq!(replay_all(&n4.addr).len(), 1007);
     nodes.push(n4);
 
     // Leadership moves on request.
@@ -299,7 +345,7 @@ fn three_processes_write_through_a_follower_replay_everywhere_grow_and_shrink() 
     wait_until("node 5 caught up", SYNC, || {
         caught_up(&status(&nodes[0].addr), 5)
     });
-    assert_eq!(replay_all(&n5.addr).len(), 1006);
+    assert_eq!(replay_all(&n5.addr).len(), 1007);
     ok(&[
         "cluster",
         "remove-node",
@@ -629,6 +675,209 @@ fn bad_input_gets_the_documented_code_and_changes_nothing() {
         2,
     );
     assert!(e.contains("belongs to node 1"), "{e}");
+}
+
+/// With no node at the endpoint, a command says so on stderr while it is still retrying (not
+/// only when it gives up), and the final error names what was tried, how often and how long.
+#[test]
+fn an_unreachable_endpoint_is_said_at_once_and_the_error_says_what_was_tried() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut child = Command::new(BIN)
+        .args([
+            "write",
+            "--tenant",
+            "a",
+            "--data",
+            "x",
+            "--retry-timeout",
+            "10m",
+        ])
+        .args(["--endpoints", &addr])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(SYNC).expect("a warning while retrying");
+    assert_eq!(
+        line,
+        format!(
+            "warning: cannot connect to {addr}: connection refused — is a node running? \
+             (set --endpoints or REPLOG_ENDPOINTS); retrying for up to 10m"
+        )
+    );
+    assert!(child.try_wait().unwrap().is_none(), "still retrying");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Giving up: one warning, then what was tried.
+    let e = fails(
+        &[
+            "cluster",
+            "status",
+            "--endpoints",
+            &addr,
+            "--retry-timeout",
+            "1s",
+        ],
+        b"",
+        1,
+    );
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(
+        lines[0].starts_with(&format!("warning: cannot connect to {addr}: ")),
+        "{e}"
+    );
+    let tail = lines[1]
+        .strip_prefix(&format!(
+            "error: cannot connect to {addr}: connection refused (tried {addr} "
+        ))
+        .unwrap_or_else(|| panic!("{e}"));
+    assert!(
+        tail.ends_with("s) (UNAVAILABLE)") && tail.contains(" times in "),
+        "{e}"
+    );
+    // The producer's path (write) says the same.
+    let e = fails(
+        &[
+            "write",
+            "--tenant",
+            "a",
+            "--data",
+            "x",
+            "--endpoints",
+            &addr,
+            "--retry-timeout",
+            "1s",
+        ],
+        b"",
+        1,
+    );
+    assert!(
+        e.contains(&format!(
+            "error: cannot connect to {addr}: connection refused (tried {addr} "
+        )),
+        "{e}"
+    );
+}
+
+/// A configuration error names where the value came from (the file's absolute path, or the
+/// environment variable with its value), the key, and what would be valid; exit code 2.
+#[test]
+fn config_errors_name_the_file_the_variable_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |file: Option<&str>, env: &[(&str, &str)]| -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir.path())
+            .args(["serve", "--metrics-listen", "", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("REPLOG_CONFIG");
+        if let Some(f) = file {
+            std::fs::write(dir.path().join("replog.yaml"), f).unwrap();
+            cmd.args(["--config", "replog.yaml"]);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert_eq!(out.status.code(), Some(2), "{e}");
+        assert!(!e.contains('`') && !e.contains("default."), "{e}");
+        e
+    };
+    let file = dir.path().join("replog.yaml").display().to_string();
+    let e = serve(Some("wal:\n  sync_polcy: immediate\n"), &[]);
+    assert_eq!(
+        e,
+        format!(
+            "error: config file {file}: wal.sync_polcy: unknown key (did you mean sync_policy?)"
+        )
+    );
+    let e = serve(Some("wall: {}\n"), &[]);
+    assert_eq!(
+        e,
+        format!("error: config file {file}: wall: unknown key (did you mean wal?)")
+    );
+    let e = serve(Some("wal:\n  segment_size: lots\n"), &[]);
+    assert_eq!(
+        e,
+        format!(
+            "error: config file {file}: wal.segment_size: \"lots\" is not a size (e.g. 64MiB, 256KiB)"
+        )
+    );
+    let e = serve(Some("raft:\n  heartbeat_interval: soon\n"), &[]);
+    assert!(
+        e.ends_with("raft.heartbeat_interval: \"soon\" is not a duration (e.g. 500ms, 2s, 1h)"),
+        "{e}"
+    );
+    let e = serve(Some("wal:\n  sync_policy: sometimes\n"), &[]);
+    assert!(
+        e.ends_with(
+            "wal.sync_policy: expected one of immediate, periodic, async, found \"sometimes\""
+        ),
+        "{e}"
+    );
+    let e = serve(Some("wal: [1\n"), &[]);
+    assert!(
+        e.starts_with(&format!("error: config file {file}: ")) && e.contains("line 2"),
+        "{e}"
+    );
+    let e = serve(None, &[("REPLOG_WAL__SYNC_POLICY", "sometimes")]);
+    assert_eq!(
+        e,
+        "error: REPLOG_WAL__SYNC_POLICY=sometimes: expected one of immediate, periodic, async"
+    );
+    let e = serve(None, &[("REPLOG_WAL__SYNC_POLCY", "async")]);
+    assert_eq!(
+        e,
+        "error: REPLOG_WAL__SYNC_POLCY=async: unknown key (did you mean REPLOG_WAL__SYNC_POLICY?)"
+    );
+    let e = serve(None, &[("REPLOG_WAL__SEGMENT_SIZE", "lots")]);
+    assert_eq!(
+        e,
+        "error: REPLOG_WAL__SEGMENT_SIZE=lots: \"lots\" is not a size (e.g. 64MiB, 256KiB)"
+    );
+    // A variable beats the file: the error names the variable, not the file.
+    let e = serve(
+        Some("wal:\n  sync_policy: async\n"),
+        &[("REPLOG_WAL__SYNC_POLICY", "never")],
+    );
+    assert!(
+        e.starts_with("error: REPLOG_WAL__SYNC_POLICY=never: "),
+        "{e}"
+    );
+    // A value that parses but cannot work names the key once.
+    let e = serve(Some("wal:\n  segment_size: 1KiB\n"), &[]);
+    assert!(
+        e.starts_with("error: invalid configuration: wal.segment_size: "),
+        "{e}"
+    );
+    let e = serve(None, &[("REPLOG_LIMITS__MAX_ENTRY_BYTES", "0")]);
+    assert_eq!(
+        e,
+        "error: invalid configuration: limits.max_entry_bytes: must be at least 1"
+    );
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--config", "missing.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let missing = dir.path().join("missing.yaml").display().to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("error: config file {missing}: does not exist (or is not a file)")
+    );
 }
 
 /// `/metrics` parses as Prometheus text and follows the naming rules promtool checks.

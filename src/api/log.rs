@@ -142,7 +142,9 @@ impl LogApi {
                     "checkpoint {name:?} not found"
                 ))));
             }
-            tenant = tenant.or(cp.tenant);
+            if !r.all_tenants {
+                tenant = tenant.or(cp.tenant);
+            }
         }
         if tenant.is_none()
             && let crate::auth::Tenants::Only(only) = &p.tenants
@@ -168,6 +170,7 @@ impl LogApi {
                 Some(Start::Checkpoint(name)) => ReplayFrom::Checkpoint(name),
             },
             tenant: r.tenant,
+            all_tenants: r.all_tenants,
             min_sequence: r.min_sequence,
             require_sync,
         };

@@ -14,6 +14,7 @@ use super::CliError;
 use super::output::Format;
 use crate::client::{
     AckFuture, Client, ClientError, ClientOptions, NewEntry, Producer, ProducerOptions,
+    UnreachableHook, display_endpoint,
 };
 use crate::proto::{self as pb, ReplayRequest, replay_request::Start};
 use crate::wal::{EntryRef, Operation};
@@ -53,13 +54,23 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     pub(super) fn client(&self) -> Result<Client, CliError> {
-        let opts = ClientOptions {
-            retry_timeout: self.retry_timeout,
+        Client::new(&self.endpoints, self.options()?).map_err(|e| CliError::usage(e.to_string()))
+    }
+
+    /// The client's options from these flags; a client that cannot reach any endpoint says so
+    /// on stderr at once, while it keeps retrying.
+    pub(super) fn options(&self) -> Result<ClientOptions, CliError> {
+        let retry = self.retry_timeout;
+        let hook = move |list: &[(String, String)]| {
+            eprintln!("warning: {}", unreachable_message(list, retry));
+        };
+        Ok(ClientOptions {
+            retry_timeout: retry,
             tls: self.tls()?,
             token: self.token.clone(),
+            on_unreachable: Some(UnreachableHook(std::sync::Arc::new(hook))),
             ..ClientOptions::default()
-        };
-        Client::new(&self.endpoints, opts).map_err(|e| CliError::usage(e.to_string()))
+        })
     }
 
     /// TLS from --ca (and --cert/--key), if given.
@@ -82,6 +93,32 @@ impl ClientArgs {
     pub(super) fn format(&self, default: Format) -> Format {
         self.output.unwrap_or(default)
     }
+}
+
+/// `cannot connect to 127.0.0.1:7999: connection refused — is a node running? (set
+/// --endpoints or REPLOG_ENDPOINTS); retrying for up to 30s`.
+fn unreachable_message(list: &[(String, String)], retry: Duration) -> String {
+    let mut out = String::from("cannot connect to ");
+    if let [(e, why)] = list {
+        out.push_str(&format!("{}: {why}", display_endpoint(e)));
+    } else {
+        let each: Vec<String> = list
+            .iter()
+            .map(|(e, why)| format!("{} ({why})", display_endpoint(e)))
+            .collect();
+        out.push_str(&each.join(", "));
+    }
+    if list.iter().all(|(_, why)| why == "connection refused") {
+        out.push_str(" — is a node running?");
+    }
+    out.push_str(" (set --endpoints or REPLOG_ENDPOINTS)");
+    if !retry.is_zero() {
+        out.push_str(&format!(
+            "; retrying for up to {}",
+            humantime::format_duration(retry)
+        ));
+    }
+    out
 }
 
 impl From<ClientError> for CliError {
@@ -140,9 +177,13 @@ pub struct ReplayArgs {
     /// First sequence number (default: the log start).
     #[arg(long, conflicts_with = "checkpoint")]
     pub from: Option<u64>,
-    /// Start after this checkpoint.
+    /// Start after this checkpoint. A checkpoint of one tenant replays only that tenant's
+    /// entries (as its consumer would); add --all-tenants for every tenant's.
     #[arg(long)]
     pub checkpoint: Option<String>,
+    /// Every tenant's entries, also after a checkpoint of one tenant.
+    #[arg(long, conflicts_with = "tenant")]
+    pub all_tenants: bool,
     /// Keep streaming entries as they are committed (Ctrl-C stops).
     #[arg(long)]
     pub follow: bool,
@@ -359,6 +400,7 @@ pub async fn replay(a: &ReplayArgs) -> Result<(), CliError> {
         follow: a.follow,
         min_sequence: a.min_sequence.unwrap_or(0),
         limit: a.limit.unwrap_or(0),
+        all_tenants: a.all_tenants,
     };
     let format = a.client.format(Format::Json);
     let mut stream = client.replay(req).await?;
@@ -673,12 +715,13 @@ async fn health(client: &Client, format: Format, watch: bool) -> Result<(), CliE
             return if healthy {
                 Ok(())
             } else {
-                Err(CliError::failure("the cluster is not healthy"))
+                // The output said why: exit 1 without a second message.
+                Err(CliError::silent(super::EXIT_FAILURE))
             };
         }
         tokio::select! {
             _ = &mut signal => return if healthy { Ok(()) } else {
-                Err(CliError::failure("the cluster is not healthy"))
+                Err(CliError::silent(super::EXIT_FAILURE))
             },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }

@@ -71,10 +71,7 @@ pub async fn run(a: &HealthArgs) -> Result<(), CliError> {
     if serving {
         Ok(())
     } else {
-        Err(CliError::failure(if answers.len() == 1 {
-            "the node is not serving"
-        } else {
-            "not every node is serving"
-        }))
+        // The output says which node is not serving, and why: exit 1 without another message.
+        Err(CliError::silent(crate::cli::EXIT_FAILURE))
     }
 }

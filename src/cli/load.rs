@@ -210,10 +210,8 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
             ))
         } else {
             let opts = ClientOptions {
-                retry_timeout: a.client.retry_timeout,
                 tls: tls.clone(),
-                token: a.client.token.clone(),
-                ..ClientOptions::default()
+                ..a.client.options()?
             };
             let c = Client::new(&mine, opts).map_err(|e| CliError::usage(e.to_string()))?;
             tokio::spawn(stream_producer(
@@ -534,6 +532,7 @@ async fn replay(a: &ReplayBenchArgs) -> Result<(), CliError> {
         follow: false,
         min_sequence: 0,
         limit: a.count.unwrap_or(0),
+        ..ReplayRequest::default()
     };
     let started = Instant::now();
     let mut stream = client.replay(req).await?;

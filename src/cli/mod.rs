@@ -104,6 +104,14 @@ impl CliError {
             message: message.into(),
         }
     }
+
+    /// An exit code alone, for a command whose output already said what went wrong.
+    pub fn silent(code: u8) -> Self {
+        CliError {
+            code,
+            message: String::new(),
+        }
+    }
 }
 
 impl From<crate::wal::WalError> for CliError {
@@ -159,7 +167,9 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }

@@ -218,6 +218,7 @@ pub async fn verify(a: &VerifyArgs) -> Result<(), CliError> {
             follow: false,
             min_sequence: max_acked,
             limit: 0,
+            ..ReplayRequest::default()
         };
         let tenant_req = ReplayRequest {
             tenant: Some(a.tenant.clone()),

@@ -62,6 +62,23 @@ pub struct ClientOptions {
     /// A bearer token (`replog auth token create`) sent with every call, for a cluster with
     /// authentication on. Default: none.
     pub token: Option<String>,
+    /// Told once when no endpoint accepts a connection, while calls go on retrying; told again
+    /// only after a node has answered since. Default: a `tracing` warning.
+    pub on_unreachable: Option<UnreachableHook>,
+}
+
+/// What [`ClientOptions::on_unreachable`] calls: with each endpoint tried and why it could not
+/// connect (`connection refused`, `timed out`, a name that does not resolve, a TLS handshake).
+#[derive(Clone)]
+pub struct UnreachableHook(pub Arc<UnreachableFn>);
+
+/// Called with `(endpoint, why)` for each endpoint.
+pub type UnreachableFn = dyn Fn(&[(String, String)]) + Send + Sync;
+
+impl std::fmt::Debug for UnreachableHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnreachableHook")
+    }
 }
 
 impl Default for ClientOptions {
@@ -73,6 +90,7 @@ impl Default for ClientOptions {
             max_message_bytes: 64 << 20,
             tls: None,
             token: None,
+            on_unreachable: None,
         }
     }
 }
@@ -130,12 +148,18 @@ struct State {
     /// The highest sequence number this client has written: its replays wait until the node
     /// serving them has applied it (read-your-writes on any replica).
     last_written: u64,
+    /// Endpoints whose last attempt could not connect, and why (cleared by an answer).
+    unreachable: HashMap<String, String>,
+    /// `on_unreachable` was told, and no node has answered since.
+    told_unreachable: bool,
 }
 
 /// A client of a replog cluster. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Client {
     state: Arc<parking_lot::Mutex<State>>,
+    /// `state.unreachable` is not empty (so an answer need not take the lock to clear it).
+    some_unreachable: Arc<std::sync::atomic::AtomicBool>,
     opts: ClientOptions,
     creds: Credentials,
 }
@@ -217,6 +241,42 @@ fn throttled(s: &Status) -> Option<Duration> {
     wire::retry_delay(s)
 }
 
+/// Why a connection to a node could not be made, when that is what `s` says: the socket's error
+/// (`connection refused`, `timed out`, ...), a name that does not resolve, or a failed TLS
+/// handshake. `None` for anything a node answered.
+pub(crate) fn connect_failure(s: &Status) -> Option<String> {
+    if s.code() != Code::Unavailable {
+        return None;
+    }
+    let mut cause = std::error::Error::source(s);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return Some(match io.kind() {
+                K::ConnectionRefused => "connection refused".to_owned(),
+                K::TimedOut => "timed out".to_owned(),
+                K::HostUnreachable => "no route to host".to_owned(),
+                K::NetworkUnreachable => "network unreachable".to_owned(),
+                K::AddrNotAvailable => "address not available".to_owned(),
+                _ => io.to_string(),
+            });
+        }
+        cause = e.source();
+    }
+    let text = with_causes(s);
+    let connect = [
+        "dns error",
+        "tcp connect error",
+        "timed out",
+        "certificate",
+        "tls",
+    ];
+    connect
+        .iter()
+        .any(|w| text.to_ascii_lowercase().contains(w))
+        .then_some(text)
+}
+
 /// A status's message followed by the errors that caused it (a connection's: "tcp connect
 /// error: Connection refused", or a TLS handshake's "invalid peer certificate: UnknownIssuer"),
 /// each said once.
@@ -232,6 +292,35 @@ pub(crate) fn with_causes(status: &Status) -> String {
         cause = e.source();
     }
     out
+}
+
+/// A failure as the final error says it: `cannot connect to <endpoint>: <why>` when no
+/// connection could be made, else the status's message with its causes.
+fn failure_text(status: &Status, endpoint: &str) -> String {
+    match connect_failure(status) {
+        Some(why) => format!("cannot connect to {}: {why}", display_endpoint(endpoint)),
+        None => with_causes(status),
+    }
+}
+
+/// What a call tried before giving up: `tried a, b 12 times in 3.0s`.
+fn tried_text(endpoints: &[String], attempts: u32, elapsed: Duration) -> String {
+    let times = if attempts == 1 {
+        "once".to_owned()
+    } else {
+        format!("{attempts} times")
+    };
+    let secs = format!("{:.1}s", elapsed.as_secs_f64());
+    if endpoints.is_empty() {
+        return format!("tried {times} in {secs}");
+    }
+    let list: Vec<&str> = endpoints.iter().map(|e| display_endpoint(e)).collect();
+    format!("tried {} {times} in {secs}", list.join(", "))
+}
+
+/// An endpoint as the user wrote it: without the `http://` the client adds.
+pub fn display_endpoint(e: &str) -> &str {
+    e.strip_prefix("http://").unwrap_or(e)
 }
 
 fn normalize(e: &str, tls: bool) -> String {
@@ -275,7 +364,10 @@ impl Client {
                 channels: HashMap::new(),
                 idle_producers: Vec::new(),
                 last_written: 0,
+                unreachable: HashMap::new(),
+                told_unreachable: false,
             })),
+            some_unreachable: Arc::default(),
             opts,
         })
     }
@@ -328,9 +420,39 @@ impl Client {
         st.current = i;
     }
 
+    /// A node answered: endpoints that could not be reached may be told about again.
+    fn note_reached(&self) {
+        use std::sync::atomic::Ordering;
+        if self.some_unreachable.swap(false, Ordering::Relaxed) {
+            let mut st = self.state.lock();
+            st.unreachable.clear();
+            st.told_unreachable = false;
+        }
+    }
+
     /// After a failure at `endpoint`: go to the leader it named, else to the next endpoint.
+    /// When no endpoint accepts connections, says so once (`on_unreachable`).
     fn redirect(&self, endpoint: &str, status: &Status) {
         let mut st = self.state.lock();
+        if let Some(why) = connect_failure(status) {
+            self.some_unreachable
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            st.unreachable.insert(endpoint.to_owned(), why);
+            if !st.told_unreachable && st.endpoints.iter().all(|e| st.unreachable.contains_key(e)) {
+                st.told_unreachable = true;
+                let list: Vec<(String, String)> = st
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.clone(), st.unreachable[e].clone()))
+                    .collect();
+                drop(st);
+                match &self.opts.on_unreachable {
+                    Some(hook) => (hook.0)(&list),
+                    None => tracing::warn!(endpoints = ?list, "cannot connect to any endpoint"),
+                }
+                st = self.state.lock();
+            }
+        }
         if let Some((_, addr)) = leader_hint(status) {
             let addr = normalize(&addr, self.opts.tls.is_some());
             if addr != endpoint {
@@ -349,28 +471,39 @@ impl Client {
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + self.opts.retry_timeout;
+        let started = Instant::now();
+        let deadline = started + self.opts.retry_timeout;
         let mut backoff = BACKOFF_MIN;
         let mut attempts = 0u32;
+        let mut tried: Vec<String> = Vec::new();
         loop {
             let (endpoint, channel) = self.current()?;
             let status = match f(channel, timeout).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.note_reached();
+                    return Ok(v);
+                }
                 Err(s) => s,
             };
+            if connect_failure(&status).is_none() {
+                self.note_reached();
+            }
             if !is_retryable(&status) {
                 return Err(ClientError::Rpc(status));
             }
-            if Instant::now() + backoff >= deadline {
-                // Say where it failed: a connection error alone does not name the node.
+            if !tried.contains(&endpoint) && tried.len() < MAX_ENDPOINTS {
+                tried.push(endpoint.clone());
+            }
+            if Instant::now() >= deadline {
+                // Say what was tried: a connection error alone does not name the node.
                 let message = format!(
-                    "{} (last tried {endpoint}, retried for {:?})",
-                    with_causes(&status),
-                    self.opts.retry_timeout
+                    "{} ({})",
+                    failure_text(&status, &endpoint),
+                    tried_text(&tried, attempts + 1, started.elapsed())
                 );
                 return Err(ClientError::Rpc(Status::new(status.code(), message)));
             }
-            if attempts == 0 {
+            if attempts == 0 && connect_failure(&status).is_none() {
                 tracing::warn!(
                     %endpoint,
                     code = ?status.code(),
@@ -380,16 +513,17 @@ impl Client {
                 );
             }
             attempts += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
             if let Some(wait) = throttled(&status) {
                 // The same leader will take it after the wait the quota asks for.
-                tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now())))
-                    .await;
+                tokio::time::sleep(wait.min(left)).await;
                 continue;
             }
             let hinted = leader_hint(&status).is_some();
             self.redirect(&endpoint, &status);
             if !hinted {
-                tokio::time::sleep(backoff).await;
+                // The last pause ends at the deadline, for one more attempt there.
+                tokio::time::sleep(backoff.min(left)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
@@ -574,8 +708,10 @@ impl Client {
             self.channel_to(&mut st, &normalize(endpoint, self.opts.tls.is_some()))?
         };
         req.follow = false;
-        let deadline = Instant::now() + self.opts.retry_timeout;
+        let started = Instant::now();
+        let deadline = started + self.opts.retry_timeout;
         let mut backoff = BACKOFF_MIN;
+        let mut attempts = 0u32;
         let mut out: Vec<pb::Entry> = Vec::new();
         loop {
             let mut rq = req.clone();
@@ -593,15 +729,17 @@ impl Client {
                 Err(s) if is_retryable(&s) => s,
                 Err(s) => return Err(ClientError::Rpc(s)),
             };
-            if Instant::now() + backoff >= deadline {
+            attempts += 1;
+            let now = Instant::now();
+            if now >= deadline {
                 let message = format!(
-                    "{} (reading {endpoint}, retried for {:?})",
-                    status.message(),
-                    self.opts.retry_timeout
+                    "{} (reading {endpoint}: {})",
+                    failure_text(&status, endpoint),
+                    tried_text(&[], attempts, started.elapsed())
                 );
                 return Err(ClientError::Rpc(Status::new(status.code(), message)));
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }

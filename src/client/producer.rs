@@ -222,6 +222,9 @@ struct Engine {
     link: Option<Link>,
     /// Why the last connection attempt failed (said when a request fails for want of one).
     last_connect_error: Option<String>,
+    /// Endpoints tried, and attempts made, since the last answer (said when a write gives up).
+    tried: Vec<String>,
+    attempts: u32,
     backoff: Duration,
 }
 
@@ -240,6 +243,8 @@ impl Engine {
             flushes: Vec::new(),
             link: None,
             last_connect_error: None,
+            tried: Vec::new(),
+            attempts: 0,
             backoff: BACKOFF_MIN,
         }
     }
@@ -421,6 +426,7 @@ impl Engine {
         match log.produce(ReceiverStream::new(rx)).await {
             Ok(r) => {
                 self.last_connect_error = None;
+                self.client.note_reached();
                 self.link = Some(Link {
                     requests: tx,
                     answers: r.into_inner(),
@@ -438,10 +444,18 @@ impl Engine {
             Err(status) => {
                 // No stream: the first request in flight fails as retryable.
                 self.link = None;
-                self.last_connect_error = Some(super::with_causes(&status));
+                self.last_connect_error = Some(super::failure_text(&status, &endpoint));
+                self.note_tried(&endpoint);
                 self.client.redirect(&endpoint, &status);
                 self.pause(&status).await;
             }
+        }
+    }
+
+    fn note_tried(&mut self, endpoint: &str) {
+        self.attempts += 1;
+        if !self.tried.iter().any(|e| e == endpoint) && self.tried.len() < 64 {
+            self.tried.push(endpoint.to_owned());
         }
     }
 
@@ -462,6 +476,8 @@ impl Engine {
             Some(Ok(r)) => match r.result {
                 Some(produce_response::Result::Written(w)) => {
                     self.backoff = BACKOFF_MIN;
+                    self.tried.clear();
+                    self.attempts = 0;
                     if let Some(b) = self.in_flight.pop_front() {
                         if !w.leader_address.is_empty() {
                             self.client.note_written(w.last_sequence, &w.leader_address);
@@ -483,7 +499,7 @@ impl Engine {
             None => match &self.link {
                 // Not connected (a failed connect): retry it.
                 None => Status::unavailable(match &self.last_connect_error {
-                    Some(why) => format!("not connected: {why}"),
+                    Some(why) => why.clone(),
                     None => "not connected".to_owned(),
                 }),
                 Some(_) => Status::unavailable("the server ended the Produce stream"),
@@ -506,6 +522,7 @@ impl Engine {
         if let Some(e) = &endpoint
             && throttled(&status).is_none()
         {
+            self.note_tried(e);
             self.client.redirect(e, &status);
         }
         let now = Instant::now();
@@ -520,7 +537,8 @@ impl Engine {
                 keep.push_back(b);
             } else {
                 let msg = if keyed {
-                    format!("{} (retried for {retry_timeout:?})", status.message())
+                    let tried = super::tried_text(&self.tried, self.attempts, now - since);
+                    format!("{} ({tried})", status.message())
                 } else if front && throttled(&status).is_some() {
                     // The answer to this very write: a quota refused it.
                     format!("{} (refused by a quota: not written)", status.message())

@@ -27,6 +27,9 @@ pub enum ReplayFrom {
 pub struct ReplayStart {
     pub from: ReplayFrom,
     pub tenant: Option<String>,
+    /// Every tenant's entries even after a checkpoint of one tenant (which otherwise filters
+    /// to that tenant).
+    pub all_tenants: bool,
     /// Wait (up to `limits.min_sequence_wait`) until this node has applied this sequence.
     pub min_sequence: SequenceNumber,
     /// Refuse unless this replica is in sync (a replay; a segment read is about the node asked).
@@ -59,6 +62,11 @@ impl Core {
     ) -> Result<(SequenceNumber, Option<String>), CoreError> {
         if let Some(t) = &r.tenant {
             check_name("tenant", t)?;
+            if r.all_tenants {
+                return Err(CoreError::InvalidArgument(
+                    "a replay of one tenant cannot also be of all tenants".into(),
+                ));
+            }
         }
         if r.min_sequence > 0 {
             self.wait_applied(r.min_sequence).await?;
@@ -77,7 +85,9 @@ impl Core {
                     .sm
                     .read(|i| i.checkpoints.get(name).cloned())
                     .ok_or_else(|| CoreError::NotFound(format!("checkpoint {name:?} not found")))?;
-                tenant = tenant.or(cp.tenant);
+                if !r.all_tenants {
+                    tenant = tenant.or(cp.tenant);
+                }
                 (cp.sequence + 1).max(log_start)
             }
         };
