@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::netns::Hosts;
 use common::process::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const PORT: u16 = 7400;
 const HEALTHY: Duration = Duration::from_secs(90);
@@ -222,23 +222,23 @@ impl Cluster {
 
     fn other_than(&self, rng: &mut StdRng, not: usize) -> usize {
         let others: Vec<usize> = (0..self.nodes.len()).filter(|i| *i != not).collect();
-        others[rng.gen_range(0..others.len())]
+        others[rng.random_range(0..others.len())]
     }
 
     /// Applies one fault, holds it, heals it and waits until the cluster is whole.
     fn apply(&mut self, kind: Fault, rng: &mut StdRng) -> Applied {
-        let hold = Duration::from_millis(rng.gen_range(500..=3000));
+        let hold = Duration::from_millis(rng.random_range(500..=3000));
         let leader = self.wait_leader();
         let start_ms = unix_ms();
         match kind {
             Fault::Kill => {
-                let victim = rng.gen_range(0..self.nodes.len());
+                let victim = rng.random_range(0..self.nodes.len());
                 self.nodes[victim].kill();
                 std::thread::sleep(hold.min(Duration::from_secs(2)));
                 self.nodes[victim] = self.start_node(victim);
             }
             Fault::Pause => {
-                let victim = rng.gen_range(0..self.nodes.len());
+                let victim = rng.random_range(0..self.nodes.len());
                 self.nodes[victim].signal(libc::SIGSTOP);
                 std::thread::sleep(hold.min(Duration::from_millis(2500)));
                 self.nodes[victim].signal(libc::SIGCONT);
@@ -259,7 +259,7 @@ impl Cluster {
                 self.hosts.heal();
             }
             Fault::Bridge => {
-                let bridge = rng.gen_range(0..self.nodes.len());
+                let bridge = rng.random_range(0..self.nodes.len());
                 let ends: Vec<usize> = (0..self.nodes.len()).filter(|i| *i != bridge).collect();
                 self.hosts.cut(ends[0], ends[1]);
                 self.hosts.cut(ends[1], ends[0]);
@@ -393,7 +393,7 @@ fn nemesis(seed: u64, faults: usize) {
     let mut applied = Vec::new();
     let started = Instant::now();
     for n in 0..faults {
-        let kind = FAULTS[rng.gen_range(0..FAULTS.len())];
+        let kind = FAULTS[rng.random_range(0..FAULTS.len())];
         let a = c.apply(kind, &mut rng);
         eprintln!(
             "fault {n}: {kind:?}, healed after {} ms, whole {} ms later",
@@ -401,7 +401,7 @@ fn nemesis(seed: u64, faults: usize) {
             a.whole_ms - a.healed_ms
         );
         applied.push(a);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(300..=1200)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..=1200)));
     }
     let report = finish_verify(verify, c.dir.path());
     let by_kind = stalls_by_kind(&report, &applied);
