@@ -746,6 +746,28 @@ fn an_unreachable_endpoint_is_said_at_once_and_the_error_says_what_was_tried() {
         tail.ends_with("s) (UNAVAILABLE)") && tail.contains(" times in "),
         "{e}"
     );
+    // A health check says it in its one line, and nothing on stderr.
+    let out = cli(
+        &[
+            "cluster",
+            "health",
+            "--endpoints",
+            &addr,
+            "--retry-timeout",
+            "1s",
+        ],
+        b"",
+        SYNC,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!(
+            "unhealthy: cannot connect to {addr}: connection refused"
+        )) && said.lines().count() == 1,
+        "{said}"
+    );
     // The producer's path (write) says the same.
     let e = fails(
         &[

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::cluster::*;
 use common::process::*;
@@ -294,6 +295,31 @@ fn replog_bench_produces_and_replays_against_a_cluster_of_processes() {
         &endpoints,
     ]));
     assert_eq!(replay["entries"], 3500);
+    // Without a terminal, progress is plain lines on stderr (no bar, no escape codes): one a
+    // second with the rate, p50, p99 and errors.
+    let out = cli(
+        &[
+            "bench",
+            "produce",
+            "--duration",
+            "2s",
+            "--endpoints",
+            &endpoints,
+        ],
+        b"",
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        !lines.is_empty()
+            && lines.iter().all(|l| l.contains(" entries/s  p50 ")
+                && l.contains(" ms  p99 ")
+                && l.contains("errors 0")),
+        "{err}"
+    );
     // A bad flag is a usage error.
     fails(&["bench", "produce", "--producers", "0"], b"", 2);
 }

@@ -168,20 +168,18 @@ pub fn run(cmd: &AuthCommand) -> Result<(), CliError> {
                     }
                 }
                 Format::Table => {
-                    println!(
-                        "{:<14} {:<24} {:<7} {:<22} TENANTS",
-                        "ID", "PRINCIPAL", "ROLE", "CREATED"
-                    );
+                    let header = ["ID", "PRINCIPAL", "ROLE", "CREATED", "TENANTS"];
+                    let mut table = super::output::Table::new(&header);
                     for t in &f.tokens {
-                        println!(
-                            "{:<14} {:<24} {:<7} {:<22} {}",
-                            t.id,
-                            t.principal,
-                            t.role,
-                            t.created,
-                            t.tenants.join(",")
-                        );
+                        table.row(vec![
+                            t.id.clone(),
+                            t.principal.clone(),
+                            t.role.to_string(),
+                            t.created.clone(),
+                            t.tenants.join(","),
+                        ]);
                     }
+                    println!("{}", table.render());
                 }
             }
             Ok(())

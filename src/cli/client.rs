@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::CliError;
-use super::output::Format;
+use super::output::{Format, Table};
 use crate::client::{
     AckFuture, Client, ClientError, ClientOptions, NewEntry, Producer, ProducerOptions,
     UnreachableHook, display_endpoint,
@@ -453,19 +453,12 @@ fn print_checkpoints(format: Format, cps: &[pb::Checkpoint]) -> Result<(), CliEr
     if format == Format::Json {
         return print_json(&rows);
     }
-    stdout_line(format_args!(
-        "{:<32} {:<24} {:>12}",
-        "NAME", "TENANT", "SEQUENCE"
-    ))?;
+    let mut t = Table::new(&["NAME", "TENANT", "SEQUENCE"]);
     for r in rows {
-        stdout_line(format_args!(
-            "{:<32} {:<24} {:>12}",
-            r.name,
-            r.tenant.unwrap_or("-"),
-            r.sequence
-        ))?;
+        let tenant = r.tenant.unwrap_or("-").to_owned();
+        t.row(vec![r.name.to_owned(), tenant, r.sequence.to_string()]);
     }
-    Ok(())
+    stdout_line(format_args!("{}", t.render()))
 }
 
 pub async fn checkpoint(a: &CheckpointArgs) -> Result<(), CliError> {
@@ -535,23 +528,28 @@ pub async fn segments(a: &SegmentsArgs) -> Result<(), CliError> {
     if a.client.format(Format::Table) == Format::Json {
         return print_json(&serde_json::json!({ "log_start": r.log_start, "segments": rows }));
     }
-    stdout_line(format_args!(
-        "{:>20}  {:<7} {:>10} {:>10} {:>10} {:>12}  PATH",
-        "ID", "STATUS", "FIRST_SEQ", "LAST_SEQ", "ENTRIES", "BYTES"
-    ))?;
+    let header = [
+        "ID",
+        "STATUS",
+        "FIRST_SEQ",
+        "LAST_SEQ",
+        "ENTRIES",
+        "BYTES",
+        "PATH",
+    ];
+    let mut t = Table::new(&header);
     for s in rows {
-        stdout_line(format_args!(
-            "{:>20}  {:<7} {:>10} {:>10} {:>10} {:>12}  {}",
-            s.id,
-            s.status,
-            s.start_sequence,
+        t.row(vec![
+            s.id.to_string(),
+            s.status.to_owned(),
+            s.start_sequence.to_string(),
             s.end_sequence.map_or("-".to_owned(), |e| e.to_string()),
-            s.entries,
-            s.size_bytes,
-            s.path
-        ))?;
+            s.entries.to_string(),
+            s.size_bytes.to_string(),
+            s.path.to_owned(),
+        ]);
     }
-    Ok(())
+    stdout_line(format_args!("{}", t.render()))
 }
 
 #[derive(Serialize)]
@@ -609,8 +607,7 @@ fn print_status(format: Format, s: &pb::ClusterStatusResponse) -> Result<(), Cli
     if format == Format::Json {
         return print_json(&status_json(s));
     }
-    stdout_line(format_args!(
-        "{:>4}  {:<22} {:<22} {:<11} {:<5} {:>5} {:>10} {:>10} {:>10} {:>8}  {:<7}",
+    let mut header = vec![
         "ID",
         "ADDRESS",
         "PEER_ADDRESS",
@@ -621,30 +618,34 @@ fn print_status(format: Format, s: &pb::ClusterStatusResponse) -> Result<(), Cli
         "COMMIT",
         "APPLIED",
         "LAG",
-        "IN_SYNC"
-    ))?;
-    for m in &s.members {
-        stdout_line(format_args!(
-            "{:>4}  {:<22} {:<22} {:<11} {:<5} {:>5} {:>10} {:>10} {:>10} {:>8}  {:<7}{}",
-            m.id,
-            m.address,
-            m.peer_address,
-            m.role,
-            m.voter,
-            m.term,
-            m.last_index,
-            m.commit_index,
-            m.applied_index,
-            m.lag,
-            m.in_sync,
-            if m.error.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", m.error)
-            }
-        ))?;
+        "IN_SYNC",
+    ];
+    // A column of errors only when a member has one (an unreachable node).
+    let errors = s.members.iter().any(|m| !m.error.is_empty());
+    if errors {
+        header.push("ERROR");
     }
-    Ok(())
+    let mut t = Table::new(&header);
+    for m in &s.members {
+        let mut row = vec![
+            m.id.to_string(),
+            m.address.clone(),
+            m.peer_address.clone(),
+            m.role.clone(),
+            m.voter.to_string(),
+            m.term.to_string(),
+            m.last_index.to_string(),
+            m.commit_index.to_string(),
+            m.applied_index.to_string(),
+            m.lag.to_string(),
+            m.in_sync.to_string(),
+        ];
+        if errors {
+            row.push(m.error.clone());
+        }
+        t.row(row);
+    }
+    stdout_line(format_args!("{}", t.render()))
 }
 
 /// Healthy: a leader, and every member reachable and in sync.
@@ -664,7 +665,16 @@ fn unhealthy_reasons(s: &pb::ClusterStatusResponse) -> Vec<String> {
 }
 
 pub async fn cluster(a: &ClusterArgs) -> Result<(), CliError> {
-    let client = a.client.client()?;
+    let client = if let ClusterCommand::Health { .. } = a.command {
+        // A check: its one line says what is wrong (an unreachable node too), nothing besides.
+        let quiet = ClientOptions {
+            on_unreachable: Some(UnreachableHook(std::sync::Arc::new(|_| {}))),
+            ..a.client.options()?
+        };
+        Client::new(&a.client.endpoints, quiet).map_err(|e| CliError::usage(e.to_string()))?
+    } else {
+        a.client.client()?
+    };
     let format = a.client.format(Format::Table);
     match &a.command {
         ClusterCommand::Status => print_status(format, &client.cluster_status().await?),
@@ -741,6 +751,8 @@ async fn add_node(
     tokio::pin!(add);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    // A bar of the log the new node copies: its last index out of the leader's.
+    let progress = super::progress::Progress::new(Some(0));
     let r = loop {
         tokio::select! {
             r = &mut add => break r?,
@@ -748,14 +760,19 @@ async fn add_node(
                 if let Ok(s) = client.cluster_status().await
                     && let Some(m) = s.members.iter().find(|m| m.id == id)
                 {
-                    eprintln!(
-                        "node {id}: catching up, {} entries behind (last index {})",
-                        m.lag, m.last_index
+                    progress.set_length(m.last_index + m.lag);
+                    progress.update(
+                        m.last_index,
+                        &format!(
+                            "node {id}: catching up, {} entries behind (last index {})",
+                            m.lag, m.last_index
+                        ),
                     );
                 }
             }
         }
     };
+    drop(progress);
     eprintln!(
         "node {id} added as a {}",
         if r.voters.contains(&id) {

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::CliError;
 use super::client::ClientArgs;
 use super::output::Format;
+use super::progress::Progress;
 use crate::client::{Client, ClientOptions, NewEntry, Producer, ProducerOptions};
 use crate::proto::log_service_client::LogServiceClient;
 use crate::proto::{self as pb, ReplayRequest, WriteBatchRequest, replay_request::Start};
@@ -229,7 +230,14 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
         (None, Some(_)) => None,
         (None, None) => Some(started + Duration::from_secs(10)),
     };
-    progress(&stats, started, deadline, &tasks).await;
+    // The bar: seconds of the run, or entries of --count.
+    let bar = Progress::new(Some(match (deadline, a.count) {
+        (Some(d), _) => (d - started).as_secs(),
+        (None, count) => count.unwrap_or(0),
+    }));
+    let by_count = deadline.is_none();
+    progress(&stats, started, deadline, &tasks, &bar, by_count).await;
+    drop(bar);
     stats.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await
@@ -260,12 +268,14 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
     print_produce(&report, a.client.format(Format::Table))
 }
 
-/// Prints a line a second until the deadline (or every task ended).
+/// A line a second until the deadline (or every task ended), kept above the bar on a terminal.
 async fn progress(
     stats: &Stats,
     started: Instant,
     deadline: Option<Instant>,
     tasks: &[tokio::task::JoinHandle<Result<(), CliError>>],
+    bar: &Progress,
+    by_count: bool,
 ) {
     let mut last = 0u64;
     let mut tick = tokio::time::interval_at(
@@ -285,14 +295,18 @@ async fn progress(
             h.reset();
             r
         };
-        eprintln!(
-            "{:>4}s  {:>10} entries/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-            started.elapsed().as_secs(),
-            acked - last,
-            p50 as f64 / 1000.0,
-            p99 as f64 / 1000.0,
-            stats.errors.load(Ordering::Relaxed)
-        );
+        let errors = stats.errors.load(Ordering::Relaxed);
+        let (elapsed, rate) = (started.elapsed().as_secs(), acked - last);
+        let (p50, p99) = (p50 as f64 / 1000.0, p99 as f64 / 1000.0);
+        bar.line(&format!(
+            "{elapsed:>4}s  {rate:>10} entries/s  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms  errors {errors}"
+        ));
+        if bar.on_terminal() {
+            bar.update(
+                if by_count { acked } else { elapsed },
+                &format!("{acked} acknowledged, {errors} errors"),
+            );
+        }
         last = acked;
         if tasks.iter().all(|t| t.is_finished()) {
             return;
@@ -536,20 +550,26 @@ async fn replay(a: &ReplayBenchArgs) -> Result<(), CliError> {
     };
     let started = Instant::now();
     let mut stream = client.replay(req).await?;
+    // The bar: entries of --count, else a spinner.
+    let bar = Progress::new(a.count);
     let (mut entries, mut bytes, mut last, mut at) = (0u64, 0u64, 0u64, Instant::now());
     while let Some(e) = stream.next().await {
         let e = e?;
         entries += 1;
         bytes += e.data.len() as u64;
         if at.elapsed() >= Duration::from_secs(1) {
-            eprintln!(
-                "{:>4}s  {:>10} entries/s",
-                started.elapsed().as_secs(),
-                entries - last
-            );
+            let rate = entries - last;
+            bar.line(&format!(
+                "{:>4}s  {rate:>10} entries/s",
+                started.elapsed().as_secs()
+            ));
+            if bar.on_terminal() {
+                bar.update(entries, &format!("{entries} entries"));
+            }
             (last, at) = (entries, Instant::now());
         }
     }
+    drop(bar);
     let seconds = started.elapsed().as_secs_f64();
     let r = ReplayReport {
         entries,

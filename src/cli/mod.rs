@@ -8,6 +8,7 @@ pub mod client;
 pub mod health;
 pub mod load;
 pub mod output;
+pub mod progress;
 pub mod quota;
 pub mod serve;
 pub mod verify;

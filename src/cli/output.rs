@@ -97,11 +97,16 @@ pub fn write_segments(
         serde_json::to_writer_pretty(&mut *out, segments)?;
         return writeln!(out);
     }
-    writeln!(
-        out,
-        "{:>20}  {:<7} {:>10} {:>10} {:>10} {:>10} {:>12}  PATH",
-        "ID", "STATUS", "FIRST_SEQ", "LAST_SEQ", "FIRST_IDX", "LAST_IDX", "BYTES"
-    )?;
+    let mut t = Table::new(&[
+        "ID",
+        "STATUS",
+        "FIRST_SEQ",
+        "LAST_SEQ",
+        "FIRST_IDX",
+        "LAST_IDX",
+        "BYTES",
+        "PATH",
+    ]);
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     for s in segments {
         let status = if s.status == crate::wal::SegmentStatus::Active {
@@ -109,18 +114,58 @@ pub fn write_segments(
         } else {
             "sealed"
         };
-        writeln!(
-            out,
-            "{:>20}  {:<7} {:>10} {:>10} {:>10} {:>10} {:>12}  {}",
-            s.id,
-            status,
-            s.start_seq,
+        t.row(vec![
+            s.id.to_string(),
+            status.to_owned(),
+            s.start_seq.to_string(),
             opt(s.end_seq),
-            s.first_index,
+            s.first_index.to_string(),
             opt(s.last_index),
-            s.size,
-            s.file_path.display()
-        )?;
+            s.size.to_string(),
+            s.file_path.display().to_string(),
+        ]);
     }
-    Ok(())
+    writeln!(out, "{}", t.render())
+}
+
+/// A table for people, its columns as wide as their widest cell, two spaces apart; a column
+/// whose cells are all numbers (or `-`) is aligned right. Rows of cells in header order.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table's lines (no trailing spaces).
+    pub fn render(&self) -> String {
+        use comfy_table::{CellAlignment, presets::NOTHING};
+        let mut t = comfy_table::Table::new();
+        t.load_preset(NOTHING).set_header(self.header.clone());
+        for r in &self.rows {
+            t.add_row(r.clone());
+        }
+        let last = self.header.len().saturating_sub(1);
+        for (i, col) in t.column_iter_mut().enumerate() {
+            col.set_padding((0, if i == last { 0 } else { 2 }));
+            let numeric = self.rows.iter().all(|r| {
+                r.get(i)
+                    .is_none_or(|c| c == "-" || c.parse::<f64>().is_ok())
+            });
+            if numeric && !self.rows.is_empty() {
+                col.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        t.trim_fmt()
+    }
 }

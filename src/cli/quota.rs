@@ -114,23 +114,26 @@ fn cell(v: Option<u64>) -> String {
 }
 
 fn print_table(quotas: &[TenantQuota]) -> Result<(), CliError> {
-    stdout_line(format_args!(
-        "{:<24} {:>14} {:>14} {:>14} {:>16} {:>16}",
-        "TENANT", "ENTRIES/S", "BYTES/S", "REPLAY_BYTES/S", "RETAINED_BYTES", "RETAINED_USED"
-    ))?;
+    let mut t = super::output::Table::new(&[
+        "TENANT",
+        "ENTRIES/S",
+        "BYTES/S",
+        "REPLAY_BYTES/S",
+        "RETAINED_BYTES",
+        "RETAINED_USED",
+    ]);
     for q in quotas {
         let e = q.effective.unwrap_or_default();
-        stdout_line(format_args!(
-            "{:<24} {:>14} {:>14} {:>14} {:>16} {:>16}",
-            q.tenant,
+        t.row(vec![
+            q.tenant.clone(),
             cell(e.write_entries_per_sec),
             cell(e.write_bytes_per_sec),
             cell(e.replay_bytes_per_sec),
             cell(e.retained_bytes),
             q.retained_bytes.map_or("-".to_owned(), |b| b.to_string()),
-        ))?;
+        ]);
     }
-    Ok(())
+    stdout_line(format_args!("{}", t.render()))
 }
 
 pub async fn run(a: &QuotaArgs) -> Result<(), CliError> {

@@ -12,7 +12,6 @@
 //! to `--size` bytes, so a reader can tell whose write an entry is without the writer's state.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -338,14 +337,17 @@ async fn writer(
     }
 }
 
-/// A progress line on stderr every second (on a terminal) or every 5 s (elsewhere).
+/// Progress on stderr: a bar updated every second on a terminal, else a line every 5 s.
 async fn progress(
     acked: Arc<std::sync::atomic::AtomicU64>,
     duration: Option<Duration>,
     count: Option<u64>,
 ) {
-    let tty = std::io::stderr().is_terminal();
-    let every = Duration::from_secs(if tty { 1 } else { 5 });
+    let bar = super::progress::Progress::new(match (duration, count) {
+        (Some(d), _) => Some(d.as_secs()),
+        (None, c) => c,
+    });
+    let every = Duration::from_secs(if bar.on_terminal() { 1 } else { 5 });
     let started = Instant::now();
     let mut last = 0;
     loop {
@@ -353,17 +355,18 @@ async fn progress(
         let n = acked.load(std::sync::atomic::Ordering::Relaxed);
         let rate = (n - last) as f64 / every.as_secs_f64();
         last = n;
-        let goal = match (duration, count) {
-            (Some(d), _) => format!("{}s/{}s", started.elapsed().as_secs(), d.as_secs()),
-            (None, Some(c)) => format!("{n}/{c} writes"),
-            (None, None) => String::new(),
+        let elapsed = started.elapsed().as_secs();
+        let (position, goal) = match (duration, count) {
+            (Some(d), _) => (elapsed, format!("{elapsed}s/{}s ", d.as_secs())),
+            (None, Some(c)) => (n, format!("{n}/{c} writes ")),
+            (None, None) => (n, String::new()),
         };
-        let line = format!("verify: {goal} acknowledged {n} ({rate:.0}/s)");
-        if tty {
-            eprint!("\r{line}   ");
+        let line = if bar.on_terminal() {
+            format!("acknowledged {n} ({rate:.0}/s)")
         } else {
-            eprintln!("{line}");
-        }
+            format!("verify: {goal}acknowledged {n} ({rate:.0}/s)")
+        };
+        bar.update(position, &line);
     }
 }
 
@@ -562,9 +565,6 @@ fn print_report(r: &Report, format: Format) -> Result<(), CliError> {
         println!("{s}");
         return Ok(());
     }
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
     let rows: [(&str, String); 16] = [
         ("run", r.run_id.clone()),
         ("duration", format!("{:.1}s", r.duration_ms as f64 / 1000.0)),
@@ -593,23 +593,23 @@ fn print_report(r: &Report, format: Format) -> Result<(), CliError> {
         println!("{k:<20} {v}");
     }
     println!();
-    println!(
-        "{:<6} {:<24} {:>10} {:>10} {:>6} {:>6} {:>6}  ERROR",
-        "MEMBER", "ADDRESS", "ENTRIES", "LAST SEQ", "LOST", "DUP", "GAPS"
-    );
+    let header = [
+        "MEMBER", "ADDRESS", "ENTRIES", "LAST SEQ", "LOST", "DUP", "GAPS", "ERROR",
+    ];
+    let mut t = super::output::Table::new(&header);
     for m in &r.members {
-        println!(
-            "{:<6} {:<24} {:>10} {:>10} {:>6} {:>6} {:>6}  {}",
-            m.id,
-            m.address,
-            m.entries,
-            m.last_sequence,
-            m.lost,
-            m.duplicated,
-            m.sequence_gaps,
-            m.error.as_deref().unwrap_or("-")
-        );
+        t.row(vec![
+            m.id.to_string(),
+            m.address.clone(),
+            m.entries.to_string(),
+            m.last_sequence.to_string(),
+            m.lost.to_string(),
+            m.duplicated.to_string(),
+            m.sequence_gaps.to_string(),
+            m.error.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
     }
+    println!("{}", t.render());
     for e in &r.writer_errors {
         println!("writer gave up: {e}");
     }
