@@ -152,6 +152,8 @@ impl LogApi {
         {
             tenant = only.iter().next().cloned();
             r.tenant.clone_from(&tenant);
+            // Every tenant it may read is this one.
+            r.all_tenants = false;
         }
         require(p, Right::Read(tenant.as_deref()))
     }

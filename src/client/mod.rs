@@ -245,7 +245,8 @@ fn throttled(s: &Status) -> Option<Duration> {
 /// (`connection refused`, `timed out`, ...), a name that does not resolve, or a failed TLS
 /// handshake. `None` for anything a node answered.
 pub(crate) fn connect_failure(s: &Status) -> Option<String> {
-    if s.code() != Code::Unavailable {
+    // A status a node sent has no source: only the client's own transport errors do.
+    if s.code() != Code::Unavailable || std::error::Error::source(s).is_none() {
         return None;
     }
     let mut cause = std::error::Error::source(s);
