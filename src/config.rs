@@ -136,6 +136,10 @@ fn describe(e: &figment::Error) -> String {
                     format!("{} is not a whole number >= 0", value(a))
                 }
                 "a boolean" => format!("{} is not true or false", value(a)),
+                // A section (`wal: 5`): its keys go under it.
+                e if e.starts_with("struct ") || e == "a map" => {
+                    format!("expected a section of keys, found {}", value(a))
+                }
                 _ => format!("expected {expected}, found {}", value(a)),
             }
         }

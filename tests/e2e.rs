@@ -849,6 +849,11 @@ fn config_errors_name_the_file_the_variable_and_the_key() {
         ),
         "{e}"
     );
+    let e = serve(Some("wal: 5\n"), &[]);
+    assert_eq!(
+        e,
+        format!("error: config file {file}: wal: expected a section of keys, found 5")
+    );
     let e = serve(Some("wal: [1\n"), &[]);
     assert!(
         e.starts_with(&format!("error: config file {file}: ")) && e.contains("line 2"),
@@ -1232,7 +1237,10 @@ fn health_reports_liveness_and_readiness() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("{}  UNREACHABLE", lone.addr)),
+        stdout.contains(&format!(
+            "{}  UNREACHABLE: cannot connect: connection refused (UNAVAILABLE)",
+            lone.addr
+        )),
         "{stdout}"
     );
     // The lines say which node does not serve: nothing more on stderr.

@@ -863,7 +863,10 @@ impl Client {
             .check(rq)
             .await
             .map_err(|s| {
-                let message = with_causes(&s);
+                let message = match connect_failure(&s) {
+                    Some(why) => format!("cannot connect: {why}"),
+                    None => with_causes(&s),
+                };
                 ClientError::Rpc(Status::new(s.code(), message))
             })?
             .into_inner()
