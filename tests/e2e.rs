@@ -818,42 +818,30 @@ fn config_errors_name_the_file_the_variable_and_the_key() {
         e
     };
     let file = dir.path().join("replog.yaml").display().to_string();
-    let e = serve(Some("wal:\n  sync_polcy: immediate\n"), &[]);
-    assert_eq!(
-        e,
-        format!(
-            "error: config file {file}: wal.sync_polcy: unknown key (did you mean sync_policy?)"
-        )
-    );
-    let e = serve(Some("wall: {}\n"), &[]);
-    assert_eq!(
-        e,
-        format!("error: config file {file}: wall: unknown key (did you mean wal?)")
-    );
-    let e = serve(Some("wal:\n  segment_size: lots\n"), &[]);
-    assert_eq!(
-        e,
-        format!(
-            "error: config file {file}: wal.segment_size: \"lots\" is not a size (e.g. 64MiB, 256KiB)"
-        )
-    );
-    let e = serve(Some("raft:\n  heartbeat_interval: soon\n"), &[]);
-    assert!(
-        e.ends_with("raft.heartbeat_interval: \"soon\" is not a duration (e.g. 500ms, 2s, 1h)"),
-        "{e}"
-    );
-    let e = serve(Some("wal:\n  sync_policy: sometimes\n"), &[]);
-    assert!(
-        e.ends_with(
-            "wal.sync_policy: expected one of immediate, periodic, async, found \"sometimes\""
+    // A file's mistakes: the whole line.
+    for (yaml, problem) in [
+        (
+            "wal:\n  sync_polcy: immediate\n",
+            "wal.sync_polcy: unknown key (did you mean sync_policy?)",
         ),
-        "{e}"
-    );
-    let e = serve(Some("wal: 5\n"), &[]);
-    assert_eq!(
-        e,
-        format!("error: config file {file}: wal: expected a section of keys, found 5")
-    );
+        ("wall: {}\n", "wall: unknown key (did you mean wal?)"),
+        (
+            "wal:\n  segment_size: lots\n",
+            "wal.segment_size: \"lots\" is not a size (e.g. 64MiB, 256KiB)",
+        ),
+        (
+            "raft:\n  heartbeat_interval: soon\n",
+            "raft.heartbeat_interval: \"soon\" is not a duration (e.g. 500ms, 2s, 1h)",
+        ),
+        (
+            "wal:\n  sync_policy: sometimes\n",
+            "wal.sync_policy: expected one of immediate, periodic, async, found \"sometimes\"",
+        ),
+        ("wal: 5\n", "wal: expected a section of keys, found 5"),
+    ] {
+        let e = serve(Some(yaml), &[]);
+        assert_eq!(e, format!("error: config file {file}: {problem}"));
+    }
     let e = serve(Some("wal: [1\n"), &[]);
     assert!(
         e.starts_with(&format!("error: config file {file}: ")) && e.contains("line 2"),

@@ -304,19 +304,37 @@ fn failure_text(status: &Status, endpoint: &str) -> String {
     }
 }
 
-/// What a call tried before giving up: `tried a, b 12 times in 3.0s`.
-fn tried_text(endpoints: &[String], attempts: u32, elapsed: Duration) -> String {
-    let times = if attempts == 1 {
-        "once".to_owned()
-    } else {
-        format!("{attempts} times")
-    };
-    let secs = format!("{:.1}s", elapsed.as_secs_f64());
-    if endpoints.is_empty() {
-        return format!("tried {times} in {secs}");
+/// The failed attempts of a call (or a producer) and the endpoints they went to, to say what
+/// was tried when it gives up.
+#[derive(Default)]
+pub(crate) struct Tried {
+    endpoints: Vec<String>,
+    attempts: u32,
+}
+
+impl Tried {
+    /// An attempt at `endpoint` failed.
+    pub(crate) fn note(&mut self, endpoint: &str) {
+        self.attempts += 1;
+        if !self.endpoints.iter().any(|e| e == endpoint) && self.endpoints.len() < MAX_ENDPOINTS {
+            self.endpoints.push(endpoint.to_owned());
+        }
     }
-    let list: Vec<&str> = endpoints.iter().map(|e| display_endpoint(e)).collect();
-    format!("tried {} {times} in {secs}", list.join(", "))
+
+    /// `tried a, b 12 times in 3.0s` (without the endpoints when there is one, named already).
+    pub(crate) fn text(&self, elapsed: Duration, name_endpoints: bool) -> String {
+        let times = if self.attempts == 1 {
+            "once".to_owned()
+        } else {
+            format!("{} times", self.attempts)
+        };
+        let secs = format!("{:.1}s", elapsed.as_secs_f64());
+        if !name_endpoints {
+            return format!("tried {times} in {secs}");
+        }
+        let list: Vec<&str> = self.endpoints.iter().map(|e| display_endpoint(e)).collect();
+        format!("tried {} {times} in {secs}", list.join(", "))
+    }
 }
 
 /// An endpoint as the user wrote it: without the `http://` the client adds.
@@ -475,8 +493,7 @@ impl Client {
         let started = Instant::now();
         let deadline = started + self.opts.retry_timeout;
         let mut backoff = BACKOFF_MIN;
-        let mut attempts = 0u32;
-        let mut tried: Vec<String> = Vec::new();
+        let mut tried = Tried::default();
         loop {
             let (endpoint, channel) = self.current()?;
             let status = match f(channel, timeout).await {
@@ -486,25 +503,25 @@ impl Client {
                 }
                 Err(s) => s,
             };
-            if connect_failure(&status).is_none() {
+            let unreachable = connect_failure(&status);
+            if unreachable.is_none() {
                 self.note_reached();
             }
             if !is_retryable(&status) {
                 return Err(ClientError::Rpc(status));
             }
-            if !tried.contains(&endpoint) && tried.len() < MAX_ENDPOINTS {
-                tried.push(endpoint.clone());
-            }
+            tried.note(&endpoint);
             if Instant::now() >= deadline {
                 // Say what was tried: a connection error alone does not name the node.
                 let message = format!(
                     "{} ({})",
                     failure_text(&status, &endpoint),
-                    tried_text(&tried, attempts + 1, started.elapsed())
+                    tried.text(started.elapsed(), true)
                 );
                 return Err(ClientError::Rpc(Status::new(status.code(), message)));
             }
-            if attempts == 0 && connect_failure(&status).is_none() {
+            // (One that cannot connect is said once, by `redirect`, for all endpoints.)
+            if tried.attempts == 1 && unreachable.is_none() {
                 tracing::warn!(
                     %endpoint,
                     code = ?status.code(),
@@ -513,7 +530,6 @@ impl Client {
                     self.opts.retry_timeout
                 );
             }
-            attempts += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             if let Some(wait) = throttled(&status) {
                 // The same leader will take it after the wait the quota asks for.
@@ -712,7 +728,7 @@ impl Client {
         let started = Instant::now();
         let deadline = started + self.opts.retry_timeout;
         let mut backoff = BACKOFF_MIN;
-        let mut attempts = 0u32;
+        let mut tried = Tried::default();
         let mut out: Vec<pb::Entry> = Vec::new();
         loop {
             let mut rq = req.clone();
@@ -730,13 +746,13 @@ impl Client {
                 Err(s) if is_retryable(&s) => s,
                 Err(s) => return Err(ClientError::Rpc(s)),
             };
-            attempts += 1;
+            tried.note(endpoint);
             let now = Instant::now();
             if now >= deadline {
                 let message = format!(
                     "{} (reading {endpoint}: {})",
                     failure_text(&status, endpoint),
-                    tried_text(&[], attempts, started.elapsed())
+                    tried.text(started.elapsed(), false)
                 );
                 return Err(ClientError::Rpc(Status::new(status.code(), message)));
             }

@@ -222,9 +222,8 @@ struct Engine {
     link: Option<Link>,
     /// Why the last connection attempt failed (said when a request fails for want of one).
     last_connect_error: Option<String>,
-    /// Endpoints tried, and attempts made, since the last answer (said when a write gives up).
-    tried: Vec<String>,
-    attempts: u32,
+    /// Attempts made, and where, since the last answer (said when a write gives up).
+    tried: super::Tried,
     backoff: Duration,
 }
 
@@ -243,8 +242,7 @@ impl Engine {
             flushes: Vec::new(),
             link: None,
             last_connect_error: None,
-            tried: Vec::new(),
-            attempts: 0,
+            tried: super::Tried::default(),
             backoff: BACKOFF_MIN,
         }
     }
@@ -445,17 +443,10 @@ impl Engine {
                 // No stream: the first request in flight fails as retryable.
                 self.link = None;
                 self.last_connect_error = Some(super::failure_text(&status, &endpoint));
-                self.note_tried(&endpoint);
+                self.tried.note(&endpoint);
                 self.client.redirect(&endpoint, &status);
                 self.pause(&status).await;
             }
-        }
-    }
-
-    fn note_tried(&mut self, endpoint: &str) {
-        self.attempts += 1;
-        if !self.tried.iter().any(|e| e == endpoint) && self.tried.len() < 64 {
-            self.tried.push(endpoint.to_owned());
         }
     }
 
@@ -476,8 +467,7 @@ impl Engine {
             Some(Ok(r)) => match r.result {
                 Some(produce_response::Result::Written(w)) => {
                     self.backoff = BACKOFF_MIN;
-                    self.tried.clear();
-                    self.attempts = 0;
+                    self.tried = super::Tried::default();
                     if let Some(b) = self.in_flight.pop_front() {
                         if !w.leader_address.is_empty() {
                             self.client.note_written(w.last_sequence, &w.leader_address);
@@ -522,7 +512,7 @@ impl Engine {
         if let Some(e) = &endpoint
             && throttled(&status).is_none()
         {
-            self.note_tried(e);
+            self.tried.note(e);
             self.client.redirect(e, &status);
         }
         let now = Instant::now();
@@ -537,7 +527,7 @@ impl Engine {
                 keep.push_back(b);
             } else {
                 let msg = if keyed {
-                    let tried = super::tried_text(&self.tried, self.attempts, now - since);
+                    let tried = self.tried.text(now - since, true);
                     format!("{} ({tried})", status.message())
                 } else if front && throttled(&status).is_some() {
                     // The answer to this very write: a quota refused it.
