@@ -190,6 +190,9 @@ pub struct Config {
     pub repair: RepairConfig,
 }
 
+/// Most `node.worker_threads` a node may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSection {
@@ -208,6 +211,10 @@ pub struct NodeSection {
     pub metrics_listen: String,
     /// Holds `wal/`, `sled/` and the Raft metadata. Default `./replog-data`.
     pub data_dir: PathBuf,
+    /// Threads running the node's tasks (gRPC, Raft, replication). Default: one per core.
+    /// Nodes sharing a machine's cores (a test cluster on one host) are faster with fewer:
+    /// each spare thread costs wake-ups on the write path.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for NodeSection {
@@ -220,6 +227,7 @@ impl Default for NodeSection {
             peer_advertise: None,
             metrics_listen: "127.0.0.1:9400".to_owned(),
             data_dir: PathBuf::from("./replog-data"),
+            worker_threads: None,
         }
     }
 }
@@ -410,6 +418,14 @@ impl Config {
         }
         if !self.node.metrics_listen.is_empty() {
             parse_addr("node.metrics_listen", &self.node.metrics_listen)?;
+        }
+        if let Some(n) = self.node.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&n)
+        {
+            return Err(bad(
+                "node.worker_threads",
+                format!("must be between 1 and {MAX_WORKER_THREADS}, got {n}"),
+            ));
         }
         let wal_dir = self.node.data_dir.join("wal");
         if self.wal.directory != WalConfig::default().directory && self.wal.directory != wal_dir {

@@ -57,7 +57,14 @@ pub struct NodeMetrics {
     pub disk_available: IntGauge,
     /// ...of its size.
     pub disk_capacity: IntGauge,
+    /// Run before each scrape, to set gauges from state read at that moment (see
+    /// [`NodeMetrics::before_gather`]).
+    refresh: Arc<parking_lot::Mutex<Option<Refresh>>>,
 }
+
+/// Sets gauges from the current state, at scrape time (never while rendering: it runs under
+/// a lock).
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
     let g = IntGauge::new(name, help)?;
@@ -254,7 +261,22 @@ impl NodeMetrics {
             coalesced_writes,
             grpc_requests,
             grpc_duration,
+            refresh: Arc::default(),
         })
+    }
+
+    /// Runs `f` before every scrape (it replaces an earlier one): gauges that follow state
+    /// changing on every write are set when read, rather than by a task woken on every write.
+    pub fn before_gather(&self, f: Refresh) {
+        *self.refresh.lock() = Some(f);
+    }
+
+    /// Runs the [`NodeMetrics::before_gather`] function, if any; one at a time, so that its
+    /// updates of counters from totals are never applied twice.
+    pub fn refresh_now(&self) {
+        if let Some(f) = &*self.refresh.lock() {
+            f();
+        }
     }
 
     /// The registry in Prometheus' text format.
@@ -265,6 +287,7 @@ impl NodeMetrics {
     /// The registry in Prometheus' text format, as `p` may see it: series labelled with a
     /// `tenant` outside its scope are left out.
     pub fn render_for(&self, p: &Principal) -> String {
+        self.refresh_now();
         let mut families = self.registry.gather();
         if !p.sees(None) {
             for f in &mut families {

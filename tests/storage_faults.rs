@@ -10,6 +10,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::cluster::*;
 use replog::raft::NodeId;
@@ -81,6 +82,13 @@ async fn fault_on_a_live_node(victim: Victim, fault: Fault) {
     let last = acked.last().unwrap().0;
     let faulty = &c.nodes[&id];
     let stopped = faulty.core().raft().fatal().is_some();
+    if stopped {
+        // What `replog serve` waits on to exit: it resolves, with why.
+        let why = tokio::time::timeout(Duration::from_secs(60), faulty.failure())
+            .await
+            .expect("Node::failure resolves once Raft has stopped");
+        assert!(!why.is_empty() && why != "raft stopped", "{why}");
+    }
     let behind = faulty.core().next_seq() <= last;
     assert!(
         stopped || behind,

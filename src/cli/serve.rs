@@ -183,7 +183,7 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
     let flags = args.overrides();
     let cfg = Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::usage(e.0))?;
     let node_cfg = cfg.node_config().map_err(|e| CliError::usage(e.0))?;
-    let rt = runtime()?;
+    let rt = node_runtime(cfg.node.worker_threads)?;
     rt.block_on(async move {
         let node = Node::start(node_cfg).await.map_err(|e| match e {
             crate::node::NodeError::Config(m) => CliError::usage(m),
@@ -216,6 +216,17 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
             None => Ok(()),
         }
     })
+}
+
+/// The runtime of `replog serve`: `node.worker_threads` threads, or one per core.
+fn node_runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, CliError> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n);
+    }
+    b.enable_all()
+        .build()
+        .map_err(|e| CliError::failure(format!("starting the runtime: {e}")))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -300,15 +311,33 @@ impl DevNode {
             .create(true)
             .append(true)
             .open(self.log(args))?;
-        let child = Command::new(exe)
-            .args(&self.flags)
+        let mut cmd = Command::new(exe);
+        cmd.args(&self.flags)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+            .stderr(log);
+        // The nodes share this machine's cores: each gets its share of threads, unless the
+        // caller chose.
+        if std::env::var_os(WORKER_THREADS_VAR).is_none() {
+            cmd.env(
+                WORKER_THREADS_VAR,
+                dev_worker_threads(args.nodes).to_string(),
+            );
+        }
+        let child = cmd.spawn()?;
         self.child = Some(child);
         Ok(())
     }
+}
+
+/// The variable that sets `node.worker_threads`.
+const WORKER_THREADS_VAR: &str = "REPLOG_NODE__WORKER_THREADS";
+
+/// Threads of each of `nodes` nodes sharing this machine: its cores divided among them, at
+/// least one.
+fn dev_worker_threads(nodes: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / usize::try_from(nodes.max(1)).unwrap_or(1)).max(1)
 }
 
 /// The `serve` flags of node `id` in a `replog dev` cluster (what `cluster/local-3/` holds).

@@ -536,7 +536,8 @@ pub async fn count_retained(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let q = core.quotas();
-        if !q.retained_limited() {
+        let limited = q.retained_limited();
+        if !limited {
             let mut u = q.usage.lock();
             if u.on {
                 *u = Usage::default();
@@ -545,10 +546,19 @@ pub async fn count_retained(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         } else if let Err(e) = count_step(&core).await {
             tracing::warn!(error = %e, "counting retained bytes per tenant; retried in 1 s");
         }
+        // Without a limit to count for, only the tick (a limit set meanwhile is seen within a
+        // second): no wake-up per applied write.
+        let more = async {
+            if limited {
+                applied.changed().await.is_ok()
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
-            r = applied.changed() => if r.is_err() { return },
+            alive = more => if !alive { return },
         }
     }
 }

@@ -366,7 +366,8 @@ impl Node {
                 return why;
             }
             if !watch.changed().await {
-                return "raft stopped".to_owned();
+                // Raft's core sets its fatal error before it ends.
+                return raft.fatal().unwrap_or_else(|| "raft stopped".to_owned());
             }
         }
     }

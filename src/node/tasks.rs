@@ -304,12 +304,20 @@ fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpI
 /// snapshot at the applied index, then purge up to it; the log store deletes records only below
 /// the truncation watermark.
 async fn truncator(raft: RaftNode, sm: Arc<SmShared>, mut stop: watch::Receiver<bool>) {
-    let mut applied = sm.applied_seq();
     let mut handled = sm.data_watermark.load(Ordering::Acquire);
+    let mut failed = false;
     loop {
+        let retry = async {
+            if failed {
+                tokio::time::sleep(PURGE_RETRY).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            r = applied.changed() => if r.is_err() { return },
+            _ = sm.watermark_raised.notified() => {}
+            _ = retry => {}
         }
         let watermark = sm.data_watermark.load(Ordering::Acquire);
         if watermark <= handled {
@@ -318,14 +326,19 @@ async fn truncator(raft: RaftNode, sm: Arc<SmShared>, mut stop: watch::Receiver<
         let Some(at) = sm.read(|i| i.applied) else {
             continue;
         };
+        failed = false;
         match raft.purge_up_to(at.index).await {
             Ok(()) => handled = watermark,
             Err(e) => {
-                tracing::warn!(error = %e, "purging after a truncation failed; retried on the next one")
+                failed = true;
+                tracing::warn!(error = %e, "purging after a truncation failed; retried in 1 s")
             }
         }
     }
 }
+
+/// How long the truncator waits before it retries a purge that failed.
+const PURGE_RETRY: Duration = Duration::from_secs(1);
 
 /// On the leader, turns `retention_hours` into a replicated truncation: every `every`, records
 /// in the oldest sealed segments whose newest entry is older than the retention are truncated
@@ -364,6 +377,14 @@ async fn retention(
 /// Keeps the Raft gauges current: refreshed on every change of Raft's state, and every second
 /// (lag and in-sync move with time too).
 async fn watch_metrics(core: Arc<Core>) {
+    // The gauges follow entries appended, committed and applied: they are set at each scrape
+    // (and each second), not by a wake-up per write.
+    let weak = Arc::downgrade(&core);
+    core.metrics().before_gather(Arc::new(move || {
+        if let Some(core) = weak.upgrade() {
+            refresh_raft_gauges(&core, &core.status());
+        }
+    }));
     let mut watch = core.raft().watch();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stopped = core.stopped();
@@ -371,41 +392,47 @@ async fn watch_metrics(core: Arc<Core>) {
     let mut leader = None;
     loop {
         let s = core.status();
-        let m = core.metrics();
-        m.term.set(s.term as i64);
-        m.is_leader.set(i64::from(s.leader == Some(core.id())));
-        m.has_leader.set(i64::from(s.leader.is_some()));
         if s.leader.is_some() && s.leader != leader {
-            m.leader_changes.inc();
+            core.metrics().leader_changes.inc();
         }
         leader = s.leader;
-        let last = s.last_log_index.unwrap_or(0);
-        m.last_log_index.set(last as i64);
-        m.commit_index
-            .set(s.committed.map_or(0, |l| l.index) as i64);
-        m.applied_index.set(s.applied.map_or(0, |l| l.index) as i64);
-        m.replication_lag.reset();
-        for (peer, matched) in &s.replication {
-            if *peer != core.id() {
-                let lag = last.saturating_sub(matched.unwrap_or(0));
-                m.replication_lag
-                    .with_label_values(&[&peer.to_string()])
-                    .set(lag as i64);
-            }
-        }
-        m.in_sync
-            .set(i64::from(core.replica_state() == ReplicaState::InSync));
-        m.keyed_writes_in_flight
-            .set(core.keyed_writes_in_flight() as i64);
-        let dups = core.state().duplicate_keys_applied.load(Ordering::Relaxed);
-        m.duplicate_keys_applied
-            .inc_by(dups.saturating_sub(m.duplicate_keys_applied.get()));
+        core.metrics().refresh_now();
         tokio::select! {
             _ = &mut stopped => return,
             alive = watch.changed() => if !alive { return },
             _ = tick.tick() => {}
         }
     }
+}
+
+/// Sets the Raft gauges (term, leader, log indexes, replication lag, in sync, keyed writes in
+/// flight, duplicate keys applied) from `s` and the core's state now.
+fn refresh_raft_gauges(core: &Core, s: &crate::raft::RaftStatus) {
+    let m = core.metrics();
+    m.term.set(s.term as i64);
+    m.is_leader.set(i64::from(s.leader == Some(core.id())));
+    m.has_leader.set(i64::from(s.leader.is_some()));
+    let last = s.last_log_index.unwrap_or(0);
+    m.last_log_index.set(last as i64);
+    m.commit_index
+        .set(s.committed.map_or(0, |l| l.index) as i64);
+    m.applied_index.set(s.applied.map_or(0, |l| l.index) as i64);
+    m.replication_lag.reset();
+    for (peer, matched) in &s.replication {
+        if *peer != core.id() {
+            let lag = last.saturating_sub(matched.unwrap_or(0));
+            m.replication_lag
+                .with_label_values(&[&peer.to_string()])
+                .set(lag as i64);
+        }
+    }
+    m.in_sync
+        .set(i64::from(core.replica_state() == ReplicaState::InSync));
+    m.keyed_writes_in_flight
+        .set(core.keyed_writes_in_flight() as i64);
+    let dups = core.state().duplicate_keys_applied.load(Ordering::Relaxed);
+    m.duplicate_keys_applied
+        .inc_by(dups.saturating_sub(m.duplicate_keys_applied.get()));
 }
 
 /// How often the data directory's file system is measured.

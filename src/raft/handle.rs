@@ -123,13 +123,15 @@ pub struct RaftStatus {
     pub replication: BTreeMap<NodeId, Option<u64>>,
 }
 
-/// Wakes on changes of Raft's state (see [`RaftNode::watch`]).
+/// Wakes on changes of Raft's role, vote (term), leader or membership on this node, not on
+/// each entry appended, committed or applied (see [`RaftNode::watch`]).
 pub struct StatusWatch(
-    openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    openraft::alias::WatchReceiverOf<TypeConfig, openraft::metrics::RaftServerMetrics<TypeConfig>>,
 );
 
 impl StatusWatch {
-    /// Waits for the next change; false once Raft has stopped.
+    /// Waits for the next change; false once Raft has stopped (its core task has ended, on a
+    /// shutdown or a fatal error: see [`RaftNode::fatal`]).
     pub async fn changed(&mut self) -> bool {
         self.0.changed().await.is_ok()
     }
@@ -211,9 +213,12 @@ impl RaftNode {
         }
     }
 
-    /// A receiver that wakes when Raft's state on this node changes.
+    /// A receiver that wakes when Raft's role, term, leader or membership on this node
+    /// changes, and ends when Raft stops. It does not wake per entry: openraft's full metrics
+    /// change several times for every write, and each wake-up of a waiting task costs a
+    /// thread hand-off on the write path.
     pub fn watch(&self) -> StatusWatch {
-        StatusWatch(self.raft.metrics())
+        StatusWatch(self.raft.server_metrics())
     }
 
     /// Why Raft stopped on its own (a storage error such as a failed fsync), if it did.

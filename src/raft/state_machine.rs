@@ -60,6 +60,9 @@ pub struct SmShared {
     /// Sequence number below which the WAL may delete data (set by applied truncations; the
     /// log store deletes only below its Raft purge point too).
     pub data_watermark: Arc<AtomicU64>,
+    /// Told each time `data_watermark` rises (a permit waits if no one does): the truncator
+    /// wakes on truncations only, not on every apply.
+    pub watermark_raised: tokio::sync::Notify,
     /// Snapshots (with their segments) installed since the node started.
     pub snapshots_installed: AtomicU64,
     /// Entries applied since the node started (a restart re-applies only what sled lacked).
@@ -251,6 +254,7 @@ impl StateMachine {
         let shared = Arc::new(SmShared {
             applied_seq: watch::Sender::new(image.next_seq),
             data_watermark: Arc::new(AtomicU64::new(image.log_start)),
+            watermark_raised: tokio::sync::Notify::new(),
             image: RwLock::new(image),
             snapshots_installed: AtomicU64::new(0),
             applied_since_open: AtomicU64::new(0),
@@ -403,6 +407,7 @@ impl StateMachine {
             .store(image.log_start, Ordering::Release);
         *self.shared.image.write() = image;
         self.shared.applied_seq.send_replace(next_seq);
+        self.shared.watermark_raised.notify_one();
         Ok(())
     }
 }
@@ -698,10 +703,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .remember(keyed, &dirty.evicted, self.max_producers);
         // sled I/O is buffered (no fsync) and runs at most every `SAVE_INTERVAL`, inline.
         self.persist(dirty, applied, false)?;
-        self.shared
+        let raised = self
+            .shared
             .data_watermark
-            .fetch_max(log_start, Ordering::AcqRel);
+            .fetch_max(log_start, Ordering::AcqRel)
+            < log_start;
+        // Readable before any writer hears back: a client replaying its own acknowledged write
+        // from this node sees it.
         self.shared.applied_seq.send_replace(next_seq);
+        if raised {
+            self.shared.watermark_raised.notify_one();
+        }
         tracing::trace!(target: WRITE_PATH, stage = "sm.applied", index = last_index);
         for (r, resp) in replies {
             r.send(resp);
