@@ -100,19 +100,23 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Starts a fresh cluster of `system`; with `threads`, each server runs that many threads
+    /// for its work (replog's `node.worker_threads`, etcd's `GOMAXPROCS`), else its default
+    /// (one per core for both).
     pub async fn start(
         system: System,
         bin: &Path,
         parent: &Path,
         ready_timeout: Duration,
+        threads: Option<u32>,
     ) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("compare-etcd-{}-", system.name()))
             .tempdir_in(parent)
             .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
         let mut cluster = match system {
-            System::Replog => start_replog(bin, dir)?,
-            System::Etcd => start_etcd(bin, dir)?,
+            System::Replog => start_replog(bin, dir, threads)?,
+            System::Etcd => start_etcd(bin, dir, threads)?,
         };
         cluster.wait_ready(ready_timeout).await?;
         Ok(cluster)
@@ -256,7 +260,7 @@ fn clean_command(bin: &Path, prefix: &str) -> Command {
     cmd
 }
 
-fn start_replog(bin: &Path, dir: TempDir) -> Result<Cluster> {
+fn start_replog(bin: &Path, dir: TempDir, threads: Option<u32>) -> Result<Cluster> {
     let ports = free_ports(2 * NODES)?;
     let (client_ports, peer_ports) = ports.split_at(NODES);
     let endpoints: Vec<String> = client_ports
@@ -279,7 +283,11 @@ fn start_replog(bin: &Path, dir: TempDir) -> Result<Cluster> {
         let id = i + 1;
         let data = dir.path().join(format!("node-{id}"));
         let mut cmd = clean_command(bin, "REPLOG_");
-        cmd.env("REPLOG_WAL__SYNC_POLICY", "immediate")
+        if let Some(n) = threads {
+            cmd.env("REPLOG_NODE__WORKER_THREADS", n.to_string());
+        }
+        cmd.env_remove("TOKIO_WORKER_THREADS")
+            .env("REPLOG_WAL__SYNC_POLICY", "immediate")
             .arg("serve")
             .args(["--id", &id.to_string()])
             .args(["--listen", addr])
@@ -300,7 +308,7 @@ fn start_replog(bin: &Path, dir: TempDir) -> Result<Cluster> {
     })
 }
 
-fn start_etcd(bin: &Path, dir: TempDir) -> Result<Cluster> {
+fn start_etcd(bin: &Path, dir: TempDir, threads: Option<u32>) -> Result<Cluster> {
     let ports = free_ports(2 * NODES)?;
     let (client_ports, peer_ports) = ports.split_at(NODES);
     let endpoints: Vec<String> = client_ports
@@ -331,6 +339,10 @@ fn start_etcd(bin: &Path, dir: TempDir) -> Result<Cluster> {
         let client_url = format!("http://{}", endpoints[i]);
         let data = dir.path().join(&name);
         let mut cmd = clean_command(bin, "ETCD");
+        cmd.env_remove("GOMAXPROCS");
+        if let Some(n) = threads {
+            cmd.env("GOMAXPROCS", n.to_string());
+        }
         cmd.args(["--name", &name])
             .arg("--data-dir")
             .arg(&data)

@@ -57,6 +57,12 @@ struct Args {
     /// How long a new cluster may take to accept a write through every node.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
+    /// Threads each server runs its work on (replog's `node.worker_threads`, etcd's
+    /// `GOMAXPROCS`); default: each system's own default, one per core. The 3 servers of a
+    /// cluster share this machine's cores, so fewer per server is closer to a cluster of 3
+    /// machines.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    threads_per_node: Option<u32>,
     /// text: one line per run, then a table; json: one JSON document on stdout (progress on
     /// stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -163,14 +169,26 @@ async fn run(args: &Args) -> Result<()> {
             humantime::format_duration(args.duration).to_string(),
         ),
         ("dir", args.dir.display().to_string()),
+        (
+            "threads per node",
+            args.threads_per_node
+                .map_or("each system's default (one per core)".to_owned(), |n| {
+                    n.to_string()
+                }),
+        ),
     ]);
     for shape in &shapes {
         for run in 1..=args.runs {
             for &system in &args.systems {
-                let mut cluster =
-                    Cluster::start(system, bin(args, system), &args.dir, args.ready_timeout)
-                        .await
-                        .with_context(|| format!("starting {} for {shape}", system.name()))?;
+                let mut cluster = Cluster::start(
+                    system,
+                    bin(args, system),
+                    &args.dir,
+                    args.ready_timeout,
+                    args.threads_per_node,
+                )
+                .await
+                .with_context(|| format!("starting {} for {shape}", system.name()))?;
                 let measured = load::run(&mut cluster, *shape, args.warmup, args.duration)
                     .await
                     .with_context(|| format!("{} run {run} of {shape}", system.name()))?;
