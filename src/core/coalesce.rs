@@ -148,16 +148,21 @@ async fn run(
         }
         let (request, waiters) = into_request(batch);
         tracing::trace!(target: WRITE_PATH, stage = "core.submit", writes = waiters.len());
-        match raft.submit(request, term).await {
-            Ok(result) => {
-                tokio::spawn(async move {
-                    let result = result.await;
-                    tracing::trace!(target: WRITE_PATH, stage = "core.answered", result = ?result.as_ref().ok());
-                    drop(slot);
-                    answer_all(result, waiters);
-                });
+        // The writers are answered where the outcome is known (see `RaftNode::submit`); if Raft
+        // stops first, dropping the waiters answers them with an error.
+        let waiting = std::sync::Arc::new(parking_lot::Mutex::new(Some(waiters)));
+        let answered = waiting.clone();
+        let done = move |result: Result<Response, RaftOpError>| {
+            tracing::trace!(target: WRITE_PATH, stage = "core.answered", result = ?result.as_ref().ok());
+            drop(slot);
+            if let Some(waiters) = answered.lock().take() {
+                answer_all(result, waiters);
             }
-            Err(e) => answer_all(Err(e), waiters),
+        };
+        if let Err(e) = raft.submit(request, term, done).await
+            && let Some(waiters) = waiting.lock().take()
+        {
+            answer_all(Err(e), waiters);
         }
     }
 }

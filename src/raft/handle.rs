@@ -297,36 +297,40 @@ impl RaftNode {
         }
     }
 
-    /// Submits a request now and returns a future of what applying it answers. Requests
-    /// submitted one after another (awaiting each `submit`) enter the log in that order. With
-    /// `term`, the request is taken only by this node as the leader of that term (else it fails
-    /// as not leader, before reaching the log): a later request of the same term never enters
-    /// the log after an earlier one was refused for a leader change.
+    /// Submits a request now; `done` is called with what applying it answers (or why it was
+    /// refused), where that is known, without a hand-off to another task. It is dropped
+    /// uncalled if Raft stops first. Requests submitted one after another (awaiting each
+    /// `submit`) enter the log in that order. With `term`, the request is taken only by this node
+    /// as the leader of that term (else it fails as not leader, before reaching the log): a
+    /// later request of the same term never enters the log after an earlier one was refused for
+    /// a leader change.
     pub async fn submit(
         &self,
         req: Request,
         term: Option<u64>,
-    ) -> Result<impl Future<Output = Result<Response, RaftOpError>> + Send + 'static, RaftOpError>
-    {
-        let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
+        done: impl FnOnce(Result<Response, RaftOpError>) + Send + 'static,
+    ) -> Result<(), RaftOpError> {
+        let dir = self.dir.clone();
+        let responder = super::types::Callback::new(
+            move |result: openraft::raft::ClientWriteResult<TypeConfig>| {
+                done(match result {
+                    Ok(resp) => match resp.data {
+                        Response::Rejected { reason } => Err(RaftOpError::Rejected(reason)),
+                        other => Ok(other),
+                    },
+                    Err(e) => Err(client_hints(
+                        &dir,
+                        RaftOpError::from(RaftError::APIError(e)),
+                    )),
+                })
+            },
+        );
         let write = self.raft.write(req).responder(responder);
         match term {
             Some(t) => write.with_leader(t).await,
             None => write.await,
         }
-        .map_err(stopped)?;
-        let dir = self.dir.clone();
-        Ok(async move {
-            let result = rx.await.map_err(|_| {
-                RaftOpError::Stopped("Raft dropped a proposal without an answer".to_owned())
-            })?;
-            let resp = result
-                .map_err(|e| client_hints(&dir, RaftOpError::from(RaftError::APIError(e))))?;
-            match resp.data {
-                Response::Rejected { reason } => Err(RaftOpError::Rejected(reason)),
-                other => Ok(other),
-            }
-        })
+        .map_err(stopped)
     }
 
     /// The term this node leads with its own term's entry applied, if it does (checked now).

@@ -9,16 +9,54 @@ use crate::wal::{Operation, ProducerKey, SequenceNumber, WritePart};
 
 pub type NodeId = u64;
 
-openraft::declare_raft_types!(
-    /// replog's Raft types. The standard (term-only) leader id makes a log id `(term, index)`,
-    /// exactly what a WAL frame header stores.
-    pub TypeConfig:
-        D = Request,
-        R = Response,
-        NodeId = NodeId,
-        Node = openraft::BasicNode,
-        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
-);
+/// replog's Raft types. The standard (term-only) leader id makes a log id `(term, index)`,
+/// exactly what a WAL frame header stores. Written out rather than by `declare_raft_types!`,
+/// which cannot set the responder: a write's answer is a [`Callback`].
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Ord, PartialOrd)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = Request;
+    type R = Response;
+    type NodeId = NodeId;
+    type Node = openraft::BasicNode;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
+    type Entry =
+        openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
+    type Responder<T>
+        = Callback<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type AsyncRuntime = openraft::impls::TokioRuntime;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
+
+/// How a proposal's outcome reaches its proposer: a function called where the outcome is known
+/// (the state machine, once the entry is applied; Raft, when it refuses the proposal). Nothing
+/// is handed to another task for it: each such hand-off is a wake-up on the write path. If Raft
+/// drops the proposal (it stops), the function is dropped uncalled.
+pub struct Callback<T>(Box<dyn FnOnce(T) + Send>);
+
+impl<T> Callback<T> {
+    pub fn new(f: impl FnOnce(T) + Send + 'static) -> Callback<T> {
+        Callback(Box::new(f))
+    }
+}
+
+impl<T: openraft::OptionalSend + 'static> openraft::raft::responder::Responder<TypeConfig, T>
+    for Callback<T>
+{
+    fn on_complete(self, result: T) {
+        (self.0)(result)
+    }
+}
 
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
