@@ -616,3 +616,17 @@ fn stop_all(nodes: &mut [DevNode]) {
         n.restart_at = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_nodes_share_the_cores_and_each_has_at_least_one_thread() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(dev_worker_threads(1), cores);
+        assert_eq!(dev_worker_threads(3), (cores / 3).max(1));
+        assert_eq!(dev_worker_threads(9), (cores / 9).max(1));
+        assert!(dev_worker_threads(9) >= 1);
+    }
+}
