@@ -374,8 +374,8 @@ async fn retention(
     }
 }
 
-/// Keeps the Raft gauges current: refreshed on every change of Raft's state, and every second
-/// (lag and in-sync move with time too).
+/// Keeps the Raft gauges current: set at every scrape, on every change of Raft's role, term,
+/// leader or membership (which also counts leader changes), and every second.
 async fn watch_metrics(core: Arc<Core>) {
     // The gauges follow entries appended, committed and applied: they are set at each scrape
     // (and each second), not by a wake-up per write.
