@@ -229,11 +229,9 @@ fn node_runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, CliEr
         .map_err(|e| CliError::failure(format!("starting the runtime: {e}")))
 }
 
+/// The runtime of the other commands: one thread per core.
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failure(format!("starting the runtime: {e}")))
+    node_runtime(None)
 }
 
 /// Waits for SIGINT/SIGTERM (returns `None`) or for Raft to stop on a storage error (returns
