@@ -32,6 +32,13 @@ pub trait WalFile: Send + Sync + 'static {
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Writes back a range and waits until it is on the device (`sync_file_range` with
+    /// `WAIT_BEFORE | WRITE | WAIT_AFTER`): again not a durability barrier (no cache flush, no
+    /// metadata), only a way to bound how much of a large write is queued at the disk at once.
+    /// A no-op where unsupported.
+    fn finish_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Directory-level operations. Paths are absolute or relative to the process's directory.
@@ -151,14 +158,29 @@ impl WalFile for StdFile {
     }
     #[cfg(target_os = "linux")]
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.sync_file_range(offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    }
+    #[cfg(target_os = "linux")]
+    fn finish_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.sync_file_range(
+            offset,
+            len,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl StdFile {
+    fn sync_file_range(&self, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(io::ErrorKind::InvalidInput.into());
         };
         // SAFETY: plain syscall on a file descriptor this struct owns; no memory is passed.
-        let r = unsafe {
-            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-        };
+        let r = unsafe { libc::sync_file_range(self.0.as_raw_fd(), offset, len, flags) };
         if r == 0 {
             Ok(())
         } else {

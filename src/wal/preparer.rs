@@ -14,8 +14,9 @@ use super::segment::{self, SegmentHeader};
 use super::state::Shared;
 use crate::fs::{FileSystem, WalFile, is_enospc, write_all_at};
 
-/// Bytes zero-filled between two writeback starts.
-const ZERO_FILL_STEP_BYTES: usize = 1 << 20;
+/// Bytes zero-filled between two writeback starts. With at most two steps queued at the disk
+/// (see `prepare`), a writer's fsync waits behind at most this much zero-fill twice over.
+const ZERO_FILL_STEP_BYTES: usize = 256 << 10;
 
 pub(crate) struct Prepared {
     pub path: PathBuf,
@@ -163,19 +164,26 @@ pub(crate) fn prepare(
             size
         }
         Preallocate::Zero => {
-            // Writeback starts step by step (no cache flush) and one fdatasync ends it: a single
-            // 64 MiB flush at the end, or an fsync per step, would stall the writer's fsyncs
-            // queued behind them on the same disk.
+            // Writeback goes step by step (no cache flush) and one fdatasync ends it. Each step
+            // waits for the one before it to reach the device, so at most two steps are queued
+            // at the disk: a single 64 MiB flush at the end, or writeback started for every
+            // step at once, would queue tens of MiB ahead of the writer's fsyncs on the same
+            // disk (p99.9 of a producer's acks 26-29 ms, max 95-134 ms when it was so).
             let zeros = vec![0u8; (ZERO_FILL_STEP_BYTES as u64).min(size) as usize];
             let mut at = 0;
+            let mut previous: Option<(u64, u64)> = None;
             while at < size {
                 if cancel.load(Ordering::SeqCst) {
                     return Err(WalError::Closed);
                 }
-                let n = zeros.len().min((size - at) as usize);
-                write_all_at(&*file, &zeros[..n], at).map_err(no_space)?;
-                file.start_writeback(at, n as u64)?;
-                at += n as u64;
+                let n = zeros.len().min((size - at) as usize) as u64;
+                write_all_at(&*file, &zeros[..n as usize], at).map_err(no_space)?;
+                file.start_writeback(at, n)?;
+                if let Some((from, len)) = previous {
+                    file.finish_writeback(from, len)?;
+                }
+                previous = Some((at, n));
+                at += n;
             }
             size
         }
@@ -198,4 +206,159 @@ pub(crate) fn install_file(
     fs.rename(&prepared.path, &path)?;
     fs.sync_dir(dir)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::fs::MemFs;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Call {
+        Write(u64, u64),
+        Start(u64, u64),
+        Finish(u64, u64),
+        Sync,
+    }
+
+    /// A file that records the calls the preparer makes, over a `MemFs` file.
+    struct Recording {
+        inner: Arc<dyn WalFile>,
+        calls: Arc<Mutex<Vec<Call>>>,
+    }
+
+    impl Recording {
+        fn log(&self, c: Call) {
+            self.calls.lock().unwrap().push(c);
+        }
+    }
+
+    impl WalFile for Recording {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+            let n = self.inner.write_at(buf, offset)?;
+            self.log(Call::Write(offset, n as u64));
+            Ok(n)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.log(Call::Sync);
+            self.inner.sync_data()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn allocate(&self, len: u64) -> io::Result<()> {
+            self.inner.allocate(len)
+        }
+        fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.log(Call::Start(offset, len));
+            Ok(())
+        }
+        fn finish_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.log(Call::Finish(offset, len));
+            Ok(())
+        }
+    }
+
+    /// A `MemFs` whose created files record their calls.
+    struct RecordingFs {
+        inner: MemFs,
+        calls: Arc<Mutex<Vec<Call>>>,
+    }
+
+    impl FileSystem for RecordingFs {
+        fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+            self.inner.open(path)
+        }
+        fn create(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
+            Ok(Arc::new(Recording {
+                inner: self.inner.create(path)?,
+                calls: self.calls.clone(),
+            }))
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.inner.remove(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.inner.list(dir)
+        }
+        fn exists(&self, path: &Path) -> io::Result<bool> {
+            self.inner.exists(path)
+        }
+        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.inner.remove_dir_all(dir)
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.inner.sync_dir(dir)
+        }
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.inner.create_dir_all(dir)
+        }
+        fn available_space(&self, dir: &Path) -> io::Result<u64> {
+            self.inner.available_space(dir)
+        }
+        fn lock_dir(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>> {
+            self.inner.lock_dir(dir)
+        }
+    }
+
+    /// The zero-fill covers the segment once, in order, and never has more than two steps'
+    /// writeback under way: each step waits for the one before it, and the fdatasync comes last.
+    #[test]
+    fn zero_fill_keeps_at_most_two_steps_of_writeback_queued() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fs = RecordingFs {
+            inner: MemFs::new(),
+            calls: calls.clone(),
+        };
+        fs.create_dir_all(Path::new("/wal")).unwrap();
+        let size = 8 * ZERO_FILL_STEP_BYTES as u64 + 100;
+        let cfg = WalConfig {
+            segment_size: bytesize::ByteSize::b(size),
+            min_free_bytes: bytesize::ByteSize::b(0),
+            preallocate: Preallocate::Zero,
+            ..WalConfig::new("/wal")
+        };
+        let prepared = prepare(&fs, &cfg, 1, &AtomicBool::new(false)).unwrap();
+        assert_eq!(prepared.len, size);
+        assert_eq!(prepared.file.len().unwrap(), size);
+
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.last(), Some(&Call::Sync), "{calls:?}");
+        let (mut written, mut started) = (0, 0);
+        let mut queued: Vec<(u64, u64)> = Vec::new();
+        for c in &calls[..calls.len() - 1] {
+            match *c {
+                Call::Write(at, n) => {
+                    assert_eq!(at, written, "{calls:?}");
+                    written += n;
+                }
+                Call::Start(at, n) => {
+                    assert_eq!(at, started, "{calls:?}");
+                    assert!(at + n <= written, "writeback of unwritten bytes: {calls:?}");
+                    started += n;
+                    queued.push((at, n));
+                    assert!(queued.len() <= 2, "{queued:?} queued at once: {calls:?}");
+                }
+                Call::Finish(at, n) => {
+                    assert_eq!(queued.first(), Some(&(at, n)), "{calls:?}");
+                    queued.remove(0);
+                }
+                Call::Sync => panic!("an fdatasync before the fill ended: {calls:?}"),
+            }
+        }
+        assert_eq!((written, started), (size, size));
+        assert!(queued.len() <= 1, "{queued:?}");
+    }
 }
