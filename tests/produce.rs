@@ -267,6 +267,7 @@ fn replog_bench_produces_and_replays_against_a_cluster_of_processes() {
     assert_eq!(stream["errors"], 0);
     assert!(stream["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(stream["server_cpu_us_per_entry"].as_f64().unwrap() > 0.0);
+    assert_eq!(stream["server_cpu_nodes"], 3);
     let unary = json(&ok(&[
         "bench",
         "produce",
@@ -284,6 +285,21 @@ fn replog_bench_produces_and_replays_against_a_cluster_of_processes() {
     ]));
     assert_eq!(unary["mode"], "unary");
     assert_eq!(unary["acked_entries"], 500);
+    // One endpoint given: the CPU figure still covers every member.
+    let one = json(&ok(&[
+        "bench",
+        "produce",
+        "--unary",
+        "--count",
+        "200",
+        "-o",
+        "json",
+        "--endpoints",
+        &nodes[1].addr,
+    ]));
+    assert_eq!(one["acked_entries"], 200);
+    assert!(one["server_cpu_us_per_entry"].as_f64().unwrap() > 0.0);
+    assert_eq!(one["server_cpu_nodes"], 3);
     let replay = json(&ok(&[
         "bench",
         "replay",
@@ -294,7 +310,7 @@ fn replog_bench_produces_and_replays_against_a_cluster_of_processes() {
         "--endpoints",
         &endpoints,
     ]));
-    assert_eq!(replay["entries"], 3500);
+    assert_eq!(replay["entries"], 3700);
     // Without a terminal, progress is plain lines on stderr (no bar, no escape codes): one a
     // second with the rate, p50, p99 and errors.
     let out = cli(

@@ -3,6 +3,7 @@
 //! stderr (rate, p50, p99, errors), then HDR percentiles and the servers' CPU per acknowledged
 //! entry when their status is reachable; `-o json` for scripts.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -104,8 +105,12 @@ struct ProduceReport {
     entries_per_sec: f64,
     mib_per_sec: f64,
     latency_ms: Percentiles,
-    /// CPU seconds the nodes used per acknowledged entry, in µs (if their status answered).
+    /// CPU seconds the cluster's members used per acknowledged entry, in µs (if every member
+    /// reported its CPU time before and after).
     server_cpu_us_per_entry: Option<f64>,
+    /// How many members `server_cpu_us_per_entry` sums (every member of the cluster, whichever
+    /// endpoints were given).
+    server_cpu_nodes: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -245,6 +250,9 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = cluster_cpu(&client).await;
+    let cpu_used = cpu_before
+        .zip(cpu_after)
+        .and_then(|(b, e)| cpu_between(&b, &e));
     let acked = stats.acked.load(Ordering::Relaxed);
     let report = ProduceReport {
         mode: if a.unary { "unary" } else { "produce" },
@@ -260,10 +268,10 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
         entries_per_sec: acked as f64 / seconds,
         mib_per_sec: (acked * a.size as u64) as f64 / seconds / (1 << 20) as f64,
         latency_ms: Percentiles::of(&stats.total.lock()),
-        server_cpu_us_per_entry: match (cpu_before, cpu_after) {
-            (Some(b), Some(e)) if acked > 0 => Some((e - b) * 1e6 / acked as f64),
-            _ => None,
-        },
+        server_cpu_us_per_entry: cpu_used
+            .filter(|_| acked > 0)
+            .map(|(used, _)| used * 1e6 / acked as f64),
+        server_cpu_nodes: cpu_used.map(|(_, nodes)| nodes),
     };
     print_produce(&report, a.client.format(Format::Table))
 }
@@ -484,17 +492,33 @@ async fn unary_producer(
     Ok(())
 }
 
-/// The sum of the nodes' CPU seconds, if every endpoint answered.
-async fn cluster_cpu(client: &Client) -> Option<f64> {
-    let mut total = 0.0;
-    for e in client.endpoints() {
-        let m = client.node_status(&e).await.ok()?;
-        if m.cpu_seconds <= 0.0 {
+/// Each member's CPU seconds, from the cluster's status (every member, not only the endpoints
+/// given), if every member reported it (an admin sees it; a member that cannot be asked has 0).
+async fn cluster_cpu(client: &Client) -> Option<BTreeMap<u64, f64>> {
+    let s = client.cluster_status().await.ok()?;
+    let cpu = s
+        .members
+        .iter()
+        .map(|m| (m.cpu_seconds > 0.0).then_some((m.id, m.cpu_seconds)))
+        .collect::<Option<BTreeMap<_, _>>>()?;
+    (!cpu.is_empty()).then_some(cpu)
+}
+
+/// CPU seconds the members used between two readings, and how many members: `None` unless the
+/// same members reported both times, none of them restarted (its CPU time went back).
+fn cpu_between(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>) -> Option<(f64, usize)> {
+    if before.len() != after.len() {
+        return None;
+    }
+    let mut used = 0.0;
+    for (id, b) in before {
+        let e = after.get(id)?;
+        if e < b {
             return None;
         }
-        total += m.cpu_seconds;
+        used += e - b;
     }
-    Some(total)
+    Some((used, before.len()))
 }
 
 fn print_produce(r: &ProduceReport, format: Format) -> Result<(), CliError> {
@@ -521,8 +545,13 @@ fn print_produce(r: &ProduceReport, format: Format) -> Result<(), CliError> {
                 l.p50, l.p90, l.p99, l.p999, l.max
             );
             match r.server_cpu_us_per_entry {
-                Some(cpu) => println!("server CPU: {cpu:.1} µs per acknowledged entry (all nodes)"),
-                None => println!("server CPU: unknown (a node's status did not answer)"),
+                Some(cpu) => println!(
+                    "server CPU: {cpu:.1} µs per acknowledged entry (all {} members)",
+                    r.server_cpu_nodes.unwrap_or(0)
+                ),
+                None => println!(
+                    "server CPU: unknown (not every member reported its CPU time: it needs the admin role and every member reachable)"
+                ),
             }
             Ok(())
         }
@@ -591,5 +620,31 @@ async fn replay(a: &ReplayBenchArgs) -> Result<(), CliError> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_between_sums_every_member_and_refuses_a_changed_or_restarted_one() {
+        let at = |v: &[(u64, f64)]| v.iter().copied().collect::<BTreeMap<_, _>>();
+        let before = at(&[(1, 10.0), (2, 4.0), (3, 5.0)]);
+        assert_eq!(
+            cpu_between(&before, &at(&[(1, 12.0), (2, 5.0), (3, 5.5)])),
+            Some((3.5, 3))
+        );
+        // A member restarted: its CPU time went back.
+        assert_eq!(
+            cpu_between(&before, &at(&[(1, 12.0), (2, 1.0), (3, 5.5)])),
+            None
+        );
+        // A member left, or another joined.
+        assert_eq!(cpu_between(&before, &at(&[(1, 12.0), (2, 5.0)])), None);
+        assert_eq!(
+            cpu_between(&before, &at(&[(1, 12.0), (2, 5.0), (4, 1.0)])),
+            None
+        );
     }
 }
