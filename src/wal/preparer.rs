@@ -168,7 +168,7 @@ pub(crate) fn prepare(
             // waits for the one before it to reach the device, so at most two steps are queued
             // at the disk: a single 64 MiB flush at the end, or writeback started for every
             // step at once, would queue tens of MiB ahead of the writer's fsyncs on the same
-            // disk (p99.9 of a producer's acks 26-29 ms, max 95-134 ms when it was so).
+            // disk (p99.9 of a producer's acks 26-29 ms, max 95-291 ms when it was so).
             let zeros = vec![0u8; (ZERO_FILL_STEP_BYTES as u64).min(size) as usize];
             let mut at = 0;
             let mut previous: Option<(u64, u64)> = None;
