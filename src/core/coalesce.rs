@@ -6,9 +6,7 @@
 //! answered at once: while that many are in flight (their fsync and replication under way), new
 //! writes wait in the queue, and the next entry takes all of them, up to
 //! `coalesce_max_entries` records and `coalesce_max_bytes` data bytes. A write that arrives
-//! when nothing is in flight is submitted at once, alone: nothing waits on a timer. An entry
-//! submitted while another is in flight first lets the writes already arriving join it (a few
-//! deferrals to the runtime, see [`let_arrived_join`]), so it does not go with just one.
+//! when nothing is in flight is submitted at once, alone: nothing waits on a timer.
 //!
 //! An entry of one write is an ordinary [`Request::Write`]; one of several is a
 //! [`Request::Coalesced`] whose parts keep each write's key and record count, and whose result
@@ -128,10 +126,6 @@ async fn run(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        // Another entry is in flight: let writes that have already arrived join this one.
-        if slots.available_permits() + 1 < limits.max_proposals.max(1) {
-            let _ = let_arrived_join(&rx).await;
-        }
         let mut batch = vec![first];
         let (mut entries, mut bytes) = (batch[0].records.len(), batch[0].bytes);
         let mut term = batch[0].term;
@@ -171,29 +165,6 @@ async fn run(
             answer_all(Err(e), waiters);
         }
     }
-}
-
-/// Deferrals to the runtime at most while gathering a pipelined entry.
-const JOIN_ROUNDS: usize = 8;
-
-/// Before a pipelined entry (one submitted while another is in flight) takes what is queued:
-/// defers to the runtime, which polls its I/O driver and runs the tasks that were ready, so
-/// writes already received (on sockets or in tasks about to queue them) join this entry
-/// rather than going alone in the next. Stops as soon as a round brings nothing, and after
-/// [`JOIN_ROUNDS`]: it waits on no timer, and never when the queue is quiet. Returns the
-/// rounds taken.
-///
-/// Without it, a third of the entries carried one write at 64 concurrent unary writers: the
-/// one that arrived first after the entry before it was submitted.
-async fn let_arrived_join<T>(rx: &mpsc::Receiver<T>) -> usize {
-    for round in 1..=JOIN_ROUNDS {
-        let before = rx.len();
-        tokio::task::yield_now().await;
-        if rx.len() == before {
-            return round;
-        }
-    }
-    JOIN_ROUNDS
 }
 
 /// Who waits on an entry: per write, its record count, timestamp and reply.
@@ -278,39 +249,6 @@ mod tests {
             reply,
         };
         (q, rx)
-    }
-
-    /// A sender that queues one item each time it runs, `n` times, deferring in between (as
-    /// writes arriving one by one from other tasks do).
-    fn trickle(tx: mpsc::Sender<u32>, n: u32) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            for i in 0..n {
-                tx.send(i).await.expect("queue open");
-                tokio::task::yield_now().await;
-            }
-        })
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_pipelined_entry_waits_for_writes_already_arriving_and_stops_when_they_stop() {
-        let (tx, rx) = mpsc::channel(64);
-        let sender = trickle(tx, 3);
-        let rounds = let_arrived_join(&rx).await;
-        // Three rounds brought one write each, the fourth none.
-        assert_eq!(rx.len(), 3);
-        assert_eq!(rounds, 4);
-        sender.await.expect("sender");
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_quiet_queue_costs_one_round_and_a_busy_one_at_most_join_rounds() {
-        let (tx, rx) = mpsc::channel::<u32>(64);
-        assert_eq!(let_arrived_join(&rx).await, 1);
-        assert_eq!(rx.len(), 0);
-        let sender = trickle(tx, 40);
-        assert_eq!(let_arrived_join(&rx).await, JOIN_ROUNDS);
-        assert_eq!(rx.len(), JOIN_ROUNDS);
-        sender.abort();
     }
 
     #[test]
