@@ -415,3 +415,42 @@ fn iterator_follows_the_tail() {
     assert_eq!(it.by_ref().count(), 100);
     let _ = Operation::Insert;
 }
+
+/// The next segment's file is prepared while the segment a log was opened with fills (once it
+/// is a quarter full), not at its roll: the first roll after every open used to wait for the
+/// whole zero-fill, stalling every append (170 ms for a 64 MiB segment, measured).
+#[test]
+fn the_next_segment_is_prepared_before_the_first_roll_after_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        segment_size: ByteSize::kib(64),
+        ..small_config(dir.path())
+    };
+    let prepared = || {
+        std::fs::read_dir(dir.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("prealloc-")
+        })
+    };
+    let wal = Manager::open(cfg.clone()).unwrap();
+    assert!(!prepared(), "nothing is due in an empty segment");
+    let mut i = 0u32;
+    while wal.segments()[0].size * 4 < cfg.segment_size.as_u64() {
+        wal.write(record("t", &[&[7u8; 40][..], &i.to_le_bytes()].concat()))
+            .unwrap();
+        i += 1;
+    }
+    assert_eq!(wal.segments().len(), 1, "still the first segment");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !prepared() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no next segment prepared with the active one a quarter full"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    wal.close().unwrap();
+    assert!(!prepared(), "closing deletes the unused prepared file");
+}
