@@ -2,11 +2,19 @@
 //! WAL frame, one replication message, one apply), each keeping its own result.
 //!
 //! Writes queue in arrival order ([`Coalescer::enqueue`]); one task takes them in that order
-//! and submits them. At most `coalesce_max_proposals` entries are submitted and not yet
-//! answered at once: while that many are in flight (their fsync and replication under way), new
-//! writes wait in the queue, and the next entry takes all of them, up to
-//! `coalesce_max_entries` records and `coalesce_max_bytes` data bytes. A write that arrives
-//! when nothing is in flight is submitted at once, alone: nothing waits on a timer.
+//! and submits them, each entry up to `coalesce_max_entries` records and `coalesce_max_bytes`
+//! data bytes. When an entry goes:
+//! - with nothing in flight, at once: a write that arrives alone is submitted alone, and
+//!   nothing waits on a timer;
+//! - while other entries are in flight (their fsync and replication under way), only once it
+//!   holds `coalesce_pipeline_min_entries` records or `coalesce_pipeline_min_bytes` bytes
+//!   (or is full), and fewer than `coalesce_max_proposals` entries are in flight. Until then it
+//!   waits for the entries in flight to be answered, and the writes arriving meanwhile join it.
+//!
+//! Why the second rule: every entry costs the cluster about the same fixed work (a replication
+//! message and an fsync per node, an apply, openraft's bookkeeping), a few hundred µs of CPU
+//! on a small machine. Pipelining an entry of a few small writes buys no latency when the
+//! machine is busy and spends that work again; a producer's batches are big enough to pipeline.
 //!
 //! An entry of one write is an ordinary [`Request::Write`]; one of several is a
 //! [`Request::Coalesced`] whose parts keep each write's key and record count, and whose result
@@ -15,8 +23,9 @@
 //! conditionally on it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::Written;
 use crate::raft::log_store::WRITE_PATH;
@@ -27,6 +36,32 @@ use crate::wal::{ProducerKey, WritePart};
 /// What a queued write ends with.
 pub type Reply = Result<Written, RaftOpError>;
 
+/// What an entry's outcome is handed to, once known.
+type Done = Box<dyn FnOnce(Result<Response, RaftOpError>) + Send>;
+
+/// Where the coalescer's entries go: Raft, or a test's stand-in.
+trait Propose: Send + 'static {
+    /// Submits `request` (conditionally on leading in `term`, if given); `done` gets its outcome,
+    /// or is dropped if Raft stops first. An error: not submitted, `done` dropped unused.
+    fn propose(
+        &self,
+        request: Request,
+        term: Option<u64>,
+        done: Done,
+    ) -> impl std::future::Future<Output = Result<(), RaftOpError>> + Send;
+}
+
+impl Propose for RaftNode {
+    async fn propose(
+        &self,
+        request: Request,
+        term: Option<u64>,
+        done: Done,
+    ) -> Result<(), RaftOpError> {
+        self.submit(request, term, done).await
+    }
+}
+
 /// The coalescer's bounds (the `limits.coalesce_*` keys).
 #[derive(Clone, Copy, Debug)]
 pub struct CoalesceLimits {
@@ -36,6 +71,10 @@ pub struct CoalesceLimits {
     pub max_bytes: u64,
     /// Entries submitted and not yet answered at most.
     pub max_proposals: usize,
+    /// An entry submitted while others are in flight holds at least this many records...
+    pub pipeline_min_entries: usize,
+    /// ... or this many data bytes (or is full).
+    pub pipeline_min_bytes: u64,
     /// Writes waiting in the queue at most; more wait to enter it.
     pub queue: usize,
 }
@@ -106,60 +145,139 @@ pub async fn answer(rx: oneshot::Receiver<Reply>) -> Reply {
     })
 }
 
+/// Entries submitted and not yet answered; a [`Slot`] is one of them.
+#[derive(Default)]
+struct InFlight {
+    n: AtomicUsize,
+    answered: Notify,
+}
+
+/// One entry in flight, until dropped (when it is answered, or when Raft drops its responder).
+struct Slot(Arc<InFlight>);
+
+impl Slot {
+    fn take(f: &Arc<InFlight>) -> Slot {
+        f.n.fetch_add(1, Ordering::AcqRel);
+        Slot(f.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.n.fetch_sub(1, Ordering::AcqRel);
+        self.0.answered.notify_one();
+    }
+}
+
+/// The writes of the next entry.
+struct Batch {
+    writes: Vec<Queued>,
+    entries: usize,
+    bytes: u64,
+    term: Option<u64>,
+}
+
+impl Batch {
+    fn new(first: Queued) -> Batch {
+        Batch {
+            entries: first.records.len(),
+            bytes: first.bytes,
+            term: first.term,
+            writes: vec![first],
+        }
+    }
+
+    /// Adds `q`, or hands it back if it does not fit (bounds, or a keyed write of another term).
+    fn push(&mut self, q: Queued, limits: &CoalesceLimits) -> Result<(), Queued> {
+        let other_term = q.term.is_some() && self.term.is_some() && q.term != self.term;
+        if other_term
+            || self.entries + q.records.len() > limits.max_entries
+            || self.bytes + q.bytes > limits.max_bytes
+        {
+            return Err(q);
+        }
+        self.entries += q.records.len();
+        self.bytes += q.bytes;
+        self.term = self.term.or(q.term);
+        self.writes.push(q);
+        Ok(())
+    }
+
+    /// Worth an entry of its own beside others in flight.
+    fn pipelines(&self, limits: &CoalesceLimits) -> bool {
+        self.entries >= limits.pipeline_min_entries || self.bytes >= limits.pipeline_min_bytes
+    }
+}
+
 async fn run(
-    raft: RaftNode,
+    raft: impl Propose,
     mut rx: mpsc::Receiver<Queued>,
     limits: CoalesceLimits,
     metrics: Option<prometheus::Histogram>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_proposals.max(1)));
+    let max_proposals = limits.max_proposals.max(1);
+    let in_flight = Arc::new(InFlight::default());
     let mut carry: Option<Queued> = None;
+    let mut open = true;
     loop {
         let first = match carry.take() {
             Some(q) => q,
-            None => match rx.recv().await {
+            None if open => match rx.recv().await {
                 Some(q) => q,
                 None => return,
             },
+            None => return,
         };
-        // Waiting for a slot is the coalescing window: what queues meanwhile joins this entry.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        let (mut entries, mut bytes) = (batch[0].records.len(), batch[0].bytes);
-        let mut term = batch[0].term;
-        while let Ok(q) = rx.try_recv() {
-            let other_term = q.term.is_some() && term.is_some() && q.term != term;
-            if other_term
-                || entries + q.records.len() > limits.max_entries
-                || bytes + q.bytes > limits.max_bytes
-            {
-                carry = Some(q);
+        let mut batch = Batch::new(first);
+        // The coalescing window: until the entry may go, writes arriving join it.
+        loop {
+            let answered = in_flight.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let n = in_flight.n.load(Ordering::Acquire);
+            // Full (a write waits that does not fit) counts as big enough.
+            let closed = carry.is_some() || !open;
+            if n == 0 || (n < max_proposals && (closed || batch.pipelines(&limits))) {
                 break;
             }
-            entries += q.records.len();
-            bytes += q.bytes;
-            term = term.or(q.term);
-            batch.push(q);
+            if closed {
+                answered.await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = &mut answered => {}
+                q = rx.recv() => match q {
+                    Some(q) => carry = batch.push(q, &limits).err(),
+                    None => open = false,
+                },
+            }
         }
+        // And whatever else is queued now.
+        while carry.is_none()
+            && let Ok(q) = rx.try_recv()
+        {
+            carry = batch.push(q, &limits).err();
+        }
+        let slot = Slot::take(&in_flight);
         if let Some(h) = &metrics {
-            h.observe(batch.len() as f64);
+            h.observe(batch.writes.len() as f64);
         }
-        let (request, waiters) = into_request(batch);
+        let term = batch.term;
+        let (request, waiters) = into_request(batch.writes);
         tracing::trace!(target: WRITE_PATH, stage = "core.submit", writes = waiters.len());
         // The writers are answered where the outcome is known (see `RaftNode::submit`); if Raft
         // stops first, dropping the waiters answers them with an error.
         let waiting = std::sync::Arc::new(parking_lot::Mutex::new(Some(waiters)));
         let answered = waiting.clone();
-        let done = move |result: Result<Response, RaftOpError>| {
+        let done: Done = Box::new(move |result: Result<Response, RaftOpError>| {
             tracing::trace!(target: WRITE_PATH, stage = "core.answered", result = ?result.as_ref().ok());
             drop(slot);
             if let Some(waiters) = answered.lock().take() {
                 answer_all(result, waiters);
             }
-        };
-        if let Err(e) = raft.submit(request, term, done).await
+        });
+        if let Err(e) = raft.propose(request, term, done).await
             && let Some(waiters) = waiting.lock().take()
         {
             answer_all(Err(e), waiters);
@@ -249,6 +367,127 @@ mod tests {
             reply,
         };
         (q, rx)
+    }
+
+    /// Stands in for Raft: hands each proposed entry (its write count and outcome callback) to
+    /// the test, which answers it when it wants.
+    struct Fake(mpsc::UnboundedSender<(usize, Done)>);
+
+    impl Propose for Fake {
+        async fn propose(&self, r: Request, _: Option<u64>, done: Done) -> Result<(), RaftOpError> {
+            let writes = match r {
+                Request::Coalesced { parts, .. } => parts.len(),
+                _ => 1,
+            };
+            self.0
+                .send((writes, done))
+                .map_err(|_| RaftOpError::Stopped("test over".to_owned()))
+        }
+    }
+
+    fn written(done: Done) {
+        done(Ok(Response::Written {
+            first_seq: 1,
+            last_seq: 1,
+            timestamp: 0,
+            duplicate: false,
+        }));
+    }
+
+    fn records(n: usize) -> Vec<WriteRecord> {
+        queued(None, n).0.records
+    }
+
+    /// Nothing more is proposed: the paused clock only moves once every task is idle.
+    async fn settle(proposed: &mut mpsc::UnboundedReceiver<(usize, Done)>) -> Option<usize> {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        proposed.try_recv().ok().map(|(n, _)| n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_writes_wait_for_the_entry_in_flight_and_big_ones_pipeline() {
+        let (tx, mut proposed) = mpsc::unbounded_channel();
+        let limits = CoalesceLimits {
+            max_entries: 1000,
+            max_bytes: 1 << 20,
+            max_proposals: 2,
+            pipeline_min_entries: 16,
+            pipeline_min_bytes: 1 << 20,
+            queue: 100,
+        };
+        let (qtx, qrx) = mpsc::channel(limits.queue);
+        tokio::spawn(run(Fake(tx), qrx, limits, None));
+        let c = Coalescer { tx: qtx };
+
+        // Nothing in flight: a lone write goes at once, alone.
+        let a = c.enqueue(None, None, records(1)).await.unwrap();
+        let (n, done_a) = proposed.recv().await.unwrap();
+        assert_eq!(n, 1);
+        // Small writes wait while it is in flight...
+        let b = c.enqueue(None, None, records(1)).await.unwrap();
+        let b2 = c.enqueue(None, None, records(1)).await.unwrap();
+        assert_eq!(
+            settle(&mut proposed).await,
+            None,
+            "a small entry was pipelined"
+        );
+        // ... until enough records join them to be worth an entry of their own.
+        let big = c.enqueue(None, None, records(14)).await.unwrap();
+        let (n, done_b) = proposed.recv().await.unwrap();
+        assert_eq!(n, 3, "the waiting writes and the big one go together");
+        // Two in flight (`max_proposals`): even a big write waits.
+        let d = c.enqueue(None, None, records(20)).await.unwrap();
+        assert_eq!(settle(&mut proposed).await, None, "a third entry went");
+        // An answer frees a slot, and the big write goes beside the other entry in flight.
+        written(done_a);
+        assert!(answer(a).await.is_ok());
+        let (n, done_d) = proposed.recv().await.unwrap();
+        assert_eq!(n, 1);
+        // A small write waits until nothing is in flight...
+        let e = c.enqueue(None, None, records(1)).await.unwrap();
+        written(done_b);
+        assert!(answer(b).await.is_ok() && answer(b2).await.is_ok() && answer(big).await.is_ok());
+        assert_eq!(settle(&mut proposed).await, None, "pipelined beside d");
+        // ... and goes when the last answer comes, even as an error.
+        done_d(Err(RaftOpError::OutcomeUnknown { leader: None }));
+        assert!(answer(d).await.is_err());
+        let (n, done_e) = proposed.recv().await.unwrap();
+        assert_eq!(n, 1);
+        // A responder Raft drops (it stopped) frees its slot too, and its writers get an error.
+        drop(done_e);
+        assert!(answer(e).await.is_err());
+        let f = c.enqueue(None, None, records(1)).await.unwrap();
+        let (n, done_f) = proposed.recv().await.unwrap();
+        assert_eq!(n, 1);
+        written(done_f);
+        assert!(answer(f).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_pipeline_minimum_every_free_slot_takes_what_waits() {
+        let (tx, mut proposed) = mpsc::unbounded_channel();
+        let limits = CoalesceLimits {
+            max_entries: 1000,
+            max_bytes: 1 << 20,
+            max_proposals: 2,
+            pipeline_min_entries: 0,
+            pipeline_min_bytes: 0,
+            queue: 100,
+        };
+        let (qtx, qrx) = mpsc::channel(limits.queue);
+        tokio::spawn(run(Fake(tx), qrx, limits, None));
+        let c = Coalescer { tx: qtx };
+        let _a = c.enqueue(None, None, records(1)).await.unwrap();
+        let (_, done_a) = proposed.recv().await.unwrap();
+        let _b = c.enqueue(None, None, records(1)).await.unwrap();
+        let (n, _done_b) = proposed.recv().await.unwrap();
+        assert_eq!(n, 1, "pipelined at once");
+        let _c = c.enqueue(None, None, records(1)).await.unwrap();
+        let _d = c.enqueue(None, None, records(1)).await.unwrap();
+        assert_eq!(settle(&mut proposed).await, None, "more than max_proposals");
+        written(done_a);
+        let (n, _) = proposed.recv().await.unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]

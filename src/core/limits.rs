@@ -65,6 +65,11 @@ pub struct Limits {
     /// Write entries the leader has proposed and not yet answered at most; while that many are
     /// in flight, new writes wait and go together in the next one. Default 2.
     pub coalesce_max_proposals: usize,
+    /// Records an entry needs to be proposed while another is in flight (else its writes wait
+    /// for the entries in flight to be answered, and more join them). Default 16.
+    pub coalesce_pipeline_min_entries: usize,
+    /// ... or data bytes. Default 32KiB.
+    pub coalesce_pipeline_min_bytes: ByteSize,
     /// Writes waiting at the leader to be proposed at most; more wait to be queued. Default
     /// 16384.
     pub write_queue: usize,
@@ -94,6 +99,8 @@ impl Default for Limits {
             coalesce_max_entries: 10_000,
             coalesce_max_bytes: ByteSize::mib(4),
             coalesce_max_proposals: 2,
+            coalesce_pipeline_min_entries: 16,
+            coalesce_pipeline_min_bytes: ByteSize::kib(32),
             write_queue: 16_384,
             max_produce_streams: 1024,
             produce_max_in_flight: 1024,

@@ -136,6 +136,8 @@ impl Core {
                 max_entries: p.limits.coalesce_max_entries,
                 max_bytes: p.limits.coalesce_max_bytes.as_u64(),
                 max_proposals: p.limits.coalesce_max_proposals,
+                pipeline_min_entries: p.limits.coalesce_pipeline_min_entries,
+                pipeline_min_bytes: p.limits.coalesce_pipeline_min_bytes.as_u64(),
                 queue: p.limits.write_queue,
             },
             Some(p.metrics.coalesced_writes.clone()),
