@@ -398,6 +398,26 @@ mod tests {
         queued(None, n).0.records
     }
 
+    /// A coalescer over [`Fake`], two entries in flight at most, `pipeline_min_entries` as given.
+    fn start(pipeline_min_entries: usize) -> (Coalescer, mpsc::UnboundedReceiver<(usize, Done)>) {
+        let (tx, proposed) = mpsc::unbounded_channel();
+        let limits = CoalesceLimits {
+            max_entries: 1000,
+            max_bytes: 1 << 20,
+            max_proposals: 2,
+            pipeline_min_entries,
+            pipeline_min_bytes: if pipeline_min_entries == 0 {
+                0
+            } else {
+                1 << 20
+            },
+            queue: 100,
+        };
+        let (qtx, qrx) = mpsc::channel(limits.queue);
+        tokio::spawn(run(Fake(tx), qrx, limits, None));
+        (Coalescer { tx: qtx }, proposed)
+    }
+
     /// Nothing more is proposed: the paused clock only moves once every task is idle.
     async fn settle(proposed: &mut mpsc::UnboundedReceiver<(usize, Done)>) -> Option<usize> {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -406,18 +426,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn small_writes_wait_for_the_entry_in_flight_and_big_ones_pipeline() {
-        let (tx, mut proposed) = mpsc::unbounded_channel();
-        let limits = CoalesceLimits {
-            max_entries: 1000,
-            max_bytes: 1 << 20,
-            max_proposals: 2,
-            pipeline_min_entries: 16,
-            pipeline_min_bytes: 1 << 20,
-            queue: 100,
-        };
-        let (qtx, qrx) = mpsc::channel(limits.queue);
-        tokio::spawn(run(Fake(tx), qrx, limits, None));
-        let c = Coalescer { tx: qtx };
+        // Two entries in flight at most; 16 records to pipeline one.
+        let (c, mut proposed) = start(16);
 
         // Nothing in flight: a lone write goes at once, alone.
         let a = c.enqueue(None, None, records(1)).await.unwrap();
@@ -465,18 +475,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn with_no_pipeline_minimum_every_free_slot_takes_what_waits() {
-        let (tx, mut proposed) = mpsc::unbounded_channel();
-        let limits = CoalesceLimits {
-            max_entries: 1000,
-            max_bytes: 1 << 20,
-            max_proposals: 2,
-            pipeline_min_entries: 0,
-            pipeline_min_bytes: 0,
-            queue: 100,
-        };
-        let (qtx, qrx) = mpsc::channel(limits.queue);
-        tokio::spawn(run(Fake(tx), qrx, limits, None));
-        let c = Coalescer { tx: qtx };
+        let (c, mut proposed) = start(0);
         let _a = c.enqueue(None, None, records(1)).await.unwrap();
         let (_, done_a) = proposed.recv().await.unwrap();
         let _b = c.enqueue(None, None, records(1)).await.unwrap();
