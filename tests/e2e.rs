@@ -488,6 +488,37 @@ fn sigkill_the_leader_during_writes_loses_and_duplicates_nothing() {
     }
 }
 
+/// The build turns tokio's LIFO slot off (`.cargo/config.toml`; README, "The LIFO slot"), and
+/// the node says so at startup: a build that lost `--cfg tokio_unstable` fails here.
+#[test]
+fn the_node_runs_with_the_lifo_slot_off_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.env("RUST_LOG", "info");
+    let mut node = ServeProc::start_in(
+        cmd,
+        1,
+        dir.path(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--log-format", "json", "--init"],
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    let runtime = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "runtime")
+        .unwrap_or_else(|| panic!("no `runtime` event in the node's log:\n{log}"));
+    assert_eq!(runtime["fields"]["lifo_slot"], "off", "{runtime}");
+    assert!(
+        runtime["fields"]["worker_threads"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{runtime}"
+    );
+    node.stop();
+}
+
 #[test]
 fn bad_input_gets_the_documented_code_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -67,10 +67,7 @@ struct Report {
 }
 
 pub fn run(args: &BenchClusterArgs) -> Result<(), CliError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::failure(format!("starting the runtime: {e}")))?;
+    let rt = super::serve::runtime()?;
     let root = args
         .dir
         .join(format!("bench-cluster-{}", std::process::id()));

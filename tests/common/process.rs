@@ -44,12 +44,15 @@ impl ServeProc {
     ) -> ServeProc {
         let data_dir = dir.join(format!("node-{id}"));
         let log = dir.join(format!("node-{id}.log"));
+        // Warnings and errors only, unless the caller's `cmd` asks for more.
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "warn");
+        }
         let mut child = cmd
             .args(["serve", "--id", &id.to_string(), "--listen", listen])
             .args(["--metrics-listen", metrics_listen, "--data-dir"])
             .arg(&data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
