@@ -516,7 +516,9 @@ fn the_node_runs_with_the_lifo_slot_off_and_says_so() {
             .is_some_and(|n| n >= 1),
         "{runtime}"
     );
-    node.stop();
+    // Killed, not stopped: SIGTERM this soon after the startup line can come before the
+    // node's signal handler is installed (see the note of the session that added this test).
+    node.kill();
 }
 
 #[test]
