@@ -516,8 +516,9 @@ fn the_node_runs_with_the_lifo_slot_off_and_says_so() {
             .is_some_and(|n| n >= 1),
         "{runtime}"
     );
-    // Killed, not stopped: SIGTERM this soon after the startup line can come before the
-    // node's signal handler is installed (see the note of the session that added this test).
+    // Killed, not stopped: `serve` prints its startup line before it installs its SIGTERM
+    // handler, so a SIGTERM this soon can end it by the signal (a race of its own, not this
+    // test's subject).
     node.kill();
 }
 

@@ -248,7 +248,7 @@ fn node_runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, CliEr
         .map_err(|e| CliError::failure(format!("starting the runtime: {e}")))
 }
 
-/// Whether this build runs its runtimes with tokio's LIFO slot, as the startup line says.
+/// Whether this build runs its runtimes with tokio's LIFO slot (the node's `runtime` log event).
 pub const LIFO_SLOT: &str = if cfg!(tokio_unstable) { "off" } else { "on" };
 
 /// The runtime of the other commands: one thread per core.
