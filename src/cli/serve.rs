@@ -185,6 +185,9 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
     let node_cfg = cfg.node_config().map_err(|e| CliError::usage(e.0))?;
     let rt = node_runtime(cfg.node.worker_threads)?;
     rt.block_on(async move {
+        // First: a SIGTERM from a script that read the startup line (or sent while the node
+        // starts) must stop the node cleanly, not end it by the signal.
+        let stop = shutdown_signal();
         let node = Node::start(node_cfg).await.map_err(|e| match e {
             crate::node::NodeError::Config(m) => CliError::usage(m),
             other => CliError::failure(format!("the node did not start: {other}")),
@@ -213,7 +216,7 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
             super::LogFormat::Text => eprintln!("{line}"),
             super::LogFormat::Json => tracing::info!(target: "replog", "{line}"),
         }
-        let fatal = wait_for_stop(&node).await;
+        let fatal = wait_for_stop(&node, stop).await;
         node.shutdown()
             .await
             .map_err(|e| CliError::failure(format!("stopping the node: {e}")))?;
@@ -256,28 +259,45 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     node_runtime(None)
 }
 
-/// Waits for SIGINT/SIGTERM (returns `None`) or for Raft to stop on a storage error (returns
-/// why: an fsync failure is fatal for the node).
-async fn wait_for_stop(node: &Node) -> Option<String> {
+/// Waits for SIGINT/SIGTERM (`stop`, returns `None`) or for Raft to stop on a storage error
+/// (returns why: an fsync failure is fatal for the node).
+async fn wait_for_stop(node: &Node, stop: impl Future<Output = ()>) -> Option<String> {
     tokio::select! {
-        _ = shutdown_signal() => None,
+        _ = stop => None,
         why = node.failure() => Some(why),
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that resolves on either.
+///
+/// The handlers are in place when this returns, not when the future is first polled: a
+/// command that announces it is ready (`serve`'s startup line) calls this first, so a SIGTERM
+/// sent right after the announcement stops it cleanly instead of ending it by the signal.
+/// Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(target: "replog", error = %e, "cannot handle {name}: it ends the process without a clean stop");
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    let int = install(SignalKind::interrupt(), "SIGINT");
+    let term = install(SignalKind::terminate(), "SIGTERM");
+    async move {
+        let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = recv(int) => {}
+            _ = recv(term) => {}
+        }
     }
 }
 
