@@ -740,9 +740,18 @@ fn bad_input_gets_the_documented_code_and_changes_nothing() {
 /// only when it gives up), and the final error names what was tried, how often and how long.
 #[test]
 fn an_unreachable_endpoint_is_said_at_once_and_the_error_says_what_was_tried() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap().to_string();
-    drop(closed);
+    // Bound, never listening: a connect is refused, and no node another test starts can take
+    // the port meanwhile (a port bound and released was, and this status then succeeded).
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = closed
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .expect("an IPv4 address")
+        .to_string();
     let mut child = Command::new(BIN)
         .args([
             "write",
