@@ -681,15 +681,17 @@ fn bad_input_gets_the_documented_code_and_changes_nothing() {
     );
     assert!(e.contains(&port) && e.contains("in use"), "{e}");
     drop(taken);
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().to_string();
-    drop(free);
+    // The client address is advertised, not bound (no port is released for another test's
+    // node to take): the check compares addresses only.
+    let port = "127.0.0.1:1";
     let data = dir.path().join("client-members");
     let e = fails(
         &[
             "serve",
             "--listen",
-            &port,
+            "127.0.0.1:0",
+            "--advertise",
+            port,
             "--peer-listen",
             "127.0.0.1:0",
             "--metrics-listen",
