@@ -20,6 +20,8 @@ pub struct WalMetrics {
     pub tenant_read_bytes: IntCounter,
     /// Segments a tenant-filtered replay scanned because they had no usable tenant index.
     pub tenant_scans: IntCounter,
+    /// Segment rolls that waited for the next segment's file (its preparation had not ended).
+    pub roll_waits: IntCounter,
 }
 
 impl WalMetrics {
@@ -69,6 +71,10 @@ impl WalMetrics {
                 "wal_tenant_scans_total",
                 "Segments a tenant-filtered replay scanned whole because they had no usable tenant index.",
             )?,
+            roll_waits: IntCounter::new(
+                "wal_roll_waits_total",
+                "Segment rolls that waited for the next segment's file because its preparation (zero-fill) had not ended.",
+            )?,
         };
         if let Some(r) = registry {
             r.register(Box::new(m.entries_written.clone()))?;
@@ -81,6 +87,7 @@ impl WalMetrics {
             r.register(Box::new(m.segments_repaired.clone()))?;
             r.register(Box::new(m.tenant_read_bytes.clone()))?;
             r.register(Box::new(m.tenant_scans.clone()))?;
+            r.register(Box::new(m.roll_waits.clone()))?;
         }
         Ok(m)
     }

@@ -4,9 +4,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
 
 use super::config::{Preallocate, WalConfig};
 use super::error::{Result, WalError};
@@ -17,6 +20,98 @@ use crate::fs::{FileSystem, WalFile, is_enospc, write_all_at};
 /// Bytes zero-filled between two writeback starts. With at most two steps queued at the disk
 /// (see `prepare`), a writer's fsync waits behind at most this much zero-fill twice over.
 const ZERO_FILL_STEP_BYTES: usize = 256 << 10;
+
+/// Bytes a paced zero-fill writes at once, before it waits for the writer ([`FillPace`]).
+const FILL_HEAD_START_BYTES: u64 = 1 << 20;
+
+/// Longest a paced zero-fill sleeps before it looks at the writer's progress again.
+const FILL_MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// How fast the zero-fill of the next segment goes: twice as fast as the writer fills the
+/// active segment, not as fast as the disk goes. Every fdatasync of the active segment flushes
+/// the disk's cache, zeros included, so each fsync during a fill at full speed flushed up to
+/// two steps of zeros with its own few KiB (see the README's numbers). Paced, the fill may be
+/// at most `FILL_HEAD_START_BYTES` plus twice what the writer added to the active segment
+/// since the fill began: it ends when the writer has added about half a segment (after a
+/// roll: the active segment is half full, the other half is margin; for the segment a log was
+/// opened with, asked for at a quarter, at three quarters). It goes at full speed while the
+/// writer waits for the file (a roll came first: `hurry`), and stops on close (`cancel`).
+pub(crate) struct FillPace {
+    /// Bytes in the active segment, set by the writer as it appends.
+    active_len: AtomicU64,
+    hurry: AtomicBool,
+    cancel: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl FillPace {
+    fn new() -> FillPace {
+        FillPace {
+            active_len: AtomicU64::new(0),
+            hurry: AtomicBool::new(false),
+            cancel: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// A pace that never waits (recovery's file, and tests).
+    pub(crate) fn unpaced() -> FillPace {
+        let p = FillPace::new();
+        p.hurry.store(true, Ordering::SeqCst);
+        p
+    }
+
+    #[cfg(test)]
+    fn progress_for_test(&self, active_len: u64) {
+        self.active_len.store(active_len, Ordering::Relaxed);
+    }
+
+    fn set(&self, flag: &AtomicBool, on: bool) {
+        let _guard = self.lock.lock();
+        flag.store(on, Ordering::SeqCst);
+        self.wake.notify_all();
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a fill of `size` bytes may go past `filled` bytes: the writer has added
+    /// enough to the active segment since `start` (its length when the fill began), or the fill
+    /// must hurry. `Err(Closed)` once cancelled.
+    fn wait_turn(&self, start: u64, filled: u64, size: u64) -> Result<()> {
+        let mut seen: Option<(Instant, u64)> = None;
+        loop {
+            if self.cancelled() {
+                return Err(WalError::Closed);
+            }
+            let active = self.active_len.load(Ordering::Relaxed);
+            let grown = active.saturating_sub(start);
+            let allowed = FILL_HEAD_START_BYTES.saturating_add(grown.saturating_mul(2));
+            if filled < allowed || filled >= size || self.hurry.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            // Sleep about as long as the writer takes to earn the next step, at its last rate.
+            let now = Instant::now();
+            let wait = match seen {
+                Some((at, before)) if active > before => {
+                    let rate = (active - before) as f64 / now.duration_since(at).as_secs_f64();
+                    let needed = (filled - allowed) as f64 / 2.0 + 1.0;
+                    Duration::from_secs_f64((needed / rate).min(FILL_MAX_WAIT.as_secs_f64()))
+                        .max(Duration::from_millis(1))
+                }
+                _ => FILL_MAX_WAIT,
+            };
+            seen = Some((now, active));
+            let mut guard = self.lock.lock();
+            if !self.cancelled() && !self.hurry.load(Ordering::SeqCst) {
+                self.wake.wait_for(&mut guard, wait);
+            }
+        }
+    }
+}
 
 pub(crate) struct Prepared {
     pub path: PathBuf,
@@ -38,8 +133,9 @@ pub(crate) struct Preparer {
     /// The number of the next file to ask for (0 is recovery's).
     next: u64,
     ready: Option<Prepared>,
-    /// Set on close: a zero-fill in progress stops, leaving its file for `discard` to delete.
-    cancel: Arc<AtomicBool>,
+    /// The zero-fill's pace; its `cancel`, set on close, stops a fill in progress and leaves
+    /// its file for `discard` to delete.
+    pace: Arc<FillPace>,
     sh: Arc<Shared>,
 }
 
@@ -48,14 +144,14 @@ impl Preparer {
         let (req_tx, req_rx) = sync_channel::<u64>(1);
         let (res_tx, res_rx) = sync_channel(1);
         let thread_sh = sh.clone();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let thread_cancel = cancel.clone();
+        let pace = Arc::new(FillPace::new());
+        let thread_pace = pace.clone();
         let handle = std::thread::Builder::new()
             .name("wal-preparer".into())
             .spawn(move || {
                 while let Ok(n) = req_rx.recv() {
                     if res_tx
-                        .send(prepare(&*thread_sh.fs, &thread_sh.cfg, n, &thread_cancel))
+                        .send(prepare(&*thread_sh.fs, &thread_sh.cfg, n, &thread_pace))
                         .is_err()
                     {
                         break;
@@ -69,7 +165,7 @@ impl Preparer {
                 outstanding: None,
                 next: 1,
                 ready: None,
-                cancel,
+                pace,
                 sh,
             },
             handle,
@@ -89,7 +185,12 @@ impl Preparer {
         }
     }
 
-    /// A prepared file, waiting for it if needed.
+    /// Tells a paced zero-fill how full the active segment is (`FillPace`).
+    pub(crate) fn progress(&self, active_len: u64) {
+        self.pace.active_len.store(active_len, Ordering::Relaxed);
+    }
+
+    /// A prepared file, waiting for it if needed (the fill then goes at full speed).
     pub(crate) fn take(&mut self) -> Result<Prepared> {
         if let Some(p) = self.ready.take() {
             return Ok(p);
@@ -98,12 +199,21 @@ impl Preparer {
         if self.outstanding.take().is_none() {
             return Err(WalError::Closed);
         }
-        self.rx.recv().map_err(|_| WalError::Closed)?
+        match self.rx.try_recv() {
+            Ok(r) => return r,
+            Err(TryRecvError::Disconnected) => return Err(WalError::Closed),
+            Err(TryRecvError::Empty) => self.sh.metrics.roll_waits.inc(),
+        }
+        // Only this file is under way, and it is done once received: the next one is paced.
+        self.pace.set(&self.pace.hurry, true);
+        let r = self.rx.recv().map_err(|_| WalError::Closed);
+        self.pace.set(&self.pace.hurry, false);
+        r?
     }
 
     /// Stops the thread and deletes the file it was asked for if nobody used it.
     pub(crate) fn discard(&mut self) {
-        self.cancel.store(true, Ordering::SeqCst);
+        self.pace.set(&self.pace.cancel, true);
         let unused = match (self.ready.take(), self.outstanding.take()) {
             (Some(p), _) => Some(p.path),
             (None, Some(n)) => {
@@ -125,13 +235,15 @@ fn prealloc_path(cfg: &WalConfig, n: u64) -> PathBuf {
 }
 
 /// Creates `prealloc-N.tmp`, zero-filled to `segment_size` when `preallocate` is on, fsync'd.
-/// Stopped by `cancel` (a zero-fill only), it returns `Closed` and leaves the file to the caller.
+/// A zero-fill goes at `pace`; stopped by its `cancel`, it returns `Closed` and leaves the file
+/// to the caller.
 pub(crate) fn prepare(
     fs: &dyn FileSystem,
     cfg: &WalConfig,
     n: u64,
-    cancel: &AtomicBool,
+    pace: &FillPace,
 ) -> Result<Prepared> {
+    let began = Instant::now();
     let dir = &cfg.directory;
     let size = cfg.segment_size.as_u64();
     let required_bytes = size + cfg.min_free_bytes.as_u64();
@@ -172,10 +284,9 @@ pub(crate) fn prepare(
             let zeros = vec![0u8; (ZERO_FILL_STEP_BYTES as u64).min(size) as usize];
             let mut at = 0;
             let mut previous: Option<(u64, u64)> = None;
+            let start = pace.active_len.load(Ordering::Relaxed);
             while at < size {
-                if cancel.load(Ordering::SeqCst) {
-                    return Err(WalError::Closed);
-                }
+                pace.wait_turn(start, at, size)?;
                 let n = zeros.len().min((size - at) as usize) as u64;
                 write_all_at(&*file, &zeros[..n as usize], at).map_err(no_space)?;
                 file.start_writeback(at, n)?;
@@ -189,6 +300,12 @@ pub(crate) fn prepare(
         }
     };
     file.sync_data()?;
+    tracing::debug!(
+        file = n,
+        bytes = len,
+        elapsed_ms = began.elapsed().as_millis() as u64,
+        "next segment file prepared"
+    );
     Ok(Prepared { path, file, len })
 }
 
@@ -330,7 +447,7 @@ mod tests {
             preallocate: Preallocate::Zero,
             ..WalConfig::new("/wal")
         };
-        let prepared = prepare(&fs, &cfg, 1, &AtomicBool::new(false)).unwrap();
+        let prepared = prepare(&fs, &cfg, 1, &FillPace::unpaced()).unwrap();
         assert_eq!(prepared.len, size);
         assert_eq!(prepared.file.len().unwrap(), size);
 
@@ -360,5 +477,96 @@ mod tests {
         }
         assert_eq!((written, started), (size, size));
         assert!(queued.len() <= 1, "{queued:?}");
+    }
+
+    /// Zero bytes written so far by the recorded calls.
+    fn zeros_written(calls: &Mutex<Vec<Call>>) -> u64 {
+        let calls = calls.lock().unwrap();
+        calls
+            .iter()
+            .map(|c| match *c {
+                Call::Write(_, n) => n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Waits (up to a deadline) until `done` holds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn paced_fill(
+        size: u64,
+    ) -> (
+        Arc<Mutex<Vec<Call>>>,
+        Arc<FillPace>,
+        std::thread::JoinHandle<Result<Prepared>>,
+    ) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fs = RecordingFs {
+            inner: MemFs::new(),
+            calls: calls.clone(),
+        };
+        fs.create_dir_all(Path::new("/wal")).unwrap();
+        let cfg = WalConfig {
+            segment_size: bytesize::ByteSize::b(size),
+            min_free_bytes: bytesize::ByteSize::b(0),
+            preallocate: Preallocate::Zero,
+            ..WalConfig::new("/wal")
+        };
+        let pace = Arc::new(FillPace::new());
+        let thread_pace = pace.clone();
+        let fill = std::thread::spawn(move || prepare(&fs, &cfg, 1, &thread_pace));
+        (calls, pace, fill)
+    }
+
+    /// A paced fill writes its head start, then keeps within twice what the writer added to the
+    /// active segment (plus the head start and one step), and goes at full speed when the
+    /// writer waits for it.
+    #[test]
+    fn a_paced_zero_fill_keeps_twice_ahead_of_the_writer() {
+        let step = ZERO_FILL_STEP_BYTES as u64;
+        let size = 64 * step;
+        let (calls, pace, fill) = paced_fill(size);
+        let mut active = 0;
+        for _ in 0..4 {
+            let allowed = FILL_HEAD_START_BYTES + 2 * active;
+            wait_until("the fill to reach its allowance", || {
+                zeros_written(&calls) >= allowed
+            });
+            let written = zeros_written(&calls);
+            assert!(
+                written <= allowed + step,
+                "{written} bytes zero-filled with {active} in the active segment (at most {} allowed)",
+                allowed + step
+            );
+            active += 3 * step;
+            pace.progress_for_test(active);
+        }
+        assert!(
+            zeros_written(&calls) < size,
+            "the fill ended ahead of the writer"
+        );
+        // The roll came first: the writer waits, so the fill hurries to the end.
+        pace.set(&pace.hurry, true);
+        let prepared = fill.join().unwrap().unwrap();
+        assert_eq!(prepared.len, size);
+        assert_eq!(zeros_written(&calls), size);
+    }
+
+    /// Close stops a paced fill that waits for the writer.
+    #[test]
+    fn close_stops_a_paced_zero_fill_that_waits() {
+        let (calls, pace, fill) = paced_fill(64 * ZERO_FILL_STEP_BYTES as u64);
+        wait_until("the head start", || {
+            zeros_written(&calls) >= FILL_HEAD_START_BYTES
+        });
+        pace.set(&pace.cancel, true);
+        assert!(matches!(fill.join().unwrap(), Err(WalError::Closed)));
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use super::config::WalConfig;
 use super::error::{Corruption, Result, WalError};
 use super::meta;
-use super::preparer::{install_file, prepare};
+use super::preparer::{FillPace, install_file, prepare};
 use super::scan::{self, ScanEnd, Tail, read_header, scan_options};
 use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader, SegmentMeta};
 use super::state::{Active, Damage, LogState, SegState, now_us};
@@ -187,7 +187,7 @@ fn start_fresh(
         first_seq: first.seq.max(1),
         created_us: now_us(),
     };
-    let prepared = prepare(fs, cfg, 0, &std::sync::atomic::AtomicBool::new(false))?;
+    let prepared = prepare(fs, cfg, 0, &FillPace::unpaced())?;
     let path = install_file(fs, &cfg.directory, &prepared, &header)?;
     segments.insert(
         header.first_index,

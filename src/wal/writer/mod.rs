@@ -575,6 +575,7 @@ impl Writer {
         self.published = (self.next_index, self.next_seq, self.last_term);
         self.sh.metrics.entries_written.inc_by(records);
         self.sh.metrics.bytes_written.inc_by(bytes);
+        self.preparer.progress(self.active_len);
         self.prepare_next_when_due();
     }
 
@@ -710,6 +711,7 @@ impl Writer {
         self.sh.note_synced(self.active_id, self.active_len);
         self.synced_hint = SEGMENT_HEADER_LEN as u32;
         // The next segment is made while this one fills, so a roll never waits for it.
+        self.preparer.progress(self.active_len);
         self.preparer.request();
         Ok(())
     }
