@@ -1022,6 +1022,7 @@ fn metrics_parse_and_follow_prometheus_conventions() {
         "wal_sync_duration_seconds",
         "wal_segments",
         "wal_segments_count",
+        "wal_roll_waits_total",
     ] {
         assert!(names.contains(want), "{want} missing from {names:?}");
     }
