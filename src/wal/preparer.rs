@@ -230,6 +230,14 @@ impl Preparer {
     }
 }
 
+/// A writer that goes away without `discard` (it failed or panicked) still stops a fill that
+/// waits for its progress, so the thread ends and can be joined.
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        self.pace.set(&self.pace.cancel, true);
+    }
+}
+
 fn prealloc_path(cfg: &WalConfig, n: u64) -> PathBuf {
     cfg.directory.join(format!("prealloc-{n}.tmp"))
 }
