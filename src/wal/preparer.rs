@@ -27,15 +27,15 @@ const FILL_HEAD_START_BYTES: u64 = 1 << 20;
 /// Longest a paced zero-fill sleeps before it looks at the writer's progress again.
 const FILL_MAX_WAIT: Duration = Duration::from_millis(50);
 
-/// How fast the zero-fill of the next segment goes: twice as fast as the writer fills the
-/// active segment, not as fast as the disk goes. Every fdatasync of the active segment flushes
-/// the disk's cache, zeros included, so each fsync during a fill at full speed flushed up to
-/// two steps of zeros with its own few KiB (see the README's numbers). Paced, the fill may be
-/// at most `FILL_HEAD_START_BYTES` plus twice what the writer added to the active segment
-/// since the fill began: it ends when the writer has added about half a segment (after a
-/// roll: the active segment is half full, the other half is margin; for the segment a log was
-/// opened with, asked for at a quarter, at three quarters). It goes at full speed while the
-/// writer waits for the file (a roll came first: `hurry`), and stops on close (`cancel`).
+/// How fast the zero-fill of the next segment goes: twice as fast as the writer uses the room
+/// the active segment had left when the fill began, not as fast as the disk goes. Every
+/// fdatasync of the active segment flushes the disk's cache, zeros included, so each fsync
+/// during a fill at full speed flushed up to two steps of zeros with its own few KiB (see the
+/// README's numbers). Paced, the fill may be `FILL_HEAD_START_BYTES` plus twice the writer's
+/// share of that room in: it ends when the writer has used about half the room (after a roll,
+/// when the active segment is half full; for the segment a log was opened with, asked for at
+/// a quarter or later, half way from there to its end). It goes at full speed while the writer
+/// waits for the file (a roll came first: `hurry`), and stops on close (`cancel`).
 pub(crate) struct FillPace {
     /// Bytes in the active segment, set by the writer as it appends.
     active_len: AtomicU64,
@@ -63,9 +63,16 @@ impl FillPace {
         p
     }
 
-    #[cfg(test)]
-    fn progress_for_test(&self, active_len: u64) {
+    fn progress(&self, active_len: u64) {
         self.active_len.store(active_len, Ordering::Relaxed);
+    }
+
+    fn hurry(&self, on: bool) {
+        self.set(&self.hurry, on);
+    }
+
+    fn cancel(&self) {
+        self.set(&self.cancel, true);
     }
 
     fn set(&self, flag: &AtomicBool, on: bool) {
@@ -78,19 +85,23 @@ impl FillPace {
         self.cancel.load(Ordering::SeqCst)
     }
 
-    /// Waits until a fill of `size` bytes may go past `filled` bytes: the writer has added
+    /// Waits until a fill of a `size`-byte file may go past `filled` bytes: the writer has added
     /// enough to the active segment since `start` (its length when the fill began), or the fill
     /// must hurry. `Err(Closed)` once cancelled.
     fn wait_turn(&self, start: u64, filled: u64, size: u64) -> Result<()> {
+        // The fill has the active segment's room left when it began: twice the writer's pace
+        // through that room ends it when half the room is used.
+        let room = size.saturating_sub(start).max(1) as f64;
+        let per_written_byte = 2.0 * size as f64 / room;
         let mut seen: Option<(Instant, u64)> = None;
         loop {
             if self.cancelled() {
                 return Err(WalError::Closed);
             }
             let active = self.active_len.load(Ordering::Relaxed);
-            let grown = active.saturating_sub(start);
-            let allowed = FILL_HEAD_START_BYTES.saturating_add(grown.saturating_mul(2));
-            if filled < allowed || filled >= size || self.hurry.load(Ordering::SeqCst) {
+            let grown = active.saturating_sub(start) as f64;
+            let behind = filled as f64 - (FILL_HEAD_START_BYTES as f64 + grown * per_written_byte);
+            if behind < 0.0 || self.hurry.load(Ordering::SeqCst) {
                 return Ok(());
             }
             // Sleep about as long as the writer takes to earn the next step, at its last rate.
@@ -98,7 +109,7 @@ impl FillPace {
             let wait = match seen {
                 Some((at, before)) if active > before => {
                     let rate = (active - before) as f64 / now.duration_since(at).as_secs_f64();
-                    let needed = (filled - allowed) as f64 / 2.0 + 1.0;
+                    let needed = (behind + 1.0) / per_written_byte;
                     Duration::from_secs_f64((needed / rate).min(FILL_MAX_WAIT.as_secs_f64()))
                         .max(Duration::from_millis(1))
                 }
@@ -187,7 +198,7 @@ impl Preparer {
 
     /// Tells a paced zero-fill how full the active segment is (`FillPace`).
     pub(crate) fn progress(&self, active_len: u64) {
-        self.pace.active_len.store(active_len, Ordering::Relaxed);
+        self.pace.progress(active_len);
     }
 
     /// A prepared file, waiting for it if needed (the fill then goes at full speed).
@@ -205,15 +216,15 @@ impl Preparer {
             Err(TryRecvError::Empty) => self.sh.metrics.roll_waits.inc(),
         }
         // Only this file is under way, and it is done once received: the next one is paced.
-        self.pace.set(&self.pace.hurry, true);
+        self.pace.hurry(true);
         let r = self.rx.recv().map_err(|_| WalError::Closed);
-        self.pace.set(&self.pace.hurry, false);
+        self.pace.hurry(false);
         r?
     }
 
     /// Stops the thread and deletes the file it was asked for if nobody used it.
     pub(crate) fn discard(&mut self) {
-        self.pace.set(&self.pace.cancel, true);
+        self.pace.cancel();
         let unused = match (self.ready.take(), self.outstanding.take()) {
             (Some(p), _) => Some(p.path),
             (None, Some(n)) => {
@@ -234,7 +245,7 @@ impl Preparer {
 /// waits for its progress, so the thread ends and can be joined.
 impl Drop for Preparer {
     fn drop(&mut self) {
-        self.pace.set(&self.pace.cancel, true);
+        self.pace.cancel();
     }
 }
 
@@ -554,17 +565,52 @@ mod tests {
                 allowed + step
             );
             active += 3 * step;
-            pace.progress_for_test(active);
+            pace.progress(active);
         }
         assert!(
             zeros_written(&calls) < size,
             "the fill ended ahead of the writer"
         );
         // The roll came first: the writer waits, so the fill hurries to the end.
-        pace.set(&pace.hurry, true);
+        pace.hurry(true);
         let prepared = fill.join().unwrap().unwrap();
         assert_eq!(prepared.len, size);
         assert_eq!(zeros_written(&calls), size);
+    }
+
+    /// A fill asked for late (the active segment three quarters full) keeps pace with the
+    /// quarter left: it ends, without hurrying, once the writer has used half of it.
+    #[test]
+    fn a_paced_zero_fill_asked_for_late_ends_half_way_through_the_room_left() {
+        let step = ZERO_FILL_STEP_BYTES as u64;
+        let size = 64 * step;
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fs = RecordingFs {
+            inner: MemFs::new(),
+            calls: calls.clone(),
+        };
+        fs.create_dir_all(Path::new("/wal")).unwrap();
+        let cfg = WalConfig {
+            segment_size: bytesize::ByteSize::b(size),
+            min_free_bytes: bytesize::ByteSize::b(0),
+            preallocate: Preallocate::Zero,
+            ..WalConfig::new("/wal")
+        };
+        let pace = Arc::new(FillPace::new());
+        pace.progress(48 * step);
+        let thread_pace = pace.clone();
+        let fill = std::thread::spawn(move || prepare(&fs, &cfg, 1, &thread_pace));
+        wait_until("the head start", || {
+            zeros_written(&calls) >= FILL_HEAD_START_BYTES
+        });
+        assert!(
+            zeros_written(&calls) < size,
+            "the fill did not wait for the writer"
+        );
+        pace.progress(56 * step);
+        wait_until("the fill to end", || fill.is_finished());
+        let prepared = fill.join().unwrap().unwrap();
+        assert_eq!(prepared.len, size);
     }
 
     /// Close stops a paced fill that waits for the writer.
@@ -574,7 +620,7 @@ mod tests {
         wait_until("the head start", || {
             zeros_written(&calls) >= FILL_HEAD_START_BYTES
         });
-        pace.set(&pace.cancel, true);
+        pace.cancel();
         assert!(matches!(fill.join().unwrap(), Err(WalError::Closed)));
     }
 }
