@@ -519,8 +519,10 @@ mod tests {
         }
     }
 
+    /// A paced fill of a `size`-byte file, begun with `active_len` bytes in the active segment.
     fn paced_fill(
         size: u64,
+        active_len: u64,
     ) -> (
         Arc<Mutex<Vec<Call>>>,
         Arc<FillPace>,
@@ -539,6 +541,7 @@ mod tests {
             ..WalConfig::new("/wal")
         };
         let pace = Arc::new(FillPace::new());
+        pace.progress(active_len);
         let thread_pace = pace.clone();
         let fill = std::thread::spawn(move || prepare(&fs, &cfg, 1, &thread_pace));
         (calls, pace, fill)
@@ -551,7 +554,7 @@ mod tests {
     fn a_paced_zero_fill_keeps_twice_ahead_of_the_writer() {
         let step = ZERO_FILL_STEP_BYTES as u64;
         let size = 64 * step;
-        let (calls, pace, fill) = paced_fill(size);
+        let (calls, pace, fill) = paced_fill(size, 0);
         let mut active = 0;
         for _ in 0..4 {
             let allowed = FILL_HEAD_START_BYTES + 2 * active;
@@ -584,22 +587,7 @@ mod tests {
     fn a_paced_zero_fill_asked_for_late_ends_half_way_through_the_room_left() {
         let step = ZERO_FILL_STEP_BYTES as u64;
         let size = 64 * step;
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let fs = RecordingFs {
-            inner: MemFs::new(),
-            calls: calls.clone(),
-        };
-        fs.create_dir_all(Path::new("/wal")).unwrap();
-        let cfg = WalConfig {
-            segment_size: bytesize::ByteSize::b(size),
-            min_free_bytes: bytesize::ByteSize::b(0),
-            preallocate: Preallocate::Zero,
-            ..WalConfig::new("/wal")
-        };
-        let pace = Arc::new(FillPace::new());
-        pace.progress(48 * step);
-        let thread_pace = pace.clone();
-        let fill = std::thread::spawn(move || prepare(&fs, &cfg, 1, &thread_pace));
+        let (calls, pace, fill) = paced_fill(size, 48 * step);
         wait_until("the head start", || {
             zeros_written(&calls) >= FILL_HEAD_START_BYTES
         });
@@ -616,7 +604,7 @@ mod tests {
     /// Close stops a paced fill that waits for the writer.
     #[test]
     fn close_stops_a_paced_zero_fill_that_waits() {
-        let (calls, pace, fill) = paced_fill(64 * ZERO_FILL_STEP_BYTES as u64);
+        let (calls, pace, fill) = paced_fill(64 * ZERO_FILL_STEP_BYTES as u64, 0);
         wait_until("the head start", || {
             zeros_written(&calls) >= FILL_HEAD_START_BYTES
         });
