@@ -41,6 +41,8 @@ pub(crate) struct FillPace {
     active_len: AtomicU64,
     hurry: AtomicBool,
     cancel: AtomicBool,
+    /// Times the fill went to sleep waiting for the writer (tests watch it).
+    waits: AtomicU64,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -51,6 +53,7 @@ impl FillPace {
             active_len: AtomicU64::new(0),
             hurry: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
+            waits: AtomicU64::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }
@@ -118,6 +121,7 @@ impl FillPace {
             seen = Some((now, active));
             let mut guard = self.lock.lock();
             if !self.cancelled() && !self.hurry.load(Ordering::SeqCst) {
+                self.waits.fetch_add(1, Ordering::Relaxed);
                 self.wake.wait_for(&mut guard, wait);
             }
         }
@@ -519,6 +523,25 @@ mod tests {
         }
     }
 
+    /// Waits until the fill has written `allowed` bytes and then gone to sleep waiting for the
+    /// writer, and checks it stopped within one step of `allowed`.
+    fn stops_at(calls: &Mutex<Vec<Call>>, pace: &FillPace, allowed: u64) {
+        wait_until("the fill to reach its allowance", || {
+            zeros_written(calls) >= allowed
+        });
+        let waits = pace.waits.load(Ordering::Relaxed);
+        wait_until("the fill to wait for the writer", || {
+            pace.waits.load(Ordering::Relaxed) > waits
+        });
+        let written = zeros_written(calls);
+        let step = ZERO_FILL_STEP_BYTES as u64;
+        assert!(
+            written <= allowed + step,
+            "{written} bytes zero-filled, at most {} allowed",
+            allowed + step
+        );
+    }
+
     /// A paced fill of a `size`-byte file, begun with `active_len` bytes in the active segment.
     fn paced_fill(
         size: u64,
@@ -557,23 +580,10 @@ mod tests {
         let (calls, pace, fill) = paced_fill(size, 0);
         let mut active = 0;
         for _ in 0..4 {
-            let allowed = FILL_HEAD_START_BYTES + 2 * active;
-            wait_until("the fill to reach its allowance", || {
-                zeros_written(&calls) >= allowed
-            });
-            let written = zeros_written(&calls);
-            assert!(
-                written <= allowed + step,
-                "{written} bytes zero-filled with {active} in the active segment (at most {} allowed)",
-                allowed + step
-            );
+            stops_at(&calls, &pace, FILL_HEAD_START_BYTES + 2 * active);
             active += 3 * step;
             pace.progress(active);
         }
-        assert!(
-            zeros_written(&calls) < size,
-            "the fill ended ahead of the writer"
-        );
         // The roll came first: the writer waits, so the fill hurries to the end.
         pace.hurry(true);
         let prepared = fill.join().unwrap().unwrap();
@@ -588,13 +598,8 @@ mod tests {
         let step = ZERO_FILL_STEP_BYTES as u64;
         let size = 64 * step;
         let (calls, pace, fill) = paced_fill(size, 48 * step);
-        wait_until("the head start", || {
-            zeros_written(&calls) >= FILL_HEAD_START_BYTES
-        });
-        assert!(
-            zeros_written(&calls) < size,
-            "the fill did not wait for the writer"
-        );
+        stops_at(&calls, &pace, FILL_HEAD_START_BYTES);
+        // Half of the 16 steps left: the allowance is the head start and 8 x 2 x 64 / 16 steps.
         pace.progress(56 * step);
         wait_until("the fill to end", || fill.is_finished());
         let prepared = fill.join().unwrap().unwrap();
@@ -605,10 +610,9 @@ mod tests {
     #[test]
     fn close_stops_a_paced_zero_fill_that_waits() {
         let (calls, pace, fill) = paced_fill(64 * ZERO_FILL_STEP_BYTES as u64, 0);
-        wait_until("the head start", || {
-            zeros_written(&calls) >= FILL_HEAD_START_BYTES
-        });
+        stops_at(&calls, &pace, FILL_HEAD_START_BYTES);
         pace.cancel();
+        wait_until("the fill to stop", || fill.is_finished());
         assert!(matches!(fill.join().unwrap(), Err(WalError::Closed)));
     }
 }
