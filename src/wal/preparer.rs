@@ -453,23 +453,29 @@ mod tests {
         }
     }
 
-    /// The zero-fill covers the segment once, in order, and never has more than two steps'
-    /// writeback under way: each step waits for the one before it, and the fdatasync comes last.
-    #[test]
-    fn zero_fill_keeps_at_most_two_steps_of_writeback_queued() {
+    /// A recording file system and a config that zero-fills `size`-byte segments in it.
+    fn recording_zero_fill(size: u64) -> (Arc<Mutex<Vec<Call>>>, RecordingFs, WalConfig) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let fs = RecordingFs {
             inner: MemFs::new(),
             calls: calls.clone(),
         };
         fs.create_dir_all(Path::new("/wal")).unwrap();
-        let size = 8 * ZERO_FILL_STEP_BYTES as u64 + 100;
         let cfg = WalConfig {
             segment_size: bytesize::ByteSize::b(size),
             min_free_bytes: bytesize::ByteSize::b(0),
             preallocate: Preallocate::Zero,
             ..WalConfig::new("/wal")
         };
+        (calls, fs, cfg)
+    }
+
+    /// The zero-fill covers the segment once, in order, and never has more than two steps'
+    /// writeback under way: each step waits for the one before it, and the fdatasync comes last.
+    #[test]
+    fn zero_fill_keeps_at_most_two_steps_of_writeback_queued() {
+        let size = 8 * ZERO_FILL_STEP_BYTES as u64 + 100;
+        let (calls, fs, cfg) = recording_zero_fill(size);
         let prepared = prepare(&fs, &cfg, 1, &FillPace::unpaced()).unwrap();
         assert_eq!(prepared.len, size);
         assert_eq!(prepared.file.len().unwrap(), size);
@@ -551,18 +557,7 @@ mod tests {
         Arc<FillPace>,
         std::thread::JoinHandle<Result<Prepared>>,
     ) {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let fs = RecordingFs {
-            inner: MemFs::new(),
-            calls: calls.clone(),
-        };
-        fs.create_dir_all(Path::new("/wal")).unwrap();
-        let cfg = WalConfig {
-            segment_size: bytesize::ByteSize::b(size),
-            min_free_bytes: bytesize::ByteSize::b(0),
-            preallocate: Preallocate::Zero,
-            ..WalConfig::new("/wal")
-        };
+        let (calls, fs, cfg) = recording_zero_fill(size);
         let pace = Arc::new(FillPace::new());
         pace.progress(active_len);
         let thread_pace = pace.clone();
@@ -586,6 +581,7 @@ mod tests {
         }
         // The roll came first: the writer waits, so the fill hurries to the end.
         pace.hurry(true);
+        wait_until("the fill to end", || fill.is_finished());
         let prepared = fill.join().unwrap().unwrap();
         assert_eq!(prepared.len, size);
         assert_eq!(zeros_written(&calls), size);
