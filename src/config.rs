@@ -330,6 +330,12 @@ pub struct RaftSection {
     /// Bytes of the newest log entries kept in memory, so replicating and applying them reads
     /// no file. Default 32MiB; 0 turns it off.
     pub entry_cache_bytes: ByteSize,
+    /// How long the leader holds a follower's commit-index update that has no entries to ride
+    /// with, waiting for the next entries to carry it (one message instead of two). Default
+    /// 5ms: a follower learns a commit at most that much later when writes stop; 0 sends each
+    /// at once.
+    #[serde(with = "humantime_serde")]
+    pub commit_linger: Duration,
 }
 
 impl Default for RaftSection {
@@ -344,6 +350,7 @@ impl Default for RaftSection {
             append_max_bytes: ByteSize(n.append_max_bytes as u64),
             connect_timeout: n.connect_timeout,
             entry_cache_bytes: ByteSize(crate::raft::log_store::DEFAULT_ENTRY_CACHE_BYTES as u64),
+            commit_linger: n.commit_linger,
         }
     }
 }
@@ -464,6 +471,15 @@ impl Config {
             check_host_port("cluster.join", j)?;
         }
         self.node_config()?.raft_config_check()?;
+        if self.raft.commit_linger >= self.raft.heartbeat_interval {
+            return Err(bad(
+                "raft.commit_linger",
+                format!(
+                    "must be shorter than raft.heartbeat_interval ({:?}), got {:?}",
+                    self.raft.heartbeat_interval, self.raft.commit_linger
+                ),
+            ));
+        }
         self.limits
             .validate()
             .map_err(|e| ConfigError(e.to_string()))?;
@@ -521,6 +537,7 @@ impl Config {
             max_message_bytes: self.limits.max_message_bytes.as_u64() as usize,
             append_max_bytes: self.raft.append_max_bytes.as_u64() as usize,
             connect_timeout: self.raft.connect_timeout,
+            commit_linger: self.raft.commit_linger,
         };
         cfg.max_payload_entries = self.raft.max_payload_entries;
         cfg.entry_cache_bytes = self.raft.entry_cache_bytes.as_u64() as usize;
@@ -777,6 +794,10 @@ mod tests {
             ("node:\n  listen: nowhere\n", "node.listen"),
             ("wal:\n  segment_size: 1KiB\n", "segment_size"),
             ("wal:\n  sync_policy: sometimes\n", "sync_policy"),
+            (
+                "raft:\n  heartbeat_interval: 50ms\n  commit_linger: 50ms\n",
+                "raft.commit_linger",
+            ),
             (
                 "limits:\n  max_batch_entries: 0\n",
                 "limits.max_batch_entries",

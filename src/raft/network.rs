@@ -6,6 +6,11 @@
 //! - Message bodies are openraft's types encoded with postcard. An AppendEntries is capped at
 //!   `append_max_bytes`: a larger one sends the entries that fit and reports `PartialSuccess`,
 //!   and openraft sends the rest next.
+//! - openraft sends a follower an entry-less AppendEntries each time the commit index moves
+//!   and no new entry is there to carry it: a second message per write at a low rate, with its
+//!   own wake-up, decode, Raft step and reply on the follower. [`defer_commit_updates`] holds
+//!   such a request up to `commit_linger`: the next request carries the same commit and goes
+//!   instead; with none by then it goes as it is.
 //! - [`NetSwitch`] lets tests cut a node off (both directions are checked, here and in the
 //!   server).
 
@@ -29,7 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::log_store::WRITE_PATH;
 use super::snapshot::{CHUNK_BYTES, SnapshotData};
-use super::types::{NodeId, TypeConfig, Vote, from_wire, to_wire};
+use super::types::{LogId, NodeId, TypeConfig, Vote, from_wire, to_wire};
 use crate::proto::raft::{
     DescribeRequest, FetchFramesRequest, FileChunk, RaftMessage, SnapshotChunk, SnapshotHeader,
     raft_service_client::RaftServiceClient, snapshot_chunk::Kind,
@@ -44,6 +49,9 @@ pub struct NetConfig {
     /// Bytes of entries per AppendEntries, at most (one entry is always sent whole).
     pub append_max_bytes: usize,
     pub connect_timeout: Duration,
+    /// How long a commit-only AppendEntries waits on the replication stream for the next
+    /// request, which then carries the commit instead (0: each goes at once).
+    pub commit_linger: Duration,
 }
 
 impl Default for NetConfig {
@@ -52,9 +60,15 @@ impl Default for NetConfig {
             max_message_bytes: 64 << 20,
             append_max_bytes: 8 << 20,
             connect_timeout: Duration::from_secs(2),
+            commit_linger: DEFAULT_COMMIT_LINGER,
         }
     }
 }
+
+/// The default `raft.commit_linger`: longer than the gap between a commit and the next write's
+/// entry at a few hundred writes a second, short next to the heartbeat and a follower's
+/// lease.
+pub const DEFAULT_COMMIT_LINGER: Duration = Duration::from_millis(5);
 
 /// A test switch: traffic to or from a blocked peer fails as if the network were cut.
 #[derive(Default)]
@@ -381,6 +395,106 @@ fn split_request(
     }
 }
 
+/// A request on a replication stream, as [`defer_commit_updates`] sees it.
+type AppendReq = AppendEntriesRequest<TypeConfig>;
+
+/// The requests of one replication stream, with each commit-only request (no entries, right
+/// after the previous request's last entry) held up to `linger`: a request that comes
+/// meanwhile from the same leader with at least its commit goes instead, and the held one is
+/// never sent; else it goes when `linger` ends or the stream does. The first request of a
+/// stream (a probe for where the follower's log matches) always goes.
+///
+/// Why openraft is content without its reply: a reply acknowledges every request up to the
+/// log id it matches (openraft drains its in-flight queue by log id, not by count), so the
+/// next request's reply covers the held one, which asked nothing new. The follower learns the
+/// commit at most `linger` later, or with the next entries.
+fn defer_commit_updates<S>(input: S, linger: Duration) -> Deferring<S>
+where
+    S: futures::Stream<Item = AppendReq> + Unpin,
+{
+    Deferring {
+        input,
+        linger,
+        held: None,
+        deadline: Box::pin(tokio::time::sleep(linger)),
+        queued: None,
+        last: None,
+        ended: false,
+    }
+}
+
+/// The stream [`defer_commit_updates`] makes.
+struct Deferring<S> {
+    input: S,
+    linger: Duration,
+    /// A commit-only request waiting for the next one...
+    held: Option<AppendReq>,
+    /// ... until then (armed while one is held).
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// A request to send after the held one it could not replace.
+    queued: Option<AppendReq>,
+    /// The vote and last log id of the last request sent.
+    last: Option<(Vote, Option<LogId>)>,
+    /// The input ended (it is never polled again).
+    ended: bool,
+}
+
+impl<S: futures::Stream<Item = AppendReq> + Unpin> futures::Stream for Deferring<S> {
+    type Item = AppendReq;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<AppendReq>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            let req = match this.queued.take() {
+                Some(r) => r,
+                None if this.ended => return Poll::Ready(this.held.take()),
+                None => match this.input.poll_next_unpin(cx) {
+                    Poll::Ready(Some(r)) => r,
+                    // The stream ends: a held request goes first.
+                    Poll::Ready(None) => {
+                        this.ended = true;
+                        return Poll::Ready(this.held.take());
+                    }
+                    Poll::Pending => {
+                        // Nothing came to carry the commit in time: it goes alone.
+                        if this.held.is_some() && this.deadline.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(this.held.take());
+                        }
+                        return Poll::Pending;
+                    }
+                },
+            };
+            let replaces = this.held.as_ref().map(|held| {
+                req.vote == held.vote && req.leader_commit >= held.leader_commit
+            });
+            if replaces == Some(false) {
+                this.queued = Some(req);
+                return Poll::Ready(this.held.take());
+            }
+            let commit_only = !this.linger.is_zero()
+                && req.entries.is_empty()
+                && this.last.as_ref() == Some(&(req.vote, req.prev_log_id));
+            if commit_only {
+                // A newer commit replacing a held one keeps its deadline.
+                if this.held.is_none() {
+                    let at = tokio::time::Instant::now() + this.linger;
+                    this.deadline.as_mut().reset(at);
+                }
+                this.held = Some(req);
+                continue;
+            }
+            this.held = None;
+            let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
+            this.last = Some((req.vote, last));
+            return Poll::Ready(Some(req));
+        }
+    }
+}
+
 fn decode_stream_reply(
     r: Result<RaftMessage, tonic::Status>,
 ) -> Result<StreamAppendResult<TypeConfig>, RpcErr> {
@@ -409,7 +523,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let (from, max) = (self.from, self.cfg.append_max_bytes);
             let parts = Arc::new(Mutex::new(VecDeque::new()));
             let sent = parts.clone();
-            let outgoing = input
+            let outgoing = defer_commit_updates(input, self.cfg.commit_linger)
                 .flat_map(move |req| {
                     if let Some(last) = req.entries.last() {
                         tracing::trace!(target: WRITE_PATH, stage = "net.send", index = last.log_id.index);
@@ -622,6 +736,122 @@ mod tests {
                 records,
             }),
         )
+    }
+
+    fn vote(term: u64) -> Vote {
+        openraft::impls::Vote::new_committed(term, 1)
+    }
+
+    /// An AppendEntries of `vote`'s term after `prev`, with entries up to `last`, committing
+    /// `commit`.
+    fn append(term: u64, prev: u64, last: u64, commit: u64) -> AppendReq {
+        AppendEntriesRequest {
+            vote: vote(term),
+            prev_log_id: Some(LogId::new_term_index(term, prev)),
+            entries: (prev + 1..=last)
+                .map(|i| {
+                    let mut e = entry(i, 10);
+                    e.log_id = LogId::new_term_index(term, i);
+                    e
+                })
+                .collect(),
+            leader_commit: Some(LogId::new_term_index(term, commit)),
+        }
+    }
+
+    /// (prev, last, commit) of a request.
+    fn shape(r: &AppendReq) -> (u64, u64, u64) {
+        let prev = r.prev_log_id.map_or(0, |l| l.index);
+        let last = r.entries.last().map_or(prev, |e| e.log_id.index);
+        (prev, last, r.leader_commit.map_or(0, |l| l.index))
+    }
+
+    /// Feeds `defer_commit_updates` by hand: what was sent so far, without waiting.
+    struct Feed {
+        tx: futures::channel::mpsc::UnboundedSender<AppendReq>,
+        out: Deferring<futures::channel::mpsc::UnboundedReceiver<AppendReq>>,
+    }
+
+    impl Feed {
+        fn new(linger: Duration) -> Feed {
+            let (tx, rx) = futures::channel::mpsc::unbounded();
+            Feed {
+                tx,
+                out: defer_commit_updates(rx, linger),
+            }
+        }
+
+        fn send(&self, r: AppendReq) {
+            self.tx.unbounded_send(r).unwrap();
+        }
+
+        /// The requests sent by now: polled without waiting (the clock is paused, so only
+        /// `advance` makes a linger end).
+        fn sent(&mut self) -> Vec<(u64, u64, u64)> {
+            use futures::FutureExt;
+            let mut got = Vec::new();
+            while let Some(Some(r)) = self.out.next().now_or_never() {
+                got.push(shape(&r));
+            }
+            got
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_only_request_rides_with_the_next_entries() {
+        let mut f = Feed::new(Duration::from_millis(5));
+        f.send(append(1, 0, 3, 0));
+        assert_eq!(f.sent(), vec![(0, 3, 0)]);
+        // The commit moves with no entry to carry it: held...
+        f.send(append(1, 3, 3, 3));
+        assert_eq!(f.sent(), vec![]);
+        tokio::time::advance(Duration::from_millis(4)).await;
+        assert_eq!(f.sent(), vec![]);
+        // ... and the next entries carry it: the held request is never sent.
+        f.send(append(1, 3, 4, 3));
+        assert_eq!(f.sent(), vec![(3, 4, 3)]);
+        // A newer commit-only request replaces a held one.
+        f.send(append(1, 4, 4, 4));
+        f.send(append(1, 4, 4, 4));
+        assert_eq!(f.sent(), vec![]);
+        // With nothing after it, it goes once the linger ends.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(f.sent(), vec![(4, 4, 4)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_are_not_commit_updates_go_at_once() {
+        let mut f = Feed::new(Duration::from_millis(5));
+        // The first request of a stream (a probe) goes, entries or not.
+        f.send(append(1, 7, 7, 5));
+        assert_eq!(f.sent(), vec![(7, 7, 5)]);
+        // An entry-less request that does not follow the last one sent is not a commit update.
+        f.send(append(1, 6, 6, 5));
+        assert_eq!(f.sent(), vec![(6, 6, 5)]);
+        // A held request goes before a request that cannot carry it (another leader's, or an
+        // older commit).
+        f.send(append(1, 6, 6, 6));
+        assert_eq!(f.sent(), vec![]);
+        f.send(append(2, 6, 8, 6));
+        assert_eq!(f.sent(), vec![(6, 6, 6), (6, 8, 6)]);
+        f.send(append(2, 8, 8, 8));
+        f.send(append(2, 8, 9, 7));
+        assert_eq!(f.sent(), vec![(8, 8, 8), (8, 9, 7)]);
+        // The stream ending sends a held request at once, then ends.
+        f.send(append(2, 9, 9, 9));
+        assert_eq!(f.sent(), vec![]);
+        drop(f.tx);
+        let rest: Vec<_> = f.out.map(|r| shape(&r)).collect().await;
+        assert_eq!(rest, vec![(9, 9, 9)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_linger_sends_every_request() {
+        let mut f = Feed::new(Duration::ZERO);
+        f.send(append(1, 0, 3, 0));
+        f.send(append(1, 3, 3, 3));
+        f.send(append(1, 3, 4, 3));
+        assert_eq!(f.sent(), vec![(0, 3, 0), (3, 3, 3), (3, 4, 3)]);
     }
 
     #[test]
