@@ -820,6 +820,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_newer_commit_keeps_the_held_ones_deadline() {
+        let mut f = Feed::new(Duration::from_millis(5));
+        f.send(append(1, 0, 6, 0));
+        f.send(append(1, 6, 6, 4));
+        assert_eq!(f.sent(), vec![(0, 6, 0)]);
+        tokio::time::advance(Duration::from_millis(3)).await;
+        // The commit moves again, still with nothing to carry it: the newer one waits in its
+        // place, and the follower still hears within one linger of the first.
+        f.send(append(1, 6, 6, 6));
+        assert_eq!(f.sent(), vec![]);
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(f.sent(), vec![(6, 6, 6)]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn requests_that_are_not_commit_updates_go_at_once() {
         let mut f = Feed::new(Duration::from_millis(5));
         // The first request of a stream (a probe) goes, entries or not.
