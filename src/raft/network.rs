@@ -468,9 +468,10 @@ impl<S: futures::Stream<Item = AppendReq> + Unpin> futures::Stream for Deferring
                     }
                 },
             };
-            let replaces = this.held.as_ref().map(|held| {
-                req.vote == held.vote && req.leader_commit >= held.leader_commit
-            });
+            let replaces = this
+                .held
+                .as_ref()
+                .map(|held| req.vote == held.vote && req.leader_commit >= held.leader_commit);
             if replaces == Some(false) {
                 this.queued = Some(req);
                 return Poll::Ready(this.held.take());
