@@ -489,7 +489,8 @@ fn sigkill_the_leader_during_writes_loses_and_duplicates_nothing() {
 }
 
 /// The build turns tokio's LIFO slot off (`.cargo/config.toml`; README, "The LIFO slot"), and
-/// the node says so at startup: a build that lost `--cfg tokio_unstable` fails here.
+/// the node says so at startup, with its default worker threads: a build that lost `--cfg
+/// tokio_unstable` fails here.
 #[test]
 fn the_node_runs_with_the_lifo_slot_off_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -510,10 +511,11 @@ fn the_node_runs_with_the_lifo_slot_off_and_says_so() {
         .find(|v| v["fields"]["message"] == "runtime")
         .unwrap_or_else(|| panic!("no `runtime` event in the node's log:\n{log}"));
     assert_eq!(runtime["fields"]["lifo_slot"], "off", "{runtime}");
-    assert!(
-        runtime["fields"]["worker_threads"]
-            .as_u64()
-            .is_some_and(|n| n >= 1),
+    // The default: every core but the WAL writer's, at least one.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        runtime["fields"]["worker_threads"].as_u64(),
+        Some(replog::config::default_worker_threads(cores) as u64),
         "{runtime}"
     );
     node.stop();

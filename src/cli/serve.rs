@@ -183,7 +183,7 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
     let flags = args.overrides();
     let cfg = Config::load(args.config.as_deref(), &flags).map_err(|e| CliError::usage(e.0))?;
     let node_cfg = cfg.node_config().map_err(|e| CliError::usage(e.0))?;
-    let rt = node_runtime(cfg.node.worker_threads)?;
+    let rt = node_runtime(Some(cfg.node.worker_threads_or_default()))?;
     rt.block_on(async move {
         // First: a SIGTERM from a script that read the startup line (or sent while the node
         // starts) must stop the node cleanly, not end it by the signal.
@@ -227,7 +227,7 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
     })
 }
 
-/// The runtime of `replog serve`: `node.worker_threads` threads, or one per core, with the
+/// The runtime of `replog serve`: `threads` worker threads (`node.worker_threads`), or one per core, with the
 /// scheduler's LIFO slot off when the build allows it ([`LIFO_SLOT`]).
 ///
 /// With the slot on, a task woken by the running task runs next. When a Raft entry of N
@@ -373,11 +373,11 @@ impl DevNode {
 /// The variable that sets `node.worker_threads`.
 const WORKER_THREADS_VAR: &str = "REPLOG_NODE__WORKER_THREADS";
 
-/// Threads of each of `nodes` nodes sharing this machine: its cores divided among them, at
-/// least one.
+/// Threads of each of `nodes` nodes sharing this machine: the default for its share of the
+/// cores (all of them but the WAL writer's), at least one.
 fn dev_worker_threads(nodes: u64) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / usize::try_from(nodes.max(1)).unwrap_or(1)).max(1)
+    crate::config::default_worker_threads(cores / usize::try_from(nodes.max(1)).unwrap_or(1))
 }
 
 /// The `serve` flags of node `id` in a `replog dev` cluster (what `cluster/local-3/` holds).
@@ -664,9 +664,9 @@ mod tests {
     #[test]
     fn dev_nodes_share_the_cores_and_each_has_at_least_one_thread() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(dev_worker_threads(1), cores);
-        assert_eq!(dev_worker_threads(3), (cores / 3).max(1));
-        assert_eq!(dev_worker_threads(9), (cores / 9).max(1));
+        assert_eq!(dev_worker_threads(1), (cores - 1).max(1));
+        assert_eq!(dev_worker_threads(3), (cores / 3).saturating_sub(1).max(1));
+        assert_eq!(dev_worker_threads(9), (cores / 9).saturating_sub(1).max(1));
         assert!(dev_worker_threads(9) >= 1);
     }
 }
