@@ -58,7 +58,8 @@ struct Args {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
     /// Threads each server runs its work on (replog's `node.worker_threads`, etcd's
-    /// `GOMAXPROCS`); default: each system's own default, one per core. The 3 servers of a
+    /// `GOMAXPROCS`); default: each system's own default (etcd one per core, replog every
+    /// core but its WAL writer's). The 3 servers of a
     /// cluster share this machine's cores, so fewer per server is closer to a cluster of 3
     /// machines.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -172,7 +173,7 @@ async fn run(args: &Args) -> Result<()> {
         (
             "threads per node",
             args.threads_per_node
-                .map_or("each system's default (one per core)".to_owned(), |n| {
+                .map_or("each system's default".to_owned(), |n| {
                     n.to_string()
                 }),
         ),
