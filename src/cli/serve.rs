@@ -227,8 +227,9 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
     })
 }
 
-/// The runtime of `replog serve`: `threads` worker threads (`node.worker_threads`), or one per core, with the
-/// scheduler's LIFO slot off when the build allows it ([`LIFO_SLOT`]).
+/// The runtime of `replog serve` (`threads`: `node.worker_threads` or its default) and of the
+/// other commands (`None`: one thread per core), with the scheduler's LIFO slot off when the
+/// build allows it ([`LIFO_SLOT`]).
 ///
 /// With the slot on, a task woken by the running task runs next. When a Raft entry of N
 /// coalesced unary writes commits, each write's HTTP/2 stream task then wakes its connection

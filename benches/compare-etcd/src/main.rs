@@ -59,9 +59,8 @@ struct Args {
     ready_timeout: Duration,
     /// Threads each server runs its work on (replog's `node.worker_threads`, etcd's
     /// `GOMAXPROCS`); default: each system's own default (etcd one per core, replog every
-    /// core but its WAL writer's). The 3 servers of a
-    /// cluster share this machine's cores, so fewer per server is closer to a cluster of 3
-    /// machines.
+    /// core but its WAL writer's). The 3 servers of a cluster share this machine's cores, so
+    /// fewer per server is closer to a cluster of 3 machines.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     threads_per_node: Option<u32>,
     /// text: one line per run, then a table; json: one JSON document on stdout (progress on
@@ -173,9 +172,7 @@ async fn run(args: &Args) -> Result<()> {
         (
             "threads per node",
             args.threads_per_node
-                .map_or("each system's default".to_owned(), |n| {
-                    n.to_string()
-                }),
+                .map_or("each system's default".to_owned(), |n| n.to_string()),
         ),
     ]);
     for shape in &shapes {
