@@ -221,10 +221,14 @@ pub struct NodeSection {
 impl NodeSection {
     /// `worker_threads`, or its default on this machine.
     pub fn worker_threads_or_default(&self) -> usize {
-        self.worker_threads.unwrap_or_else(|| {
-            default_worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-        })
+        self.worker_threads
+            .unwrap_or_else(|| default_worker_threads(machine_cores()))
     }
+}
+
+/// The cores this process may run on (its CPU affinity and cgroup quota count), at least one.
+pub fn machine_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The default `node.worker_threads` on `cores` cores: all but one, at least one. The node's

@@ -377,7 +377,7 @@ const WORKER_THREADS_VAR: &str = "REPLOG_NODE__WORKER_THREADS";
 /// Threads of each of `nodes` nodes sharing this machine: the default for its share of the
 /// cores (all of them but the WAL writer's), at least one.
 fn dev_worker_threads(nodes: u64) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::config::machine_cores();
     crate::config::default_worker_threads(cores / usize::try_from(nodes.max(1)).unwrap_or(1))
 }
 
