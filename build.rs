@@ -16,8 +16,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // prost's codec with smaller first buffers (see `proto::codec`).
-        .codec_path("crate::proto::codec::GrpcCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -43,55 +43,6 @@ pub mod wire;
 pub mod proto {
     tonic::include_proto!("replog.v1");
 
-    /// The codec of every generated client and server (`build.rs` names it): prost's, with a
-    /// first buffer of [`codec::FIRST_BUFFER_BYTES`] per call instead of tonic's 8 KiB.
-    pub mod codec {
-        use std::marker::PhantomData;
-
-        use tonic::codec::{BufferSettings, Codec};
-        use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
-
-        /// Bytes each call's encode and decode buffers start with. tonic's default (8 KiB) is
-        /// allocated twice per unary call, for a `Write` of ~150 bytes and its ~30-byte answer;
-        /// a bigger message grows the buffer as it needs (a stream keeps what it grew to).
-        pub const FIRST_BUFFER_BYTES: usize = 1024;
-        /// tonic's default: a stream's encoder hands on what it has once it holds this much.
-        const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
-
-        fn settings() -> BufferSettings {
-            BufferSettings::new(FIRST_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
-        }
-
-        /// See the module doc.
-        #[derive(Debug, Clone)]
-        pub struct GrpcCodec<T, U>(PhantomData<(T, U)>);
-
-        impl<T, U> Default for GrpcCodec<T, U> {
-            fn default() -> Self {
-                GrpcCodec(PhantomData)
-            }
-        }
-
-        impl<T, U> Codec for GrpcCodec<T, U>
-        where
-            T: prost::Message + Send + 'static,
-            U: prost::Message + Default + Send + 'static,
-        {
-            type Encode = T;
-            type Decode = U;
-            type Encoder = ProstEncoder<T>;
-            type Decoder = ProstDecoder<U>;
-
-            fn encoder(&mut self) -> Self::Encoder {
-                ProstCodec::<T, U>::raw_encoder(settings())
-            }
-
-            fn decoder(&mut self) -> Self::Decoder {
-                ProstCodec::<T, U>::raw_decoder(settings())
-            }
-        }
-    }
-
     /// The internal node-to-node Raft service (`replog.raft.v1`).
     pub mod raft {
         tonic::include_proto!("replog.raft.v1");
