@@ -759,10 +759,9 @@ mod tests {
             ..NodeSection::default()
         };
         assert_eq!(set.worker_threads_or_default(), 4);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(
             NodeSection::default().worker_threads_or_default(),
-            default_worker_threads(cores)
+            default_worker_threads(machine_cores())
         );
     }
 

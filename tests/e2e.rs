@@ -512,7 +512,7 @@ fn the_node_runs_with_the_lifo_slot_off_and_says_so() {
         .unwrap_or_else(|| panic!("no `runtime` event in the node's log:\n{log}"));
     assert_eq!(runtime["fields"]["lifo_slot"], "off", "{runtime}");
     // The default: every core but the WAL writer's, at least one.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = replog::config::machine_cores();
     assert_eq!(
         runtime["fields"]["worker_threads"].as_u64(),
         Some(replog::config::default_worker_threads(cores) as u64),

@@ -664,7 +664,7 @@ mod tests {
 
     #[test]
     fn dev_nodes_share_the_cores_and_each_has_at_least_one_thread() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::config::machine_cores();
         assert_eq!(dev_worker_threads(1), (cores - 1).max(1));
         assert_eq!(dev_worker_threads(3), (cores / 3).saturating_sub(1).max(1));
         assert_eq!(dev_worker_threads(9), (cores / 9).saturating_sub(1).max(1));
