@@ -108,6 +108,8 @@ pub struct Measured {
     pub server_cpu: Duration,
     /// utime + stime of the harness (the clients) over the window.
     pub client_cpu: Duration,
+    /// The machine's CPU time the hypervisor stole over the window, % of all CPU time.
+    pub steal_pct: f64,
 }
 
 struct ClientOutcome {
@@ -152,6 +154,7 @@ pub async fn run(
     let pids = cluster.pids();
     let server0 = cpu::processes(&pids)?;
     let client0 = cpu::harness()?;
+    let machine0 = cpu::machine()?;
     let start = Instant::now();
     phase.store(MEASURE, Ordering::SeqCst);
     tokio::time::sleep(duration).await;
@@ -159,6 +162,7 @@ pub async fn run(
     let elapsed = start.elapsed();
     let server_cpu = cpu::processes(&pids)?.saturating_sub(server0);
     let client_cpu = cpu::harness()?.saturating_sub(client0);
+    let steal_pct = cpu::machine()?.steal_pct_since(&machine0);
     cluster
         .check_running()
         .context("a server died during the run")?;
@@ -171,6 +175,7 @@ pub async fn run(
         elapsed,
         server_cpu,
         client_cpu,
+        steal_pct,
     };
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while let Some(outcome) = tasks.join_next().await {

@@ -32,7 +32,14 @@ pub struct RunResult {
     pub cpu_us_per_write: f64,
     /// The harness's own CPU per acknowledged write, µs (the clients share the 2 cores).
     pub client_cpu_us_per_write: f64,
+    /// The machine's CPU time stolen by the hypervisor during the run, % of all CPU time
+    /// (/proc/stat). Where it is high the host ran other guests on these cores: compare only
+    /// runs side by side.
+    pub steal_pct: f64,
 }
+
+/// Above this steal share (%) in any run, the summary warns that the host took CPU time.
+const STEAL_WARN_PCT: f64 = 5.0;
 
 impl RunResult {
     pub fn new(system: System, shape: Shape, run: u32, m: &Measured) -> RunResult {
@@ -63,6 +70,7 @@ impl RunResult {
             server_cpu_seconds: m.server_cpu.as_secs_f64(),
             cpu_us_per_write: per_write(m.server_cpu),
             client_cpu_us_per_write: per_write(m.client_cpu),
+            steal_pct: m.steal_pct,
         }
     }
 }
@@ -80,6 +88,7 @@ pub struct Summary {
     pub p99_ms: f64,
     pub cpu_us_per_write: f64,
     pub client_cpu_us_per_write: f64,
+    pub steal_pct: f64,
     /// Summed over the runs.
     pub errors: u64,
 }
@@ -139,7 +148,7 @@ impl Output {
 
     pub fn run(&mut self, r: RunResult) {
         let mut line = format!(
-            "{:<w$}  {:<6} run {}: {:>9} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>6.1} µs/write (client {:.1})  errors {}",
+            "{:<w$}  {:<6} run {}: {:>9} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>6.1} µs/write (client {:.1})  steal {:.1}%  errors {}",
             r.shape,
             r.system.name(),
             r.run,
@@ -148,6 +157,7 @@ impl Output {
             r.p99_ms,
             r.cpu_us_per_write,
             r.client_cpu_us_per_write,
+            r.steal_pct,
             r.errors,
             w = self.shape_width,
         );
@@ -185,6 +195,7 @@ impl Output {
                     p99_ms: med(|r| r.p99_ms),
                     cpu_us_per_write: med(|r| r.cpu_us_per_write),
                     client_cpu_us_per_write: med(|r| r.client_cpu_us_per_write),
+                    steal_pct: med(|r| r.steal_pct),
                     errors: runs.iter().map(|r| r.errors).sum(),
                 };
                 tputs.push((s.system, s.writes_per_sec));
@@ -221,7 +232,7 @@ impl Output {
             "medians of {runs} run(s) per row; CPU = user + system time of the 3 servers per acknowledged write"
         );
         println!(
-            "{:<w$}  {:<6} {:>10} {:>21} {:>9} {:>9} {:>13} {:>7}  replog/etcd",
+            "{:<w$}  {:<6} {:>10} {:>21} {:>9} {:>9} {:>13} {:>8} {:>7}  replog/etcd",
             "shape",
             "system",
             "writes/s",
@@ -229,6 +240,7 @@ impl Output {
             "p50 ms",
             "p99 ms",
             "cpu µs/write",
+            "steal %",
             "errors",
             w = self.shape_width,
         );
@@ -240,7 +252,7 @@ impl Output {
                     _ => String::new(),
                 };
                 println!(
-                    "{:<w$}  {:<6} {:>10} {:>21} {:>9.2} {:>9.2} {:>13.1} {:>7}  {}",
+                    "{:<w$}  {:<6} {:>10} {:>21} {:>9.2} {:>9.2} {:>13.1} {:>8.1} {:>7}  {}",
                     s.shape,
                     s.system.name(),
                     thousands(s.writes_per_sec),
@@ -252,14 +264,38 @@ impl Output {
                     s.p50_ms,
                     s.p99_ms,
                     s.cpu_us_per_write,
+                    s.steal_pct,
                     s.errors,
                     ratio,
                     w = self.shape_width,
                 );
             }
         }
+        if let Some(warning) = steal_warning(&self.runs) {
+            println!();
+            println!("{warning}");
+        }
         Ok(())
     }
+}
+
+/// A warning when the hypervisor stole more than [`STEAL_WARN_PCT`] of the CPU time in some
+/// run: the machine's speed then changed under the measurement, for one system more than the
+/// other, and only ratios of runs side by side mean much.
+fn steal_warning(runs: &[RunResult]) -> Option<String> {
+    let stolen: Vec<&RunResult> = runs
+        .iter()
+        .filter(|r| r.steal_pct > STEAL_WARN_PCT)
+        .collect();
+    let worst = stolen.iter().map(|r| r.steal_pct).fold(0.0, f64::max);
+    (!stolen.is_empty()).then(|| {
+        format!(
+            "warning: in {} of {} runs the hypervisor stole more than {STEAL_WARN_PCT}% of this machine's CPU time (up to {worst:.1}%): \
+             the host ran other guests on these cores, so absolute figures are low and vary; compare runs side by side",
+            stolen.len(),
+            runs.len(),
+        )
+    })
 }
 
 /// The median (the mean of the middle two for an even count); NaN for none.
@@ -301,6 +337,38 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn warns_of_stolen_cpu() {
+        let m = Measured {
+            acked: 10,
+            errors: 0,
+            first_error: None,
+            latency_us: hdrhistogram::Histogram::new(3).expect("histogram"),
+            elapsed: std::time::Duration::from_secs(1),
+            server_cpu: std::time::Duration::from_millis(1),
+            client_cpu: std::time::Duration::from_millis(1),
+            steal_pct: 1.0,
+        };
+        let shape: Shape = "1x1@leader".parse().expect("shape");
+        let calm = RunResult::new(System::Replog, shape, 1, &m);
+        assert_eq!(calm.steal_pct, 1.0);
+        assert_eq!(steal_warning(std::slice::from_ref(&calm)), None);
+        let stolen = RunResult::new(
+            System::Etcd,
+            shape,
+            1,
+            &Measured {
+                steal_pct: 12.5,
+                ..m
+            },
+        );
+        let w = steal_warning(&[calm, stolen]).expect("a warning");
+        assert!(
+            w.contains("in 1 of 2 runs") && w.contains("up to 12.5%"),
+            "{w}"
+        );
     }
 
     #[test]
