@@ -63,6 +63,14 @@ struct Args {
     /// fewer per server is closer to a cluster of 3 machines.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     threads_per_node: Option<u32>,
+    /// A run during which the hypervisor stole more than this share of the machine's CPU time
+    /// (%, from /proc/stat) is reported, left out of the medians and run again, at most
+    /// --steal-retries times (the last attempt counts whatever its steal).
+    #[arg(long, default_value_t = 5.0)]
+    max_steal: f64,
+    /// How many times one run may be run again for --max-steal (0: never).
+    #[arg(long, default_value_t = 2)]
+    steal_retries: u32,
     /// text: one line per run, then a table; json: one JSON document on stdout (progress on
     /// stderr).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -170,6 +178,17 @@ async fn run(args: &Args) -> Result<()> {
         ),
         ("dir", args.dir.display().to_string()),
         (
+            "runs again",
+            if args.steal_retries == 0 {
+                "never".to_owned()
+            } else {
+                format!(
+                    "up to {} times, a run with steal above {}%",
+                    args.steal_retries, args.max_steal
+                )
+            },
+        ),
+        (
             "threads per node",
             args.threads_per_node
                 .map_or("each system's default".to_owned(), |n| n.to_string()),
@@ -178,20 +197,28 @@ async fn run(args: &Args) -> Result<()> {
     for shape in &shapes {
         for run in 1..=args.runs {
             for &system in &args.systems {
-                let mut cluster = Cluster::start(
-                    system,
-                    bin(args, system),
-                    &args.dir,
-                    args.ready_timeout,
-                    args.threads_per_node,
-                )
-                .await
-                .with_context(|| format!("starting {} for {shape}", system.name()))?;
-                let measured = load::run(&mut cluster, *shape, args.warmup, args.duration)
+                for attempt in 0..=args.steal_retries {
+                    let mut cluster = Cluster::start(
+                        system,
+                        bin(args, system),
+                        &args.dir,
+                        args.ready_timeout,
+                        args.threads_per_node,
+                    )
                     .await
-                    .with_context(|| format!("{} run {run} of {shape}", system.name()))?;
-                drop(cluster);
-                out.run(RunResult::new(system, *shape, run, &measured));
+                    .with_context(|| format!("starting {} for {shape}", system.name()))?;
+                    let measured = load::run(&mut cluster, *shape, args.warmup, args.duration)
+                        .await
+                        .with_context(|| format!("{} run {run} of {shape}", system.name()))?;
+                    drop(cluster);
+                    let result = RunResult::new(system, *shape, run, &measured);
+                    if result.steal_pct > args.max_steal && attempt < args.steal_retries {
+                        out.discarded(result, args.max_steal);
+                        continue;
+                    }
+                    out.run(result);
+                    break;
+                }
             }
         }
     }

@@ -104,6 +104,8 @@ pub struct Ratio {
 struct Document<'a> {
     config: serde_json::Map<String, serde_json::Value>,
     runs: &'a [RunResult],
+    /// Runs left out for their steal (--max-steal) and run again.
+    discarded: &'a [RunResult],
     summary: Vec<Summary>,
     ratios: Vec<Ratio>,
 }
@@ -114,6 +116,7 @@ pub struct Output {
     shape_width: usize,
     config: Vec<(&'static str, String)>,
     runs: Vec<RunResult>,
+    discarded: Vec<RunResult>,
 }
 
 impl Output {
@@ -127,6 +130,7 @@ impl Output {
                 .unwrap_or(0),
             config: Vec::new(),
             runs: Vec::new(),
+            discarded: Vec::new(),
         }
     }
 
@@ -147,6 +151,23 @@ impl Output {
     }
 
     pub fn run(&mut self, r: RunResult) {
+        let line = self.line(&r);
+        self.progress(&line);
+        self.runs.push(r);
+    }
+
+    /// A run left out of the medians because the hypervisor stole more than `max_steal`% of
+    /// the CPU time during it; it is run again.
+    pub fn discarded(&mut self, r: RunResult, max_steal: f64) {
+        let line = format!(
+            "{}  (steal above {max_steal}%: left out, run again)",
+            self.line(&r)
+        );
+        self.progress(&line);
+        self.discarded.push(r);
+    }
+
+    fn line(&self, r: &RunResult) -> String {
         let mut line = format!(
             "{:<w$}  {:<6} run {}: {:>9} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>6.1} µs/write (client {:.1})  steal {:.1}%  errors {}",
             r.shape,
@@ -164,8 +185,7 @@ impl Output {
         if let Some(e) = &r.first_error {
             line.push_str(&format!(" (first: {e})"));
         }
-        self.progress(&line);
-        self.runs.push(r);
+        line
     }
 
     pub fn finish(&self, shapes: &[Shape], systems: &[System]) -> Result<()> {
@@ -218,6 +238,7 @@ impl Output {
             let doc = Document {
                 config,
                 runs: &self.runs,
+                discarded: &self.discarded,
                 summary,
                 ratios,
             };
@@ -271,6 +292,13 @@ impl Output {
                 );
             }
         }
+        if !self.discarded.is_empty() {
+            println!();
+            println!(
+                "{} run(s) left out for their steal and run again (lines marked above)",
+                self.discarded.len()
+            );
+        }
         if let Some(warning) = steal_warning(&self.runs) {
             println!();
             println!("{warning}");
@@ -290,7 +318,7 @@ fn steal_warning(runs: &[RunResult]) -> Option<String> {
     let worst = stolen.iter().map(|r| r.steal_pct).fold(0.0, f64::max);
     (!stolen.is_empty()).then(|| {
         format!(
-            "warning: in {} of {} runs the hypervisor stole more than {STEAL_WARN_PCT}% of this machine's CPU time (up to {worst:.1}%): \
+            "warning: in {} of {} counted runs the hypervisor stole more than {STEAL_WARN_PCT}% of this machine's CPU time (up to {worst:.1}%): \
              the host ran other guests on these cores, so absolute figures are low and vary; compare runs side by side",
             stolen.len(),
             runs.len(),
@@ -366,7 +394,7 @@ mod tests {
         );
         let w = steal_warning(&[calm, stolen]).expect("a warning");
         assert!(
-            w.contains("in 1 of 2 runs") && w.contains("up to 12.5%"),
+            w.contains("in 1 of 2 counted runs") && w.contains("up to 12.5%"),
             "{w}"
         );
     }
