@@ -163,7 +163,7 @@ async fn run(args: &Args) -> Result<()> {
             );
         }
     }
-    let mut out = Output::new(args.output == OutputFormat::Json, &shapes);
+    let mut out = Output::new(args.output == OutputFormat::Json, &shapes, args.max_steal);
     out.header(&[
         ("replog", args.replog_bin.display().to_string()),
         ("etcd", etcd_version(&args.etcd_bin)),
@@ -213,7 +213,7 @@ async fn run(args: &Args) -> Result<()> {
                     drop(cluster);
                     let result = RunResult::new(system, *shape, run, &measured);
                     if result.steal_pct > args.max_steal && attempt < args.steal_retries {
-                        out.discarded(result, args.max_steal);
+                        out.discarded(result);
                         continue;
                     }
                     out.run(result);

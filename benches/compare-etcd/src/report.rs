@@ -38,9 +38,6 @@ pub struct RunResult {
     pub steal_pct: f64,
 }
 
-/// Above this steal share (%) in any run, the summary warns that the host took CPU time.
-const STEAL_WARN_PCT: f64 = 5.0;
-
 impl RunResult {
     pub fn new(system: System, shape: Shape, run: u32, m: &Measured) -> RunResult {
         let seconds = m.elapsed.as_secs_f64();
@@ -117,10 +114,12 @@ pub struct Output {
     config: Vec<(&'static str, String)>,
     runs: Vec<RunResult>,
     discarded: Vec<RunResult>,
+    /// --max-steal: above it a run is left out, or (its last attempt) warned about.
+    max_steal: f64,
 }
 
 impl Output {
-    pub fn new(json: bool, shapes: &[Shape]) -> Output {
+    pub fn new(json: bool, shapes: &[Shape], max_steal: f64) -> Output {
         Output {
             json,
             shape_width: shapes
@@ -131,6 +130,7 @@ impl Output {
             config: Vec::new(),
             runs: Vec::new(),
             discarded: Vec::new(),
+            max_steal,
         }
     }
 
@@ -158,10 +158,11 @@ impl Output {
 
     /// A run left out of the medians because the hypervisor stole more than `max_steal`% of
     /// the CPU time during it; it is run again.
-    pub fn discarded(&mut self, r: RunResult, max_steal: f64) {
+    pub fn discarded(&mut self, r: RunResult) {
         let line = format!(
-            "{}  (steal above {max_steal}%: left out, run again)",
-            self.line(&r)
+            "{}  (steal above {}%: left out, run again)",
+            self.line(&r),
+            self.max_steal
         );
         self.progress(&line);
         self.discarded.push(r);
@@ -299,7 +300,7 @@ impl Output {
                 self.discarded.len()
             );
         }
-        if let Some(warning) = steal_warning(&self.runs) {
+        if let Some(warning) = steal_warning(&self.runs, self.max_steal) {
             println!();
             println!("{warning}");
         }
@@ -307,18 +308,15 @@ impl Output {
     }
 }
 
-/// A warning when the hypervisor stole more than [`STEAL_WARN_PCT`] of the CPU time in some
-/// run: the machine's speed then changed under the measurement, for one system more than the
-/// other, and only ratios of runs side by side mean much.
-fn steal_warning(runs: &[RunResult]) -> Option<String> {
-    let stolen: Vec<&RunResult> = runs
-        .iter()
-        .filter(|r| r.steal_pct > STEAL_WARN_PCT)
-        .collect();
+/// A warning when the hypervisor stole more than `max_steal`% of the CPU time in some counted
+/// run (its last attempt): the machine's speed then changed under the measurement, for one
+/// system more than the other, and only ratios of runs side by side mean much.
+fn steal_warning(runs: &[RunResult], max_steal: f64) -> Option<String> {
+    let stolen: Vec<&RunResult> = runs.iter().filter(|r| r.steal_pct > max_steal).collect();
     let worst = stolen.iter().map(|r| r.steal_pct).fold(0.0, f64::max);
     (!stolen.is_empty()).then(|| {
         format!(
-            "warning: in {} of {} counted runs the hypervisor stole more than {STEAL_WARN_PCT}% of this machine's CPU time (up to {worst:.1}%): \
+            "warning: in {} of {} counted runs the hypervisor stole more than {max_steal}% of this machine's CPU time (up to {worst:.1}%): \
              the host ran other guests on these cores, so absolute figures are low and vary; compare runs side by side",
             stolen.len(),
             runs.len(),
@@ -382,7 +380,7 @@ mod tests {
         let shape: Shape = "1x1@leader".parse().expect("shape");
         let calm = RunResult::new(System::Replog, shape, 1, &m);
         assert_eq!(calm.steal_pct, 1.0);
-        assert_eq!(steal_warning(std::slice::from_ref(&calm)), None);
+        assert_eq!(steal_warning(std::slice::from_ref(&calm), 5.0), None);
         let stolen = RunResult::new(
             System::Etcd,
             shape,
@@ -392,7 +390,7 @@ mod tests {
                 ..m
             },
         );
-        let w = steal_warning(&[calm, stolen]).expect("a warning");
+        let w = steal_warning(&[calm, stolen], 5.0).expect("a warning");
         assert!(
             w.contains("in 1 of 2 counted runs") && w.contains("up to 12.5%"),
             "{w}"
