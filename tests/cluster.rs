@@ -327,9 +327,9 @@ async fn retention_truncates_the_same_expired_prefix_on_every_replica() {
     let leader = c.leader().await;
     for i in 0..100 {
         let r = replog::raft::types::WriteRecord {
-            tenant_id: "t".to_owned(),
+            tenant_id: "t".into(),
             operation: replog::wal::Operation::Insert,
-            data: vec![b'o'; 500],
+            data: vec![b'o'; 500].into(),
             timestamp: two_hours_ago + i,
         };
         let write = Request::Write {

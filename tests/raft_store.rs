@@ -63,7 +63,7 @@ fn entry(term: u64, index: u64) -> Entry {
             records: vec![WriteRecord {
                 tenant_id: "t".into(),
                 operation: Operation::Insert,
-                data: format!("{term}-{index}").into_bytes(),
+                data: format!("{term}-{index}").into_bytes().into(),
                 timestamp: 1,
             }],
         })

@@ -354,7 +354,7 @@ mod tests {
             .map(|i| WriteRecord {
                 tenant_id: "t".into(),
                 operation: Operation::Insert,
-                data: vec![i as u8; 10],
+                data: vec![i as u8; 10].into(),
                 timestamp: 100 + i as u64,
             })
             .collect();

@@ -102,9 +102,9 @@ impl Core {
             }
             total += len;
             out.push(WriteRecord {
-                tenant_id: r.tenant,
+                tenant_id: r.tenant.into(),
                 operation: r.operation,
-                data: r.data,
+                data: r.data.into(),
                 timestamp,
             });
         }
@@ -219,7 +219,7 @@ fn demands(records: &[WriteRecord]) -> Vec<super::quota::Demand<'_>> {
     let mut out: Vec<super::quota::Demand<'_>> = Vec::new();
     for r in records {
         let bytes = r.data.len() as u64;
-        match out.iter_mut().find(|d| d.tenant == r.tenant_id) {
+        match out.iter_mut().find(|d| d.tenant == &*r.tenant_id) {
             Some(d) => {
                 d.entries += 1;
                 d.bytes += bytes;

@@ -367,9 +367,9 @@ pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
             let records = entries
                 .into_iter()
                 .map(|e| WriteRecord {
-                    tenant_id: e.tenant_id,
+                    tenant_id: e.tenant_id.into(),
                     operation: e.operation,
-                    data: e.data,
+                    data: e.data.into(),
                     timestamp: e.timestamp,
                 })
                 .collect();
@@ -414,9 +414,10 @@ pub fn entry_to_frame(e: Entry) -> io::Result<FrameSpec> {
             records
                 .into_iter()
                 .map(|r| Record {
-                    tenant_id: r.tenant_id,
+                    // Copies unless this is the entry's only holder (the entry cache keeps one).
+                    tenant_id: String::from(&*r.tenant_id),
                     operation: r.operation,
-                    data: r.data,
+                    data: Vec::from(r.data),
                     timestamp: Some(r.timestamp),
                 })
                 .collect(),
@@ -686,7 +687,7 @@ mod tests {
                 records: vec![WriteRecord {
                     tenant_id: "t".into(),
                     operation: crate::wal::Operation::Insert,
-                    data: vec![0; bytes],
+                    data: vec![0; bytes].into(),
                     timestamp: 1,
                 }],
             }),

@@ -34,7 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::log_store::WRITE_PATH;
 use super::snapshot::{CHUNK_BYTES, SnapshotData};
-use super::types::{LogId, NodeId, TypeConfig, Vote, from_wire, to_wire};
+use super::types::{LogId, NodeId, TypeConfig, Vote, from_wire, to_wire, to_wire_sized};
 use crate::proto::raft::{
     DescribeRequest, FetchFramesRequest, FileChunk, RaftMessage, SnapshotChunk, SnapshotHeader,
     raft_service_client::RaftServiceClient, snapshot_chunk::Kind,
@@ -534,7 +534,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     futures::stream::iter(
                         chunks
                             .into_iter()
-                            .map(move |r| to_wire(&r).map(|body| RaftMessage { from, body })),
+                            .map(move |r| {
+                                let size = r.entries.iter().map(approx_bytes).sum::<usize>() + 128;
+                                to_wire_sized(&r, size).map(|body| RaftMessage { from, body })
+                            }),
                     )
                 })
                 // An unencodable request ends the stream (openraft sees it end and retries)
@@ -727,7 +730,7 @@ mod tests {
         let records = vec![WriteRecord {
             tenant_id: "t".into(),
             operation: crate::wal::Operation::Insert,
-            data: vec![0; bytes],
+            data: vec![0; bytes].into(),
             timestamp: 1,
         }];
         Entry::new(

@@ -426,12 +426,32 @@ fn apply_write(
     let first_seq = img.next_seq;
     img.next_seq += records.len() as u64;
     let timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-    for (i, r) in records.iter().enumerate() {
-        let t = img.tenants.entry(r.tenant_id.clone()).or_default();
-        t.entries += 1;
-        t.bytes += r.data.len() as u64;
-        t.last_seq = first_seq + i as u64;
-        dirty.tenants.insert(r.tenant_id.clone());
+    // One lookup per run of records of one tenant (a batch is usually one tenant's), and a
+    // tenant's name copied only the first time it is seen.
+    let mut start = 0;
+    while let Some(first) = records.get(start) {
+        let tenant = &*first.tenant_id;
+        let run = records[start..]
+            .iter()
+            .take_while(|r| &*r.tenant_id == tenant)
+            .count();
+        let bytes: u64 = records[start..start + run]
+            .iter()
+            .map(|r| r.data.len() as u64)
+            .sum();
+        if !img.tenants.contains_key(tenant) {
+            img.tenants
+                .insert(tenant.to_owned(), TenantStats::default());
+        }
+        if let Some(t) = img.tenants.get_mut(tenant) {
+            t.entries += run as u64;
+            t.bytes += bytes;
+            t.last_seq = first_seq + (start + run - 1) as u64;
+        }
+        if !dirty.tenants.contains(tenant) {
+            dirty.tenants.insert(tenant.to_owned());
+        }
+        start += run;
     }
     let last_seq = img.next_seq.saturating_sub(1).max(first_seq);
     let mut part_first = first_seq;

@@ -2,6 +2,9 @@
 //! records frame) or a command (stored as a WAL control frame), and what applying it returns.
 
 use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,12 +70,15 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 
 /// One record of a client write, with the timestamp the leader gave it (so every replica stores
 /// the same bytes and the same checksum).
+///
+/// Cheap to clone (the name and the data are shared, not copied): openraft and the entry
+/// cache hand out copies of an entry for each follower's replication and for the state
+/// machine. On the wire (postcard) the same bytes as a `String` and a byte string.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteRecord {
-    pub tenant_id: String,
+    pub tenant_id: Arc<str>,
     pub operation: Operation,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    pub data: Bytes,
     /// µs since the Unix epoch.
     pub timestamp: u64,
 }
@@ -225,6 +231,50 @@ pub fn to_wire<T: Serialize>(v: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(v)
 }
 
+/// [`to_wire`] into a buffer of `capacity` bytes from the start: a large message (an
+/// AppendEntries of many records) is then written once instead of being copied each time its
+/// buffer doubles.
+pub fn to_wire_sized<T: Serialize>(v: &T, capacity: usize) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_io(v, Vec::with_capacity(capacity))
+}
+
 pub fn from_wire<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a record was before its name and data were shared (`String`, `Vec<u8>` as bytes):
+    /// nodes of both kinds must read each other's entries.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OwnedRecord {
+        tenant_id: String,
+        operation: Operation,
+        data: Vec<u8>,
+        timestamp: u64,
+    }
+
+    #[test]
+    fn a_shared_record_has_the_owned_one_s_wire_form() {
+        let shared = WriteRecord {
+            tenant_id: "tenant-7".into(),
+            operation: Operation::Insert,
+            data: Bytes::from(vec![0, 1, 2, 255, 128]),
+            timestamp: 1_780_000_000_000_000,
+        };
+        let owned = OwnedRecord {
+            tenant_id: "tenant-7".to_owned(),
+            operation: Operation::Insert,
+            data: vec![0, 1, 2, 255, 128],
+            timestamp: 1_780_000_000_000_000,
+        };
+        let wire = to_wire(&shared).unwrap();
+        assert_eq!(wire, to_wire(&owned).unwrap());
+        assert_eq!(from_wire::<OwnedRecord>(&wire).unwrap(), owned);
+        assert_eq!(from_wire::<WriteRecord>(&wire).unwrap(), shared);
+        let sized = to_wire_sized(&shared, 4).unwrap();
+        assert_eq!(sized, wire, "a small starting capacity only grows");
+    }
 }
