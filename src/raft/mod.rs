@@ -27,6 +27,12 @@ mod wal_handle;
 
 use std::time::Duration;
 
+/// How often sled makes what the state machine wrote durable (its own fsyncs; sled's default
+/// is every 500 ms). sled is a cache of the state machine, the WAL is the truth: after a crash
+/// openraft re-applies what sled lacks, so this bounds that work, nothing else. Each of sled's
+/// fsyncs shares the disk with the WAL's and stalled the appends behind it.
+const SLED_FLUSH_EVERY_MS: u64 = 5_000;
+
 pub use handle::{Raft, RaftNode, RaftOpError, RaftStatus};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
@@ -142,7 +148,10 @@ impl Storage {
             fs.clone(),
             registry,
         )?);
-        let db = sled::Config::new().path(data_dir.join("sled")).open()?;
+        let db = sled::Config::new()
+            .path(data_dir.join("sled"))
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS))
+            .open()?;
         let snapshots = Arc::new(snapshot::SnapshotFile::new(fs.clone(), data_dir));
         let snapshot_last = snapshots.load()?.and_then(|(m, _)| m.last_log_id);
         // Everything recovered is durable: the first index not in the log is the WAL's next.
