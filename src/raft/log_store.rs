@@ -414,7 +414,8 @@ pub fn entry_to_frame(e: Entry) -> io::Result<FrameSpec> {
             records
                 .into_iter()
                 .map(|r| Record {
-                    // Copies unless this is the entry's only holder (the entry cache keeps one).
+                    // The WAL's record owns its name and data: both copied (the data not if
+                    // this entry is its only holder; the entry cache usually keeps another).
                     tenant_id: String::from(&*r.tenant_id),
                     operation: r.operation,
                     data: Vec::from(r.data),
