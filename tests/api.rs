@@ -348,7 +348,7 @@ async fn peers_and_clients_have_separate_listeners() {
                 .unwrap();
             raft.vote(RaftMessage {
                 from: 99,
-                body: Vec::new(),
+                body: Default::default(),
             })
             .await
             .unwrap_err()

@@ -58,7 +58,7 @@ async fn vote_answer(addr: std::net::SocketAddr) -> tonic::Status {
         .unwrap();
     let msg = RaftMessage {
         from: 99,
-        body: Vec::new(),
+        body: Default::default(),
     };
     client.vote(msg).await.unwrap_err()
 }

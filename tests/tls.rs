@@ -229,7 +229,7 @@ async fn vote_on(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> tonic::Statu
     };
     let msg = RaftMessage {
         from: 99,
-        body: Vec::new(),
+        body: Default::default(),
     };
     match RaftServiceClient::new(channel).vote(msg).await {
         Ok(_) => tonic::Status::ok(""),

@@ -330,7 +330,7 @@ impl PeerClient {
         let body = to_wire(req).map_err(network)?;
         let mut request = tonic::Request::new(RaftMessage {
             from: self.from,
-            body,
+            body: body.into(),
         });
         request.set_timeout(option.soft_ttl());
         let reply = f(client, request).await.map_err(status_err)?.into_inner();
@@ -536,7 +536,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                             .into_iter()
                             .map(move |r| {
                                 let size = r.entries.iter().map(approx_bytes).sum::<usize>() + 128;
-                                to_wire_sized(&r, size).map(|body| RaftMessage { from, body })
+                                to_wire_sized(&r, size).map(|body| RaftMessage { from, body: body.into() })
                             }),
                     )
                 })

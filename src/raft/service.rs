@@ -17,7 +17,7 @@ use super::handle::Raft;
 use super::log_store::WRITE_PATH;
 use super::network::NetSwitch;
 use super::snapshot::{CHUNK_BYTES, Manifest, Staging};
-use super::types::{NodeId, Vote, from_wire, to_wire};
+use super::types::{NodeId, Vote, from_wire, from_wire_shared, to_wire};
 use super::wal_handle::WalHandle;
 use crate::proto::raft::raft_service_server::RaftServiceServer;
 use crate::proto::raft::{
@@ -141,7 +141,7 @@ impl RaftServer {
 
     fn decode<T: for<'de> serde::Deserialize<'de>>(&self, m: &RaftMessage) -> Result<T, Status> {
         self.admit(m.from)?;
-        from_wire(&m.body)
+        from_wire_shared(&m.body)
             .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
     }
 }
@@ -153,7 +153,10 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
 ) -> Result<Response<RaftMessage>, Status> {
     let r = r.map_err(|e| e.to_string());
     let body = to_wire(&r).map_err(|e| Status::internal(format!("encoding a Raft reply: {e}")))?;
-    Ok(Response::new(RaftMessage { from: id, body }))
+    Ok(Response::new(RaftMessage {
+        from: id,
+        body: body.into(),
+    }))
 }
 
 type ReplyStream =
@@ -178,7 +181,7 @@ impl RaftService for RaftServer {
                 let rpc = m
                     .ok()
                     .filter(|m| !switch.is_blocked(m.from))
-                    .and_then(|m| from_wire(&m.body).ok());
+                    .and_then(|m| from_wire_shared(&m.body).ok());
                 if let Some(r) = &rpc {
                     contact.touch();
                     let r: &openraft::raft::AppendEntriesRequest<super::TypeConfig> = r;
@@ -195,7 +198,10 @@ impl RaftService for RaftServer {
                 tracing::trace!(target: WRITE_PATH, stage = "net.reply", result = ?result);
                 let body = to_wire(&Ok::<_, String>(result))
                     .map_err(|e| Status::internal(e.to_string()))?;
-                Ok(RaftMessage { from: id, body })
+                Ok(RaftMessage {
+                    from: id,
+                    body: body.into(),
+                })
             }
             Err(fatal) => Err(Status::unavailable(format!("raft stopped: {fatal}"))),
         });

@@ -73,11 +73,15 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 ///
 /// Cheap to clone (the name and the data are shared, not copied): openraft and the entry
 /// cache hand out copies of an entry for each follower's replication and for the state
-/// machine. On the wire (postcard) the same bytes as a `String` and a byte string.
+/// machine. On the wire (postcard) the same bytes as a `String` and a byte string. Decoded by
+/// [`from_wire_shared`], its data is a view of the received message and a run of records of
+/// one tenant shares one name.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteRecord {
+    #[serde(deserialize_with = "shared::tenant")]
     pub tenant_id: Arc<str>,
     pub operation: Operation,
+    #[serde(deserialize_with = "shared::data")]
     pub data: Bytes,
     /// µs since the Unix epoch.
     pub timestamp: u64,
@@ -242,6 +246,138 @@ pub fn from_wire<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, postcard::
     postcard::from_bytes(b)
 }
 
+/// [`from_wire`] of a received message: the records it holds keep views of `message` for
+/// their data (no allocation or copy per record) and share one name per run of one tenant's
+/// records. The views keep `message` alive as long as any of its records is (a follower's
+/// entry cache holds at most its `max_bytes` of entries, so a few messages beyond that).
+pub fn from_wire_shared<T: for<'de> Deserialize<'de>>(
+    message: &Bytes,
+) -> Result<T, postcard::Error> {
+    let _scope = shared::Scope::enter(message.clone());
+    postcard::from_bytes(message)
+}
+
+/// How [`WriteRecord`]'s name and data are decoded: from the message [`from_wire_shared`] is
+/// decoding, where there is one (a thread's decode is synchronous, so a thread-local names it),
+/// else as copies.
+mod shared {
+    use std::cell::RefCell;
+    use std::fmt;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use serde::Deserializer;
+    use serde::de::{Error, SeqAccess, Visitor};
+
+    struct Source {
+        message: Bytes,
+        last_tenant: Option<Arc<str>>,
+    }
+
+    thread_local! {
+        static SOURCE: RefCell<Option<Source>> = const { RefCell::new(None) };
+    }
+
+    /// The message being decoded on this thread, until dropped (then the one before, if a
+    /// decode ran inside another).
+    pub(super) struct Scope(Option<Source>);
+
+    impl Scope {
+        pub(super) fn enter(message: Bytes) -> Scope {
+            let source = Source {
+                message,
+                last_tenant: None,
+            };
+            Scope(SOURCE.with(|s| s.replace(Some(source))))
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            SOURCE.with(|s| *s.borrow_mut() = before);
+        }
+    }
+
+    fn intern(name: &str) -> Arc<str> {
+        SOURCE.with(|s| match s.borrow_mut().as_mut() {
+            Some(src) => match &src.last_tenant {
+                Some(last) if **last == *name => last.clone(),
+                _ => {
+                    let new: Arc<str> = Arc::from(name);
+                    src.last_tenant = Some(new.clone());
+                    new
+                }
+            },
+            None => Arc::from(name),
+        })
+    }
+
+    fn view(data: &[u8]) -> Bytes {
+        SOURCE.with(|s| {
+            if let Some(src) = s.borrow().as_ref() {
+                let (base, at) = (src.message.as_ptr() as usize, data.as_ptr() as usize);
+                if at >= base && at + data.len() <= base + src.message.len() {
+                    return src.message.slice_ref(data);
+                }
+            }
+            Bytes::copy_from_slice(data)
+        })
+    }
+
+    struct Tenant;
+
+    impl<'de> Visitor<'de> for Tenant {
+        type Value = Arc<str>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a tenant name")
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Arc<str>, E> {
+            Ok(intern(v))
+        }
+    }
+
+    pub(super) fn tenant<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        d.deserialize_str(Tenant)
+    }
+
+    struct Data;
+
+    impl<'de> Visitor<'de> for Data {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_borrowed_bytes<E: Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            Ok(view(v))
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element::<u8>()? {
+                v.push(b);
+            }
+            Ok(Bytes::from(v))
+        }
+    }
+
+    pub(super) fn data<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        d.deserialize_bytes(Data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +412,38 @@ mod tests {
         assert_eq!(from_wire::<WriteRecord>(&wire).unwrap(), shared);
         let sized = to_wire_sized(&shared, 4).unwrap();
         assert_eq!(sized, wire, "a small starting capacity only grows");
+    }
+
+    #[test]
+    fn a_received_message_s_records_view_it_and_share_their_tenant() {
+        let record = |tenant: &str, data: &[u8]| WriteRecord {
+            tenant_id: tenant.into(),
+            operation: Operation::Insert,
+            data: Bytes::copy_from_slice(data),
+            timestamp: 7,
+        };
+        let sent = vec![
+            record("a", b"first"),
+            record("a", b"second"),
+            record("b", b""),
+            record("a", b"third"),
+        ];
+        let message = Bytes::from(to_wire(&sent).unwrap());
+        let got: Vec<WriteRecord> = from_wire_shared(&message).unwrap();
+        assert_eq!(got, sent);
+        let inside = |d: &Bytes| {
+            let (base, at) = (message.as_ptr() as usize, d.as_ptr() as usize);
+            at >= base && at + d.len() <= base + message.len()
+        };
+        assert!(got.iter().filter(|r| !r.data.is_empty()).all(|r| inside(&r.data)));
+        assert!(Arc::ptr_eq(&got[0].tenant_id, &got[1].tenant_id));
+        assert!(!Arc::ptr_eq(&got[1].tenant_id, &got[3].tenant_id), "a run ends at another tenant");
+        // Outside a shared decode (and after one) records are copies, equal all the same.
+        let copied: Vec<WriteRecord> = from_wire(&message).unwrap();
+        assert_eq!(copied, sent);
+        assert!(!inside(&copied[0].data));
+        // A truncated message is an error, not a panic, and leaves no scope behind.
+        assert!(from_wire_shared::<Vec<WriteRecord>>(&message.slice(..message.len() - 3)).is_err());
+        assert!(!inside(&from_wire::<Vec<WriteRecord>>(&message).unwrap()[0].data));
     }
 }

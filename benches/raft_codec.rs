@@ -1,0 +1,69 @@
+//! Criterion benchmark of what a follower pays to decode the entries an AppendEntries brings
+//! (`cargo bench --bench raft_codec`): one message of 4 entries of 250 records of 100 B, one
+//! tenant, decoded `copied` (each record's name and data allocated and copied: `from_wire`)
+//! and `shared` (each record's data a view of the message, one name per run of a tenant:
+//! `from_wire_shared`, as the Raft service decodes). `entry/clone` is the copy of one entry
+//! openraft and the entry cache make for each follower's replication and for the state machine.
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use openraft::entry::RaftEntry;
+use openraft::raft::AppendEntriesRequest;
+use replog::raft::types::{
+    Entry, LogId, Request, TypeConfig, WriteRecord, from_wire, from_wire_shared, to_wire,
+};
+use replog::wal::Operation;
+
+const RECORDS: usize = 250;
+const ENTRIES: u64 = 4;
+
+fn entry(index: u64) -> Entry {
+    let records = (0..RECORDS)
+        .map(|i| WriteRecord {
+            tenant_id: "bench-0".into(),
+            operation: Operation::Insert,
+            data: Bytes::from(vec![i as u8; 100]),
+            timestamp: 1_780_000_000_000_000 + i as u64,
+        })
+        .collect();
+    Entry::new(
+        LogId::new_term_index(3, index),
+        openraft::EntryPayload::Normal(Request::Write {
+            producer: None,
+            records,
+        }),
+    )
+}
+
+fn decode(c: &mut Criterion) {
+    let req: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
+        vote: openraft::impls::Vote::new_committed(3, 1),
+        prev_log_id: Some(LogId::new_term_index(3, 10)),
+        entries: (11..11 + ENTRIES).map(entry).collect(),
+        leader_commit: Some(LogId::new_term_index(3, 10)),
+    };
+    let message = Bytes::from(to_wire(&req).expect("encodable"));
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(RECORDS as u64 * ENTRIES));
+    g.bench_function("copied", |b| {
+        b.iter(|| {
+            from_wire::<AppendEntriesRequest<TypeConfig>>(std::hint::black_box(&message))
+                .expect("decodable")
+        })
+    });
+    g.bench_function("shared", |b| {
+        b.iter(|| {
+            from_wire_shared::<AppendEntriesRequest<TypeConfig>>(std::hint::black_box(&message))
+                .expect("decodable")
+        })
+    });
+    g.finish();
+    let one = entry(11);
+    let mut g = c.benchmark_group("entry");
+    g.throughput(Throughput::Elements(RECORDS as u64));
+    g.bench_function("clone", |b| b.iter(|| std::hint::black_box(&one).clone()));
+    g.finish();
+}
+
+criterion_group!(benches, decode);
+criterion_main!(benches);
