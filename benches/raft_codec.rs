@@ -25,12 +25,12 @@ fn entry(index: u64) -> Entry {
             data: Bytes::from(vec![i as u8; 100]),
             timestamp: 1_780_000_000_000_000 + i as u64,
         })
-        .collect();
+        .collect::<Vec<_>>();
     Entry::new(
         LogId::new_term_index(3, index),
         openraft::EntryPayload::Normal(Request::Write {
             producer: None,
-            records,
+            records: records.into(),
         }),
     )
 }

@@ -334,7 +334,7 @@ async fn retention_truncates_the_same_expired_prefix_on_every_replica() {
         };
         let write = Request::Write {
             producer: None,
-            records: vec![r],
+            records: vec![r].into(),
         };
         c.nodes[&leader].core().raft().propose(write).await.unwrap();
     }

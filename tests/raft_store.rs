@@ -65,7 +65,8 @@ fn entry(term: u64, index: u64) -> Entry {
                 operation: Operation::Insert,
                 data: format!("{term}-{index}").into_bytes().into(),
                 timestamp: 1,
-            }],
+            }]
+            .into(),
         })
     };
     Entry::new(log_id(term, index), payload)

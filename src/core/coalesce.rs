@@ -296,7 +296,7 @@ fn into_request(mut batch: Vec<Queued>) -> (Request, Waiters) {
         waiters.push((q.records.len() as u64, q.timestamp, q.reply));
         let req = Request::Write {
             producer: q.producer,
-            records: q.records,
+            records: Arc::new(q.records),
         };
         return (req, waiters);
     }
@@ -312,7 +312,13 @@ fn into_request(mut batch: Vec<Queued>) -> (Request, Waiters) {
         records.append(&mut q.records);
         waiters.push((n as u64, q.timestamp, q.reply));
     }
-    (Request::Coalesced { parts, records }, waiters)
+    (
+        Request::Coalesced {
+            parts,
+            records: Arc::new(records),
+        },
+        waiters,
+    )
 }
 
 /// Splits an entry's result among its writes, in order.

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 
 use super::durable::LocalDurable;
 use super::meta::{MetaStore, RaftMeta};
-use super::types::{Control, Entry, LogId, Request, TypeConfig, Vote, WriteRecord};
+use super::types::{Control, Entry, LogId, Records, Request, TypeConfig, Vote, WriteRecord};
 use super::wal_handle::WalHandle;
 use crate::wal::{Frame, FramePayload, FrameSpec, Manager, Payload, Record, WalError};
 
@@ -373,6 +373,7 @@ pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
                     timestamp: e.timestamp,
                 })
                 .collect();
+            let records = Arc::new(records);
             EntryPayload::Normal(if f.parts.is_empty() {
                 Request::Write {
                     producer: f.producer,
@@ -409,16 +410,16 @@ pub fn entry_to_frame(e: Entry) -> io::Result<FrameSpec> {
     };
     let index = e.log_id.index + 1;
     let term = e.log_id.leader_id.term;
-    let records = |records: Vec<WriteRecord>| {
+    let records = |records: Records| {
         Payload::Records(
             records
-                .into_iter()
+                .iter()
                 .map(|r| Record {
-                    // The WAL's record owns its name and data: both copied (the data not if
-                    // this entry is its only holder; the entry cache usually keeps another).
+                    // The WAL's record owns its name and data: both copied (the entry cache
+                    // and the state machine share the entry's).
                     tenant_id: String::from(&*r.tenant_id),
                     operation: r.operation,
-                    data: Vec::from(r.data),
+                    data: r.data.to_vec(),
                     timestamp: Some(r.timestamp),
                 })
                 .collect(),
@@ -685,12 +686,12 @@ mod tests {
             LogId::new_term_index(1, index),
             EntryPayload::Normal(Request::Write {
                 producer: None,
-                records: vec![WriteRecord {
+                records: Arc::new(vec![WriteRecord {
                     tenant_id: "t".into(),
                     operation: crate::wal::Operation::Insert,
                     data: vec![0; bytes].into(),
                     timestamp: 1,
-                }],
+                }]),
             }),
         )
     }

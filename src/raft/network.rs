@@ -737,7 +737,7 @@ mod tests {
             LogId::new_term_index(1, index),
             openraft::EntryPayload::Normal(Request::Write {
                 producer: None,
-                records,
+                records: records.into(),
             }),
         )
     }

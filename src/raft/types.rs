@@ -128,13 +128,18 @@ impl QuotaLimits {
     }
 }
 
+/// An entry's records, shared by its copies: openraft and the entry cache copy an entry for
+/// each follower's replication and for the state machine, and each copy is then one reference
+/// count, not a list of records. On the wire, a sequence as a `Vec` is.
+pub type Records = Arc<Vec<WriteRecord>>;
+
 /// What a client asks the cluster to replicate: the `D` of one Raft entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// An atomic batch of records; it gets a contiguous range of sequence numbers.
     Write {
         producer: Option<ProducerKey>,
-        records: Vec<WriteRecord>,
+        records: Records,
     },
     /// Records a named position (a consumer's checkpoint), optionally per tenant.
     Checkpoint {
@@ -149,7 +154,7 @@ pub enum Request {
     /// gets one contiguous range; each part a contiguous piece of it.
     Coalesced {
         parts: Vec<WritePart>,
-        records: Vec<WriteRecord>,
+        records: Records,
     },
     /// Changes a tenant's replicated quota: with `clear`, removes it first (the nodes'
     /// configured one applies again); then the limits `set` gives replace those it had.
