@@ -90,6 +90,8 @@ impl Core {
         let mut total = 0u64;
         let timestamp = crate::wal::now_us();
         let mut out = Vec::with_capacity(records.len());
+        // A run of one tenant's records shares one name (a batch is usually one tenant's).
+        let mut last: Option<std::sync::Arc<str>> = None;
         for (i, r) in records.into_iter().enumerate() {
             check_name("tenant", &r.tenant)?;
             let len = r.data.len() as u64;
@@ -101,8 +103,12 @@ impl Core {
                 )));
             }
             total += len;
+            let tenant_id = match &last {
+                Some(name) if **name == *r.tenant => name.clone(),
+                _ => last.insert(r.tenant.into()).clone(),
+            };
             out.push(WriteRecord {
-                tenant_id: r.tenant.into(),
+                tenant_id,
                 operation: r.operation,
                 data: r.data.into(),
                 timestamp,
