@@ -548,15 +548,15 @@ mod tests {
         );
     }
 
-    /// A paced fill of a `size`-byte file, begun with `active_len` bytes in the active segment.
-    fn paced_fill(
-        size: u64,
-        active_len: u64,
-    ) -> (
+    /// What a paced fill's test watches: the file system calls, the pace, the filling thread.
+    type PacedFill = (
         Arc<Mutex<Vec<Call>>>,
         Arc<FillPace>,
         std::thread::JoinHandle<Result<Prepared>>,
-    ) {
+    );
+
+    /// A paced fill of a `size`-byte file, begun with `active_len` bytes in the active segment.
+    fn paced_fill(size: u64, active_len: u64) -> PacedFill {
         let (calls, fs, cfg) = recording_zero_fill(size);
         let pace = Arc::new(FillPace::new());
         pace.progress(active_len);
