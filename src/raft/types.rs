@@ -440,15 +440,24 @@ mod tests {
             let (base, at) = (message.as_ptr() as usize, d.as_ptr() as usize);
             at >= base && at + d.len() <= base + message.len()
         };
-        assert!(got.iter().filter(|r| !r.data.is_empty()).all(|r| inside(&r.data)));
+        assert!(
+            got.iter()
+                .filter(|r| !r.data.is_empty())
+                .all(|r| inside(&r.data))
+        );
         assert!(Arc::ptr_eq(&got[0].tenant_id, &got[1].tenant_id));
-        assert!(!Arc::ptr_eq(&got[1].tenant_id, &got[3].tenant_id), "a run ends at another tenant");
+        assert!(
+            !Arc::ptr_eq(&got[1].tenant_id, &got[3].tenant_id),
+            "a run ends at another tenant"
+        );
         // Outside a shared decode (and after one) records are copies, equal all the same.
         let copied: Vec<WriteRecord> = from_wire(&message).unwrap();
         assert_eq!(copied, sent);
         assert!(!inside(&copied[0].data));
         // A truncated message is an error, not a panic, and leaves no scope behind.
         assert!(from_wire_shared::<Vec<WriteRecord>>(&message.slice(..message.len() - 3)).is_err());
-        assert!(!inside(&from_wire::<Vec<WriteRecord>>(&message).unwrap()[0].data));
+        assert!(!inside(
+            &from_wire::<Vec<WriteRecord>>(&message).unwrap()[0].data
+        ));
     }
 }
