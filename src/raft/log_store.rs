@@ -32,7 +32,7 @@ use super::durable::LocalDurable;
 use super::meta::{MetaStore, RaftMeta};
 use super::types::{Control, Entry, LogId, Records, Request, TypeConfig, Vote, WriteRecord};
 use super::wal_handle::WalHandle;
-use crate::wal::{Frame, FramePayload, FrameSpec, Manager, Payload, Record, WalError};
+use crate::wal::{Frame, FramePayload, FrameSpec, Manager, Payload, SharedRecord, WalError};
 
 /// The tracing target of the write path's stages (`RUST_LOG=replog::write_path=trace`): each
 /// event names a stage and the Raft index it reached, so one write can be followed across the
@@ -411,15 +411,15 @@ pub fn entry_to_frame(e: Entry) -> io::Result<FrameSpec> {
     let index = e.log_id.index + 1;
     let term = e.log_id.leader_id.term;
     let records = |records: Records| {
-        Payload::Records(
+        Payload::Shared(
             records
                 .iter()
-                .map(|r| Record {
-                    // The WAL's record owns its name and data: both copied (the entry cache
-                    // and the state machine share the entry's).
-                    tenant_id: String::from(&*r.tenant_id),
+                .map(|r| SharedRecord {
+                    // Shared with the entry (and the entry cache's copy): the WAL encodes the
+                    // frame from them, copying nothing first.
+                    tenant_id: r.tenant_id.clone(),
                     operation: r.operation,
-                    data: r.data.to_vec(),
+                    data: r.data.clone(),
                     timestamp: Some(r.timestamp),
                 })
                 .collect(),

@@ -256,11 +256,14 @@ pub struct FrameMeta<'a> {
 pub fn max_encoded_len(payload: &Payload, parts: usize) -> usize {
     FRAME_HEADER_LEN
         + match payload {
-            Payload::Records(recs) => {
-                PRODUCER_KEY_LEN.max(parts_len(parts))
-                    + recs.iter().map(record::encoded_len).sum::<usize>()
-            }
             Payload::Control(bytes) => bytes.len(),
+            Payload::Records(_) | Payload::Shared(_) => {
+                PRODUCER_KEY_LEN.max(parts_len(parts))
+                    + payload
+                        .record_views()
+                        .map(record::encoded_len)
+                        .sum::<usize>()
+            }
         }
 }
 
@@ -318,7 +321,7 @@ impl Encoder {
         buf.resize(start + FRAME_HEADER_LEN, 0);
         let (mut flags, mut timestamp) = (0, 0u64);
         let record_count = match payload {
-            Payload::Records(recs) => {
+            Payload::Records(_) | Payload::Shared(_) => {
                 if !meta.parts.is_empty() {
                     flags |= FLAG_PARTS;
                     buf.extend_from_slice(&(meta.parts.len() as u32).to_le_bytes());
@@ -334,11 +337,13 @@ impl Encoder {
                     buf.extend_from_slice(&key.id.to_le_bytes());
                     buf.extend_from_slice(&key.seq.to_le_bytes());
                 }
-                for (i, r) in recs.iter().enumerate() {
+                let mut n = 0;
+                for (i, r) in payload.record_views().enumerate() {
                     record::encode(buf, r, meta.first_seq + i as u64, meta.default_ts);
                     timestamp = timestamp.max(r.timestamp.unwrap_or(meta.default_ts));
+                    n += 1;
                 }
-                recs.len() as u32
+                n
             }
             Payload::Control(bytes) => {
                 flags |= FLAG_CONTROL;
@@ -467,6 +472,39 @@ mod tests {
         h.verify(buf, body)?;
         let mut scratch = Vec::new();
         Ok((h, raw_body(&h, body, &mut scratch)?.to_vec()))
+    }
+
+    /// Shared records are the same frame as owned ones of the same fields, compressed or not,
+    /// and have the same bound.
+    #[test]
+    fn shared_records_encode_as_owned_ones() {
+        let owned: Vec<Record> = (0..40u8)
+            .map(|i| Record {
+                timestamp: (i % 3 == 0).then_some(5_000 + u64::from(i)),
+                ..Record::new(format!("tenant-{}", i % 4), Operation::Update, vec![i; 64])
+            })
+            .collect();
+        let shared: Vec<crate::wal::SharedRecord> = owned
+            .iter()
+            .map(|r| crate::wal::SharedRecord {
+                tenant_id: r.tenant_id.as_str().into(),
+                operation: r.operation,
+                data: r.data.clone().into(),
+                timestamp: r.timestamp,
+            })
+            .collect();
+        let (owned, shared) = (Payload::Records(owned), Payload::Shared(shared));
+        assert_eq!(max_encoded_len(&owned, 0), max_encoded_len(&shared, 0));
+        for compression in [None, Some((3, 16))] {
+            let (a, ha) = encode_one(compression, &owned);
+            let (b, hb) = encode_one(compression, &shared);
+            assert_eq!(a, b);
+            assert_eq!((ha.record_count, ha.timestamp), (40, 5_039));
+            assert_eq!(
+                (ha.record_count, ha.timestamp, ha.crc),
+                (hb.record_count, hb.timestamp, hb.crc)
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! entry is appended.
 
 use super::error::{Corruption, RecordError};
-use super::types::{EntryRef, Operation, Record, SequenceNumber};
+use super::types::{EntryRef, Operation, RecordView, SequenceNumber};
 use crate::checksum::entry_checksum;
 
 pub const RECORD_HEADER_LEN: usize = 18;
@@ -45,7 +45,7 @@ impl crate::wal::Entry {
 }
 
 /// Checks what the WAL can check of a record before accepting it.
-pub fn validate(record: &Record, max_data: usize) -> Result<(), RecordError> {
+pub fn validate(record: RecordView<'_>, max_data: usize) -> Result<(), RecordError> {
     let len = record.tenant_id.len();
     if len == 0 {
         return Err(RecordError::EmptyTenant);
@@ -65,20 +65,20 @@ pub fn validate(record: &Record, max_data: usize) -> Result<(), RecordError> {
     Ok(())
 }
 
-pub fn encoded_len(record: &Record) -> usize {
+pub fn encoded_len(record: RecordView<'_>) -> usize {
     RECORD_HEADER_LEN + record.tenant_id.len() + record.data.len()
 }
 
 /// Appends one record to `buf`. The record must have passed [`validate`].
-pub fn encode(buf: &mut Vec<u8>, record: &Record, seq: SequenceNumber, default_ts: u64) {
+pub fn encode(buf: &mut Vec<u8>, record: RecordView<'_>, seq: SequenceNumber, default_ts: u64) {
     let ts = record.timestamp.unwrap_or(default_ts);
     let tenant = record.tenant_id.as_bytes();
     let checksum = entry_checksum(
         seq,
         ts,
         record.operation as u8,
-        &record.tenant_id,
-        &record.data,
+        record.tenant_id,
+        record.data,
     );
     buf.extend_from_slice(&ts.to_le_bytes());
     buf.extend_from_slice(&(record.data.len() as u32).to_le_bytes());
@@ -86,7 +86,7 @@ pub fn encode(buf: &mut Vec<u8>, record: &Record, seq: SequenceNumber, default_t
     buf.push(record.operation as u8);
     buf.push(tenant.len() as u8);
     buf.extend_from_slice(tenant);
-    buf.extend_from_slice(&record.data);
+    buf.extend_from_slice(record.data);
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -168,6 +168,7 @@ impl<'a> Records<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::types::Record;
 
     #[test]
     fn round_trip_and_checksum() {
@@ -180,7 +181,7 @@ mod tests {
         ];
         let mut buf = Vec::new();
         for (i, r) in recs.iter().enumerate() {
-            encode(&mut buf, r, 100 + i as u64, 42);
+            encode(&mut buf, r.view(), 100 + i as u64, 42);
         }
         let mut it = Records::new(&buf, 100, 2);
         let a = it.next().unwrap().unwrap();
@@ -203,7 +204,7 @@ mod tests {
         let mut buf = Vec::new();
         encode(
             &mut buf,
-            &Record::new("t", Operation::Update, b"x".to_vec()),
+            Record::new("t", Operation::Update, b"x".to_vec()).view(),
             1,
             1,
         );
@@ -219,7 +220,7 @@ mod tests {
         let mut buf = Vec::new();
         encode(
             &mut buf,
-            &Record::new("t", Operation::Insert, b"abc".to_vec()),
+            Record::new("t", Operation::Insert, b"abc".to_vec()).view(),
             1,
             1,
         );
@@ -239,7 +240,7 @@ mod tests {
         let mut buf = Vec::new();
         encode(
             &mut buf,
-            &Record::new("t", Operation::Insert, b"abc".to_vec()),
+            Record::new("t", Operation::Insert, b"abc".to_vec()).view(),
             5,
             1,
         );
@@ -257,16 +258,16 @@ mod tests {
     #[test]
     fn validation() {
         assert_eq!(
-            validate(&Record::new("", Operation::Insert, vec![]), 10),
+            validate(Record::new("", Operation::Insert, vec![]).view(), 10),
             Err(RecordError::EmptyTenant)
         );
         let long = "x".repeat(256);
         assert!(matches!(
-            validate(&Record::new(long, Operation::Insert, vec![]), 10),
+            validate(Record::new(long, Operation::Insert, vec![]).view(), 10),
             Err(RecordError::TenantTooLong { .. })
         ));
         assert!(matches!(
-            validate(&Record::new("t", Operation::Insert, vec![0; 11]), 10),
+            validate(Record::new("t", Operation::Insert, vec![0; 11]).view(), 10),
             Err(RecordError::DataTooLarge { .. })
         ));
     }

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 /// A record's position in the log: unique, strictly increasing, assigned at append.
 pub type SequenceNumber = u64;
@@ -125,12 +128,80 @@ impl Record {
     }
 }
 
-/// What one frame carries: a batch of records, or an opaque control payload (such as a Raft
-/// membership change) that holds no records and is skipped by replay.
+/// A record to append whose name and data the caller already holds shared (reference-counted):
+/// the WAL reads them where they are, so nothing is copied before the frame is encoded. The
+/// same frame as a [`Record`] of the same fields. The Raft log store appends these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedRecord {
+    pub tenant_id: Arc<str>,
+    pub operation: Operation,
+    pub data: Bytes,
+    /// Microseconds since the Unix epoch; `None` takes the time of the append.
+    pub timestamp: Option<u64>,
+}
+
+/// What one frame carries: a batch of records (owned or shared), or an opaque control payload
+/// (such as a Raft membership change) that holds no records and is skipped by replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
     Records(Vec<Record>),
+    Shared(Vec<SharedRecord>),
     Control(Vec<u8>),
+}
+
+/// A record's fields as the WAL reads them to check and encode it, whichever form it came in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordView<'a> {
+    pub tenant_id: &'a str,
+    pub operation: Operation,
+    pub data: &'a [u8],
+    pub timestamp: Option<u64>,
+}
+
+impl Record {
+    pub(crate) fn view(&self) -> RecordView<'_> {
+        RecordView {
+            tenant_id: &self.tenant_id,
+            operation: self.operation,
+            data: &self.data,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+impl SharedRecord {
+    pub(crate) fn view(&self) -> RecordView<'_> {
+        RecordView {
+            tenant_id: &self.tenant_id,
+            operation: self.operation,
+            data: &self.data,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+impl Payload {
+    /// How many records it holds; `None` for a control payload.
+    pub(crate) fn record_count(&self) -> Option<usize> {
+        match self {
+            Payload::Records(r) => Some(r.len()),
+            Payload::Shared(r) => Some(r.len()),
+            Payload::Control(_) => None,
+        }
+    }
+
+    /// Its records' fields, in order (none for a control payload).
+    pub(crate) fn record_views(&self) -> impl Iterator<Item = RecordView<'_>> + Clone {
+        let (owned, shared): (&[Record], &[SharedRecord]) = match self {
+            Payload::Records(r) => (r, &[]),
+            Payload::Shared(r) => (&[], r),
+            Payload::Control(_) => (&[], &[]),
+        };
+        owned
+            .iter()
+            .map(Record::view)
+            .chain(shared.iter().map(SharedRecord::view))
+    }
 }
 
 /// One frame to append. A frame is the unit of atomicity: after a crash it is there whole or not

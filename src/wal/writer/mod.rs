@@ -379,21 +379,18 @@ impl Writer {
                 });
             }
             if !f.parts.is_empty() {
-                let records = match &f.payload {
-                    Payload::Records(recs) => recs.len() as u64,
-                    Payload::Control(_) => 0,
-                };
+                let records = f.payload.record_count().unwrap_or(0) as u64;
                 let sum: u64 = f.parts.iter().map(|p| u64::from(p.records)).sum();
                 if f.producer.is_some() || sum != records || f.parts.iter().any(|p| p.records == 0)
                 {
                     return Err(WalError::InvalidRecord(RecordError::BadParts));
                 }
             }
-            if let Payload::Records(recs) = &f.payload {
-                for r in recs {
+            if let Some(n) = f.payload.record_count() {
+                for r in f.payload.record_views() {
                     record::validate(r, max_frame as usize).map_err(WalError::InvalidRecord)?;
                 }
-                seq += recs.len() as u64;
+                seq += n as u64;
             }
             index += 1;
         }
@@ -427,15 +424,12 @@ impl Writer {
             debug_assert!(meta.first_seq >= self.next_seq, "sequence numbers go back");
             let h = self.encoder.encode(&mut self.buf, &meta, &f.payload);
             debug_assert_eq!((h.index, h.first_seq), (meta.index, meta.first_seq));
-            if let Payload::Records(recs) = &f.payload {
+            if f.payload.record_count().is_some() {
                 // Readers bound themselves by the acknowledged index, so the runs of a frame
                 // not yet written are never used (and a discarded frame's are dropped).
                 let at = records_at(f.parts.len(), f.producer.is_some());
-                let lens = recs.iter().map(|r| {
-                    Ok::<_, std::convert::Infallible>((
-                        r.tenant_id.as_str(),
-                        record::encoded_len(r),
-                    ))
+                let lens = f.payload.record_views().map(|r| {
+                    Ok::<_, std::convert::Infallible>((r.tenant_id, record::encoded_len(r)))
                 });
                 let mut active = self.sh.active_tenants.lock();
                 debug_assert_eq!(active.segment(), self.active_id);
