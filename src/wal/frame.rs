@@ -337,13 +337,11 @@ impl Encoder {
                     buf.extend_from_slice(&key.id.to_le_bytes());
                     buf.extend_from_slice(&key.seq.to_le_bytes());
                 }
-                let mut n = 0;
                 for (i, r) in payload.record_views().enumerate() {
                     record::encode(buf, r, meta.first_seq + i as u64, meta.default_ts);
                     timestamp = timestamp.max(r.timestamp.unwrap_or(meta.default_ts));
-                    n += 1;
                 }
-                n
+                payload.record_count().unwrap_or(0) as u32
             }
             Payload::Control(bytes) => {
                 flags |= FLAG_CONTROL;
