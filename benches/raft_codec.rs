@@ -4,15 +4,18 @@
 //! and `shared` (each record's data a view of the message, one name per run of a tenant:
 //! `from_wire_shared`, as the Raft service decodes). `entry/clone` is the copy of one entry
 //! openraft and the entry cache make for each follower's replication and for the state machine.
+//! `read_back/frame_to_entry` turns one WAL frame of 250 records (read back for a lagging
+//! follower, or at start) into the Raft entry it stores.
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use openraft::entry::RaftEntry;
 use openraft::raft::AppendEntriesRequest;
+use replog::raft::log_store::frame_to_entry;
 use replog::raft::types::{
     Entry, LogId, Request, TypeConfig, WriteRecord, from_wire, from_wire_shared, to_wire,
 };
-use replog::wal::Operation;
+use replog::wal::{Frame, FramePayload, Operation};
 
 const RECORDS: usize = 250;
 const ENTRIES: u64 = 4;
@@ -65,5 +68,37 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode);
+fn read_back(c: &mut Criterion) {
+    let records = (0..RECORDS)
+        .map(|i| replog::wal::Entry {
+            sequence_number: 1_000 + i as u64,
+            timestamp: 1_780_000_000_000_000,
+            tenant_id: "bench-0".to_owned(),
+            operation: Operation::Insert,
+            data: vec![i as u8; 100],
+            checksum: 0,
+        })
+        .collect();
+    let frame = Frame {
+        index: 12,
+        term: 3,
+        first_seq: 1_000,
+        timestamp: 1_780_000_000_000_000,
+        producer: None,
+        parts: Vec::new(),
+        payload: FramePayload::Records(records),
+    };
+    let mut g = c.benchmark_group("read_back");
+    g.throughput(Throughput::Elements(RECORDS as u64));
+    g.bench_function("frame_to_entry", |b| {
+        b.iter_batched(
+            || frame.clone(),
+            |f| frame_to_entry(f).expect("a records frame"),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, read_back);
 criterion_main!(benches);

@@ -90,8 +90,7 @@ impl Core {
         let mut total = 0u64;
         let timestamp = crate::wal::now_us();
         let mut out = Vec::with_capacity(records.len());
-        // A run of one tenant's records shares one name (a batch is usually one tenant's).
-        let mut last: Option<std::sync::Arc<str>> = None;
+        let mut tenants = crate::raft::types::TenantRun::default();
         for (i, r) in records.into_iter().enumerate() {
             check_name("tenant", &r.tenant)?;
             let len = r.data.len() as u64;
@@ -103,12 +102,8 @@ impl Core {
                 )));
             }
             total += len;
-            let tenant_id = match &last {
-                Some(name) if **name == *r.tenant => name.clone(),
-                _ => last.insert(r.tenant.into()).clone(),
-            };
             out.push(WriteRecord {
-                tenant_id,
+                tenant_id: tenants.share(&r.tenant),
                 operation: r.operation,
                 data: r.data.into(),
                 timestamp,

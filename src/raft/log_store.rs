@@ -30,7 +30,9 @@ use parking_lot::Mutex;
 
 use super::durable::LocalDurable;
 use super::meta::{MetaStore, RaftMeta};
-use super::types::{Control, Entry, LogId, Records, Request, TypeConfig, Vote, WriteRecord};
+use super::types::{
+    Control, Entry, LogId, Records, Request, TenantRun, TypeConfig, Vote, WriteRecord,
+};
 use super::wal_handle::WalHandle;
 use crate::wal::{Frame, FramePayload, FrameSpec, Manager, Payload, SharedRecord, WalError};
 
@@ -364,10 +366,11 @@ pub fn frame_to_entry(f: Frame) -> io::Result<Entry> {
     let log_id = LogId::new_term_index(f.term, raft_index);
     let payload = match f.payload {
         FramePayload::Records(entries) => {
+            let mut tenants = TenantRun::default();
             let records = entries
                 .into_iter()
                 .map(|e| WriteRecord {
-                    tenant_id: e.tenant_id.into(),
+                    tenant_id: tenants.share(&e.tenant_id),
                     operation: e.operation,
                     data: e.data.into(),
                     timestamp: e.timestamp,
@@ -694,6 +697,42 @@ mod tests {
                 }]),
             }),
         )
+    }
+
+    #[test]
+    fn a_frame_read_back_gives_a_run_of_one_tenant_one_name() {
+        let record = |tenant: &str, n: u8| crate::wal::Entry {
+            sequence_number: 10 + u64::from(n),
+            timestamp: 7,
+            tenant_id: tenant.to_owned(),
+            operation: crate::wal::Operation::Insert,
+            data: vec![n; 3],
+            checksum: 0,
+        };
+        let frame = Frame {
+            index: 5,
+            term: 2,
+            first_seq: 10,
+            timestamp: 7,
+            producer: None,
+            parts: Vec::new(),
+            payload: FramePayload::Records(vec![
+                record("a", 0),
+                record("a", 1),
+                record("b", 2),
+                record("a", 3),
+            ]),
+        };
+        let entry = frame_to_entry(frame).unwrap();
+        assert_eq!(entry.log_id, LogId::new_term_index(2, 4));
+        let EntryPayload::Normal(Request::Write { records, .. }) = entry.payload else {
+            panic!("not a write: {entry:?}")
+        };
+        let names: Vec<&str> = records.iter().map(|r| &*r.tenant_id).collect();
+        assert_eq!(names, ["a", "a", "b", "a"]);
+        assert_eq!(records[2].data.as_ref(), [2, 2, 2]);
+        assert!(Arc::ptr_eq(&records[0].tenant_id, &records[1].tenant_id));
+        assert!(!Arc::ptr_eq(&records[1].tenant_id, &records[3].tenant_id));
     }
 
     fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {

@@ -87,6 +87,21 @@ pub struct WriteRecord {
     pub timestamp: u64,
 }
 
+/// Tenant names for a run of records: consecutive records of one tenant share one `Arc<str>`
+/// (one allocation per run instead of one per record; a batch is usually one tenant's).
+#[derive(Default)]
+pub struct TenantRun(Option<Arc<str>>);
+
+impl TenantRun {
+    /// `name` as an `Arc<str>`: the previous record's if it is the same tenant, else a new one.
+    pub fn share(&mut self, name: &str) -> Arc<str> {
+        match &self.0 {
+            Some(last) if **last == *name => last.clone(),
+            _ => self.0.insert(Arc::from(name)).clone(),
+        }
+    }
+}
+
 impl fmt::Debug for WriteRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -276,7 +291,7 @@ mod shared {
 
     struct Source {
         message: Bytes,
-        last_tenant: Option<Arc<str>>,
+        tenants: super::TenantRun,
     }
 
     thread_local! {
@@ -291,7 +306,7 @@ mod shared {
         pub(super) fn enter(message: Bytes) -> Scope {
             let source = Source {
                 message,
-                last_tenant: None,
+                tenants: super::TenantRun::default(),
             };
             Scope(SOURCE.with(|s| s.replace(Some(source))))
         }
@@ -306,14 +321,7 @@ mod shared {
 
     fn intern(name: &str) -> Arc<str> {
         SOURCE.with(|s| match s.borrow_mut().as_mut() {
-            Some(src) => match &src.last_tenant {
-                Some(last) if **last == *name => last.clone(),
-                _ => {
-                    let new: Arc<str> = Arc::from(name);
-                    src.last_tenant = Some(new.clone());
-                    new
-                }
-            },
+            Some(src) => src.tenants.share(name),
             None => Arc::from(name),
         })
     }
