@@ -265,6 +265,7 @@ fn replog_bench_produces_and_replays_against_a_cluster_of_processes() {
     assert_eq!(stream["mode"], "produce");
     assert_eq!(stream["acked_entries"], 3000);
     assert_eq!(stream["errors"], 0);
+    assert!(stream["first_error"].is_null(), "{stream}");
     assert!(stream["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(stream["server_cpu_us_per_entry"].as_f64().unwrap() > 0.0);
     assert_eq!(stream["server_cpu_nodes"], 3);
@@ -336,6 +337,27 @@ fn replog_bench_produces_and_replays_against_a_cluster_of_processes() {
                 && l.contains("errors 0")),
         "{err}"
     );
+    // Writes the cluster refuses (entries over limits.max_entry_bytes, 1 MiB) are counted, and
+    // the report says why with the first one's status.
+    let refused = json(&ok(&[
+        "bench",
+        "produce",
+        "--unary",
+        "--batch",
+        "1",
+        "--size",
+        "1100000",
+        "--duration",
+        "1s",
+        "-o",
+        "json",
+        "--endpoints",
+        &endpoints,
+    ]));
+    assert_eq!(refused["acked_entries"], 0, "{refused}");
+    assert!(refused["errors"].as_u64().unwrap() > 0, "{refused}");
+    let first = refused["first_error"].as_str().unwrap_or_default();
+    assert!(first.contains("max_entry_bytes"), "{refused}");
     // A bad flag is a usage error.
     fails(&["bench", "produce", "--producers", "0"], b"", 2);
 }

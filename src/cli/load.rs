@@ -101,6 +101,8 @@ struct ProduceReport {
     keys: bool,
     acked_entries: u64,
     errors: u64,
+    /// The first error's message (`code: message` for a gRPC status), if any failed.
+    first_error: Option<String>,
     seconds: f64,
     entries_per_sec: f64,
     mib_per_sec: f64,
@@ -139,6 +141,7 @@ impl Percentiles {
 struct Stats {
     acked: AtomicU64,
     errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
     total: Mutex<Histogram<u64>>,
     interval: Mutex<Histogram<u64>>,
     /// Entries handed out so far (with --count) and whether to stop.
@@ -155,11 +158,19 @@ impl Stats {
         Ok(Stats {
             acked: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
             total: Mutex::new(h()?),
             interval: Mutex::new(h()?),
             issued: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
+    }
+
+    /// Counts a failed write (or ack), keeping the first one's message for the report.
+    fn fail(&self, error: impl FnOnce() -> String) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            *self.first_error.lock() = Some(error());
+        }
     }
 
     fn record(&self, latency: Duration, entries: u64) {
@@ -264,6 +275,7 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
         keys: a.keys,
         acked_entries: acked,
         errors: stats.errors.load(Ordering::Relaxed),
+        first_error: stats.first_error.lock().clone(),
         seconds,
         entries_per_sec: acked as f64 / seconds,
         mib_per_sec: (acked * a.size as u64) as f64 / seconds / (1 << 20) as f64,
@@ -386,9 +398,7 @@ async fn stream_producer(
                 let sent: Instant = sent;
                 match ack.await {
                     Ok(_) => stats.record(sent.elapsed(), 1),
-                    Err(_) => {
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Err(e) => stats.fail(|| e.to_string()),
                 }
             }
         })
@@ -471,7 +481,7 @@ async fn unary_producer(
                             break;
                         }
                         Err(s) => {
-                            stats.errors.fetch_add(1, Ordering::Relaxed);
+                            stats.fail(|| format!("{:?}: {}", s.code(), s.message()));
                             if stats.stop.load(Ordering::Relaxed) {
                                 return;
                             }
@@ -540,6 +550,9 @@ fn print_produce(r: &ProduceReport, format: Format) -> Result<(), CliError> {
                 "acknowledged {} entries in {:.2} s: {:.0} entries/s, {:.2} MiB/s, {} errors",
                 r.acked_entries, r.seconds, r.entries_per_sec, r.mib_per_sec, r.errors
             );
+            if let Some(e) = &r.first_error {
+                println!("first error: {e}");
+            }
             println!(
                 "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
                 l.p50, l.p90, l.p99, l.p999, l.max
