@@ -337,6 +337,34 @@ fn replog_bench_produces_and_replays_against_a_cluster_of_processes() {
                 && l.contains("errors 0")),
         "{err}"
     );
+    // A warm-up: written, marked as such on the progress lines, and not measured.
+    let out = cli(
+        &[
+            "bench",
+            "produce",
+            "--warmup",
+            "2s",
+            "--duration",
+            "2s",
+            "-o",
+            "json",
+            "--endpoints",
+            &endpoints,
+        ],
+        b"",
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let warmed = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(warmed["warmup_ms"], 2000.0);
+    assert!(warmed["acked_entries"].as_u64().unwrap() > 0, "{warmed}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.ends_with("(warm-up)"))
+            && lines.last().is_some_and(|l| !l.contains("warm-up")),
+        "{err}"
+    );
     // Writes the cluster refuses (entries over limits.max_entry_bytes, 1 MiB) are counted, and
     // the report says why with the first one's status.
     let refused = json(&ok(&[

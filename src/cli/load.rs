@@ -62,6 +62,11 @@ pub struct ProduceArgs {
     /// How long to write (the default when --count is not given).
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "count")]
     pub duration: Option<Duration>,
+    /// Write this long first without measuring (connections, caches and the log's first
+    /// segments warm up); --duration, the rates, latencies and the server CPU count from its
+    /// end, errors from the start.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s", conflicts_with = "count")]
+    pub warmup: Duration,
     /// Entries to write in all, instead of --duration.
     #[arg(long)]
     pub count: Option<u64>,
@@ -97,6 +102,8 @@ struct ProduceReport {
     in_flight: u32,
     batch: u32,
     linger_ms: f64,
+    /// Writing before the measured window, not counted but in `errors`.
+    warmup_ms: f64,
     entry_size: usize,
     keys: bool,
     acked_entries: u64,
@@ -173,6 +180,13 @@ impl Stats {
         }
     }
 
+    /// Forgets the acknowledgements and latencies so far (the warm-up's); errors stay.
+    fn restart(&self) {
+        self.total.lock().reset();
+        self.interval.lock().reset();
+        self.acked.store(0, Ordering::Relaxed);
+    }
+
     fn record(&self, latency: Duration, entries: u64) {
         let us = (latency.as_micros() as u64).max(1);
         let _ = self.total.lock().record_n(us, entries);
@@ -205,7 +219,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
 async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
     let client = a.client.client()?;
     let stats = Arc::new(Stats::new()?);
-    let cpu_before = cluster_cpu(&client).await;
+    let mut cpu_before = cluster_cpu(&client).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     let endpoints = client.endpoints();
@@ -241,25 +255,43 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
             ))
         });
     }
-    let deadline = match (a.duration, a.count) {
-        (Some(d), _) => Some(started + d),
+    let window = match (a.duration, a.count) {
+        (Some(d), _) => Some(d),
         (None, Some(_)) => None,
-        (None, None) => Some(started + Duration::from_secs(10)),
+        (None, None) => Some(Duration::from_secs(10)),
     };
-    // The bar: seconds of the run, or entries of --count.
-    let bar = Progress::new(Some(match (deadline, a.count) {
-        (Some(d), _) => (d - started).as_secs(),
+    // The bar: seconds of the run (warm-up included), or entries of --count.
+    let bar = Progress::new(Some(match (window, a.count) {
+        (Some(d), _) => (a.warmup + d).as_secs(),
         (None, count) => count.unwrap_or(0),
     }));
-    let by_count = deadline.is_none();
-    progress(&stats, started, deadline, &tasks, &bar, by_count).await;
+    let by_count = window.is_none();
+    let mut measured = started;
+    if !a.warmup.is_zero() {
+        let end = started + a.warmup;
+        progress(
+            &stats,
+            started,
+            Some(end),
+            &tasks,
+            &bar,
+            by_count,
+            " (warm-up)",
+        )
+        .await;
+        stats.restart();
+        measured = Instant::now();
+        cpu_before = cluster_cpu(&client).await;
+    }
+    let deadline = window.map(|d| measured + d);
+    progress(&stats, started, deadline, &tasks, &bar, by_count, "").await;
     drop(bar);
     stats.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await
             .map_err(|e| CliError::failure(format!("a producer task: {e}")))??;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = measured.elapsed().as_secs_f64();
     let cpu_after = cluster_cpu(&client).await;
     let cpu_used = cpu_before
         .zip(cpu_after)
@@ -271,6 +303,7 @@ async fn produce(a: &ProduceArgs) -> Result<(), CliError> {
         in_flight: a.in_flight,
         batch: a.batch,
         linger_ms: a.linger.as_secs_f64() * 1000.0,
+        warmup_ms: a.warmup.as_secs_f64() * 1000.0,
         entry_size: a.size,
         keys: a.keys,
         acked_entries: acked,
@@ -296,6 +329,7 @@ async fn progress(
     tasks: &[tokio::task::JoinHandle<Result<(), CliError>>],
     bar: &Progress,
     by_count: bool,
+    phase: &str,
 ) {
     let mut last = 0u64;
     let mut tick = tokio::time::interval_at(
@@ -319,7 +353,7 @@ async fn progress(
         let (elapsed, rate) = (started.elapsed().as_secs(), acked - last);
         let (p50, p99) = (p50 as f64 / 1000.0, p99 as f64 / 1000.0);
         bar.line(&format!(
-            "{elapsed:>4}s  {rate:>10} entries/s  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms  errors {errors}"
+            "{elapsed:>4}s  {rate:>10} entries/s  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms  errors {errors}{phase}"
         ));
         if bar.on_terminal() {
             bar.update(
@@ -537,14 +571,19 @@ fn print_produce(r: &ProduceReport, format: Format) -> Result<(), CliError> {
         Format::Table => {
             let l = &r.latency_ms;
             println!(
-                "{} x {} producers, in flight {}, batch {}, linger {} ms, {} B entries{}",
+                "{} x {} producers, in flight {}, batch {}, linger {} ms, {} B entries{}{}",
                 r.mode,
                 r.producers,
                 r.in_flight,
                 r.batch,
                 r.linger_ms,
                 r.entry_size,
-                if r.keys { ", idempotency keys" } else { "" }
+                if r.keys { ", idempotency keys" } else { "" },
+                if r.warmup_ms > 0.0 {
+                    format!(", measured after {} s of warm-up", r.warmup_ms / 1000.0)
+                } else {
+                    String::new()
+                }
             );
             println!(
                 "acknowledged {} entries in {:.2} s: {:.0} entries/s, {:.2} MiB/s, {} errors",
