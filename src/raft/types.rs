@@ -90,11 +90,11 @@ pub struct WriteRecord {
 /// Tenant names for a run of records: consecutive records of one tenant share one `Arc<str>`
 /// (one allocation per run instead of one per record; a batch is usually one tenant's).
 #[derive(Default)]
-pub struct TenantRun(Option<Arc<str>>);
+pub(crate) struct TenantRun(Option<Arc<str>>);
 
 impl TenantRun {
     /// `name` as an `Arc<str>`: the previous record's if it is the same tenant, else a new one.
-    pub fn share(&mut self, name: &str) -> Arc<str> {
+    pub(crate) fn share(&mut self, name: &str) -> Arc<str> {
         match &self.0 {
             Some(last) if **last == *name => last.clone(),
             _ => self.0.insert(Arc::from(name)).clone(),
