@@ -235,8 +235,8 @@ pub fn machine_cores() -> usize {
 /// WAL writer is a thread of its own that every write waits for (its write and fsync); with
 /// a worker on every core it queues for a core behind them. On 2 cores, one worker instead
 /// of two took 3 nodes sharing the machine from 21.0K to 22.1K unary writes/s at 64 clients
-/// (54 instead of 61 µs of CPU per write) and one node from 42.2K to 43-46K (README, "Latest:
-/// the node's threads").
+/// (54 instead of 61 µs of CPU per write) and one node from 42.2K to 43-46K
+/// (`benches/write-path/HISTORY.md`, "the node's threads").
 pub fn default_worker_threads(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }

@@ -488,9 +488,9 @@ fn sigkill_the_leader_during_writes_loses_and_duplicates_nothing() {
     }
 }
 
-/// The build turns tokio's LIFO slot off (`.cargo/config.toml`; README, "The LIFO slot"), and
-/// the node says so at startup, with its default worker threads: a build that lost `--cfg
-/// tokio_unstable` fails here.
+/// The build turns tokio's LIFO slot off (`.cargo/config.toml`; `benches/write-path/HISTORY.md`,
+/// "the LIFO slot"), and the node says so at startup, with its default worker threads: a build
+/// that lost `--cfg tokio_unstable` fails here.
 #[test]
 fn the_node_runs_with_the_lifo_slot_off_and_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -237,7 +237,8 @@ pub fn serve(args: &ServeArgs, log_format: super::LogFormat) -> Result<(), CliEr
 /// the other end. With the slot off, woken tasks queue in order: the stream tasks of the
 /// entry all run first, then each connection writes all of its ready responses in one call
 /// (64 unary clients on the leader: 0.39 `writev` per write there instead of 1.13; spread over
-/// the nodes, 1.26x the writes per second; README, "The LIFO slot").
+/// the nodes, 1.26x the writes per second; `benches/write-path/HISTORY.md`, "the LIFO
+/// slot").
 fn node_runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, CliError> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
